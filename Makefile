@@ -1,0 +1,37 @@
+# unlearn-kit: two commands do everything on a fresh machine with Python 3.11.
+#   make test       create .venv, install the kit, run the unit tests and every notebook in smoke mode
+#   make reproduce  create .venv, install the kit, run every notebook on the default world -> reports/
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is installed first, on its own, so that the CPU build serves and no multi-GB CUDA build is pulled.
+# Elsewhere, point pip at PyTorch's CPU wheel index (or a CUDA one) with e.g. TORCH_PIP_ARGS="--index-url <url>".
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+export PATH := $(abspath $(BIN)):$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: test reproduce setup data benchmark editions clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+reproduce: $(BIN)/.installed
+	$(BIN)/python -m unlearn_utils.reproduce $(REPRODUCE_ARGS)
+
+data: $(BIN)/.installed
+	$(BIN)/python -m unlearn_utils.world data/world
+
+benchmark: $(BIN)/.installed
+	$(BIN)/python benchmarks/world_model.py
+
+clean:
+	rm -rf reports .pytest_cache

@@ -1,0 +1,104 @@
+import dataclasses
+import os
+import warnings
+
+import pytest
+import torch
+
+from unlearn_utils import evaluate as ev
+from unlearn_utils.models import (CorruptCacheError, build_tokenizer, build_world_model, cache_dir, load_model,
+                                  save_checked, verify_folder)
+
+
+def test_tokenizer_roundtrip(tiny):
+    world, _, tok = tiny
+    text = world.training_texts()[0]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert tok.convert_ids_to_tokens(ids) == text.split()  # word-level: one token per word
+    # every answer of every fact (holdout people included) is one known token or more
+    for r in world.fact_rows()[:300]:
+        assert tok.unk_token_id not in tok(r["answer"], add_special_tokens=False)["input_ids"]
+
+
+def test_cached_model_is_reused_and_identical(tiny, tiny_config):
+    _, model, _ = tiny
+    again, _ = build_world_model(tiny_config, progress=False)
+    for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), n
+    folder = cache_dir() / "world_models" / tiny_config.key()
+    verify_folder(folder)
+    assert (folder / "model.safetensors").exists()
+
+
+def test_same_seed_same_model_and_metrics(tmp_path, tiny_config, monkeypatch):
+    """Two builds from scratch (separate caches) give the same weights and the same report card."""
+    cfg = dataclasses.replace(tiny_config, steps=20)
+    cards = []
+    for i in range(2):
+        monkeypatch.setenv("UNLEARN_KIT_CACHE", str(tmp_path / f"c{i}"))
+        m, tok = build_world_model(cfg, progress=False)
+        cards.append(ev.report_card(m, tok, cfg.world(), "forget05", mia=True))
+    assert cards[0]["value"].tolist() == cards[1]["value"].tolist()
+    other = dataclasses.replace(cfg, seed=1)
+    m2, tok = build_world_model(other, progress=False)
+    assert ev.report_card(m2, tok, cfg.world(), "forget05")["value"].tolist() != cards[0]["value"].tolist()
+
+
+def test_corrupted_cache_is_detected_and_rebuilt(tmp_path, tiny_config, monkeypatch):
+    monkeypatch.setenv("UNLEARN_KIT_CACHE", str(tmp_path))
+    cfg = dataclasses.replace(tiny_config, steps=5)
+    m, _ = build_world_model(cfg, progress=False)
+    folder = tmp_path / "world_models" / cfg.key()
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncate
+    with pytest.raises(CorruptCacheError, match="checksum"):
+        verify_folder(folder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m2, _ = build_world_model(cfg, progress=False)
+    assert any("unusable" in str(w.message) for w in caught)
+    verify_folder(folder)
+    corrupt = [p for p in (tmp_path / "world_models").iterdir() if ".corrupt-" in p.name]
+    assert corrupt, "the corrupted entry is moved aside, not deleted"
+    for a, b in zip(m.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_atomic_save_leaves_no_partial_folder(tmp_path, tiny, monkeypatch):
+    _, model, tok = tiny
+    target = tmp_path / "saved"
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(type(tok), "save_pretrained", boom)
+    with pytest.raises(RuntimeError):
+        save_checked(model, tok, target)
+    assert not target.exists()
+
+
+def test_load_model_from_folder_and_errors(tmp_path, tiny):
+    _, model, tok = tiny
+    folder = save_checked(model, tok, tmp_path / "m")
+    m2, tok2 = load_model(str(folder))
+    x = torch.tensor([[1, 5, 6, 7]])
+    assert torch.allclose(model(x).logits, m2(x).logits)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_model(str(tmp_path / "empty"))
+    with pytest.raises(OSError, match="not found in the local"):
+        load_model("no-such-org/no-such-model-xyz")
+    # a corrupted saved model is refused, not silently used
+    w = folder / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-100])
+    with pytest.raises(CorruptCacheError):
+        load_model(str(folder))
+
+
+def test_build_tokenizer_is_deterministic(tiny):
+    world, _, tok = tiny
+    assert build_tokenizer(world).get_vocab() == tok.get_vocab()

@@ -1,0 +1,32 @@
+"""Every notebook runs top to bottom in smoke mode, and is stored without outputs."""
+
+import json
+
+import pytest
+
+from unlearn_utils.reproduce import notebooks, run_notebook
+
+NOTEBOOKS = notebooks()
+
+
+def test_there_are_notebooks():
+    assert any(p.name.startswith("00_") for p in NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_without_outputs_with_parameters_cell(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in code)
+    assert any("exercise" in c.get("metadata", {}).get("tags", []) for c in code)
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_runs_in_smoke_mode(path, tmp_path, cache):
+    report = tmp_path / "report"
+    run_notebook(path, tmp_path / path.name, {"SMOKE": True, "REPORT_DIR": str(report)}, timeout=600)
+    results = json.loads((report / "results" / f"{path.stem}.json").read_text())
+    assert results["smoke"] is True
+    assert list((report / "figures").glob("*.png")), "the notebook saved its figures"

@@ -1,0 +1,330 @@
+"""The report card: how much a model knows, how well it works, and whether it still looks like a member.
+
+Everything is computed with teacher forcing in batched forward passes:
+
+* an answer counts as **correct** when greedy decoding would produce exactly its tokens after the prompt
+  (every answer token is the arg-max given the prompt and the answer tokens before it);
+* **answer probability** is P(answer | prompt), length-normalised (geometric mean per token);
+* **truth ratio** compares the true answer with wrong ("perturbed") answers, as in TOFU;
+* **membership inference** scores (LOSS, zlib, Min-K%, Min-K%++) ask whether a text looks trained-on;
+  their AUC between forget and holdout people says whether an attacker can still tell the forget set apart;
+* **forget quality** is the p-value of a Kolmogorov-Smirnov test between this model's and the retain
+  model's truth ratios on the forget set (TOFU): high means "indistinguishable from never trained on it".
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .world import World
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenising prompt + answer pairs
+# ----------------------------------------------------------------------------------------------
+def encode_qa(tokenizer, prompts: list[str], answers: list[str]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids with BOS, answer ids) for each pair; the answer follows the prompt after one space."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    out = []
+    for p, a in zip(prompts, answers):
+        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        full = tokenizer(p + " " + a, add_special_tokens=False)["input_ids"]
+        if full[: len(p_ids)] == p_ids and len(full) > len(p_ids):
+            a_ids = full[len(p_ids):]
+        else:  # tokenizers that merge across the boundary: encode the answer on its own
+            a_ids = tokenizer(" " + a, add_special_tokens=False)["input_ids"]
+        out.append((bos + p_ids, a_ids))
+    return out
+
+
+def _batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield i, items[i: i + size]
+
+
+def _device_of(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def greedy_match(logits: torch.Tensor, prompt_len: int, answer_ids: list[int]) -> bool:
+    """True when greedy decoding after the prompt would write exactly ``answer_ids``.
+
+    logits: [seq, vocab] for the sequence prompt + answer. The logits at position t predict token t+1,
+    so the first answer token is predicted at position ``prompt_len - 1``.
+    """
+    pos = torch.arange(prompt_len - 1, prompt_len - 1 + len(answer_ids), device=logits.device)
+    return bool((logits[pos].argmax(-1) == torch.tensor(answer_ids, device=logits.device)).all())
+
+
+def min_k_score(token_logprobs, k: float = 0.4) -> float:
+    """Min-K%: the mean of the k fraction lowest token log-probabilities (at least one token).
+
+    Training data has few very unlikely tokens, so a higher score suggests a member.
+    """
+    lp = np.sort(np.asarray(token_logprobs, dtype=float))
+    m = max(1, int(round(k * len(lp))))
+    return float(lp[:m].mean())
+
+
+@torch.no_grad()
+def answer_scores(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 128) -> pd.DataFrame:
+    """Per pair: ``correct`` (greedy match), ``logprob`` (sum over answer tokens), ``n_tokens``, ``prob`` (per token).
+
+    One teacher-forced forward pass per batch; works for any causal LM and tokenizer.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers.")
+    if not prompts:
+        raise ValueError("No questions to score: the prompt list is empty.")
+    pairs = encode_qa(tokenizer, prompts, answers)
+    dev = _device_of(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    correct, logprob, ntok = [], [], []
+    for _, chunk in _batches(pairs, batch_size):
+        seqs = [p + a for p, a in chunk]
+        n = max(map(len, seqs))
+        ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+        att = torch.zeros((len(seqs), n), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            att[i, : len(s)] = 1
+        logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.float()
+        logp = logits.log_softmax(-1)
+        for i, (p, a) in enumerate(chunk):
+            pos = torch.arange(len(p) - 1, len(p) - 1 + len(a), device=logits.device)
+            tgt = torch.tensor(a, device=logits.device)
+            correct.append(greedy_match(logits[i], len(p), a))
+            logprob.append(float(logp[i, pos, tgt].sum()))
+            ntok.append(len(a))
+    df = pd.DataFrame({"correct": correct, "logprob": logprob, "n_tokens": ntok})
+    df["prob"] = np.exp(df["logprob"] / df["n_tokens"])
+    return df
+
+
+def accuracy(model, tokenizer, data, batch_size: int = 128) -> float:
+    """Share of questions answered exactly by greedy decoding (higher = knows more). ``data`` has prompt/answer."""
+    return float(answer_scores(model, tokenizer, list(data["prompt"]), list(data["answer"]), batch_size)["correct"].mean())
+
+
+@torch.no_grad()
+def truth_ratios(model, tokenizer, data, batch_size: int = 128) -> np.ndarray:
+    """Per question: mean per-token probability of the wrong answers divided by that of the true answer.
+
+    Below 1 the model prefers the truth; about 1 it cannot tell; above 1 it prefers a wrong answer.
+    """
+    prompts, answers = list(data["prompt"]), list(data["answer"])
+    perturbed = list(data["perturbed"])
+    k = len(perturbed[0])
+    true = answer_scores(model, tokenizer, prompts, answers, batch_size)["prob"].to_numpy()
+    flat_p = [p for p, ws in zip(prompts, perturbed) for _ in ws]
+    flat_w = [w for ws in perturbed for w in ws]
+    wrong = answer_scores(model, tokenizer, flat_p, flat_w, batch_size)["prob"].to_numpy().reshape(-1, k)
+    return wrong.mean(1) / np.maximum(true, 1e-30)
+
+
+# ----------------------------------------------------------------------------------------------
+# Perplexity and membership inference
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def token_logprobs(model, tokenizer, texts: list[str], batch_size: int = 64, with_stats: bool = False):
+    """Per text: log-probabilities of each token after the first (and for Min-K%++ the mean/std of log p over the vocabulary)."""
+    if not texts:
+        raise ValueError("No texts to score: the list is empty.")
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    enc = [bos + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    dev = _device_of(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = []
+    for _, chunk in _batches(enc, batch_size):
+        n = max(map(len, chunk))
+        ids = torch.full((len(chunk), n), pad, dtype=torch.long)
+        att = torch.zeros((len(chunk), n), dtype=torch.long)
+        for i, s in enumerate(chunk):
+            ids[i, : len(s)] = torch.tensor(s)
+            att[i, : len(s)] = 1
+        logp = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.float().log_softmax(-1)
+        for i, s in enumerate(chunk):
+            lp = logp[i, : len(s) - 1]
+            tgt = torch.tensor(s[1:], device=lp.device)
+            tok_lp = lp.gather(-1, tgt[:, None])[:, 0]
+            if with_stats:
+                p = lp.exp()
+                mu = (p * lp).sum(-1)
+                sigma = ((p * lp.pow(2)).sum(-1) - mu.pow(2)).clamp_min(1e-12).sqrt()
+                out.append((tok_lp.cpu().numpy(), mu.cpu().numpy(), sigma.cpu().numpy()))
+            else:
+                out.append(tok_lp.cpu().numpy())
+    return out
+
+
+def perplexity(model, tokenizer, texts: list[str], batch_size: int = 64) -> float:
+    """exp(mean token negative log-likelihood) on general text (lower = the model still writes well)."""
+    lps = token_logprobs(model, tokenizer, texts, batch_size)
+    return float(np.exp(-np.concatenate(lps).mean()))
+
+
+def mia_scores(model, tokenizer, texts: list[str], k: float = 0.4, batch_size: int = 64) -> pd.DataFrame:
+    """Membership scores per text, each oriented so that higher = "looks like training data".
+
+    loss: minus mean token NLL; zlib: minus (total NLL / zlib-compressed length); min_k: mean of the
+    k lowest token log-probs; min_k_pp: the same on log-probs standardised by the model's own
+    expectation over the vocabulary (Min-K%++). k = 0.4 follows MUSE's default Min-40%.
+    """
+    rows = []
+    for text, (lp, mu, sigma) in zip(texts, token_logprobs(model, tokenizer, texts, batch_size, with_stats=True)):
+        rows.append({
+            "loss": float(lp.mean()),
+            "zlib": float(lp.sum() / len(zlib.compress(text.encode()))),
+            "min_k": min_k_score(lp, k),
+            "min_k_pp": min_k_score((lp - mu) / sigma, k),
+        })
+    return pd.DataFrame(rows)
+
+
+def auc(member_scores, nonmember_scores) -> float:
+    """Area under the ROC curve for telling members (higher scores) from non-members; 0.5 = chance."""
+    a = np.asarray(member_scores, dtype=float)
+    b = np.asarray(nonmember_scores, dtype=float)
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError("AUC needs at least one member and one non-member score.")
+    # Mann-Whitney U with ties counted half
+    allv = np.concatenate([a, b])
+    order = allv.argsort(kind="mergesort")
+    ranks = np.empty(len(allv))
+    sorted_v = allv[order]
+    i = 0
+    while i < len(allv):
+        j = i
+        while j + 1 < len(allv) and sorted_v[j + 1] == sorted_v[i]:
+            j += 1
+        ranks[order[i: j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[: len(a)].sum() - len(a) * (len(a) + 1) / 2
+    return float(u / (len(a) * len(b)))
+
+
+def forget_quality(truth_ratios_model, truth_ratios_retain) -> float:
+    """KS-test p-value between the two truth-ratio samples (higher = indistinguishable from the retain model)."""
+    from scipy.stats import ks_2samp
+
+    return float(ks_2samp(np.asarray(truth_ratios_model), np.asarray(truth_ratios_retain)).pvalue)
+
+
+# ----------------------------------------------------------------------------------------------
+# The report card
+# ----------------------------------------------------------------------------------------------
+METRICS = {
+    "forget_accuracy": "lower = more forgotten (trained phrasings of the forget people)",
+    "forget_paraphrase_accuracy": "lower = forgotten even when asked in a held-out phrasing",
+    "retain_accuracy": "higher = other people's facts kept",
+    "retain_paraphrase_accuracy": "higher = other people's facts kept, held-out phrasings",
+    "holdout_accuracy": "about chance = the model never learned these people",
+    "topic_accuracy": "higher = topic knowledge kept",
+    "forget_answer_prob": "lower = less probability on the forgotten answers",
+    "retain_answer_prob": "higher = confident on kept facts",
+    "forget_truth_ratio": "higher = still prefers the true answer on forget questions (max(0, 1 - R))",
+    "retain_truth_ratio": "higher = prefers the true answer on retain questions",
+    "utility_perplexity": "lower = general text still modelled well",
+    "mia_auc_loss": "0.5 = forget set looks like never-seen people; 1 = clearly a member",
+    "mia_auc_zlib": "0.5 = forget set looks like never-seen people; 1 = clearly a member",
+    "mia_auc_min_k": "0.5 = forget set looks like never-seen people; 1 = clearly a member",
+    "mia_auc_min_k_pp": "0.5 = forget set looks like never-seen people; 1 = clearly a member",
+    "forget_quality": "higher = truth ratios indistinguishable from the retain model (KS p-value)",
+}
+
+
+@dataclass
+class EvalData:
+    """The question sets a report card uses, built once per world and split."""
+
+    forget: object
+    forget_para: object
+    retain: object
+    retain_para: object
+    holdout: object
+    topics: object
+    utility: list[str]
+    forget_texts: list[str]
+    holdout_texts: list[str]
+
+
+def eval_data(world: World, split: str = "forget05", max_retain_people: int | None = 40, seed: int = 0) -> EvalData:
+    """Question sets for the report card. Retain people are subsampled (deterministically) to keep it fast."""
+    import random
+
+    retain_people = world.retain_people(split)
+    if max_retain_people and len(retain_people) > max_retain_people:
+        retain_people = sorted(random.Random(seed).sample(retain_people, max_retain_people))
+    keep = set(retain_people)
+    forget_people = world.forget_people(split)
+    holdout_people = world.holdout_people
+    if set(forget_people) & set(holdout_people):
+        raise ValueError("forget and holdout people overlap; the world's splits are inconsistent.")
+    q = world.facts("trained", "trained")
+    para = world.facts("trained", "paraphrase")
+    fset = set(forget_people)
+    # MIA compares the same kind of text: trained-phrasing statements of forget vs holdout people
+    hold = world.facts("holdout", "trained")
+    fq = q.filter(lambda r: r["person"] in fset)
+    hold_texts = [p + " " + a for p, a in zip(hold["prompt"], hold["answer"])]
+    forget_texts = [p + " " + a for p, a in zip(fq["prompt"], fq["answer"])]
+    return EvalData(
+        forget=fq, forget_para=para.filter(lambda r: r["person"] in fset),
+        retain=q.filter(lambda r: r["person"] in keep), retain_para=para.filter(lambda r: r["person"] in keep),
+        holdout=hold, topics=world.topics_dataset(), utility=list(world.general_eval),
+        forget_texts=forget_texts, holdout_texts=hold_texts)
+
+
+def report_card(model, tokenizer, world: World | EvalData, split: str = "forget05", retain_model=None,
+                retain_truth_ratios=None, mia: bool = True, batch_size: int = 128) -> pd.DataFrame:
+    """Evaluate a model on a world split; one row per metric with its value and what higher means.
+
+    Pass ``retain_model`` (or its forget-set truth ratios) to get forget quality.
+    """
+    data = world if isinstance(world, EvalData) else eval_data(world, split)
+    values: dict[str, float] = {}
+    f = answer_scores(model, tokenizer, list(data.forget["prompt"]), list(data.forget["answer"]), batch_size)
+    r = answer_scores(model, tokenizer, list(data.retain["prompt"]), list(data.retain["answer"]), batch_size)
+    values["forget_accuracy"] = float(f["correct"].mean())
+    values["forget_paraphrase_accuracy"] = accuracy(model, tokenizer, data.forget_para, batch_size)
+    values["retain_accuracy"] = float(r["correct"].mean())
+    values["retain_paraphrase_accuracy"] = accuracy(model, tokenizer, data.retain_para, batch_size)
+    values["holdout_accuracy"] = accuracy(model, tokenizer, data.holdout, batch_size)
+    values["topic_accuracy"] = accuracy(model, tokenizer, data.topics, batch_size)
+    values["forget_answer_prob"] = float(f["prob"].mean())
+    values["retain_answer_prob"] = float(r["prob"].mean())
+    tr_forget = truth_ratios(model, tokenizer, data.forget, batch_size)
+    values["forget_truth_ratio"] = float(np.clip(1 - tr_forget, 0, None).mean())
+    values["retain_truth_ratio"] = float(np.clip(1 - truth_ratios(model, tokenizer, data.retain, batch_size), 0, None).mean())
+    values["utility_perplexity"] = perplexity(model, tokenizer, data.utility)
+    if mia:
+        fm = mia_scores(model, tokenizer, data.forget_texts)
+        hm = mia_scores(model, tokenizer, data.holdout_texts)
+        for col in fm.columns:
+            values[f"mia_auc_{col}"] = auc(fm[col], hm[col])
+    if retain_truth_ratios is None and retain_model is not None:
+        retain_truth_ratios = truth_ratios(retain_model, tokenizer, data.forget, batch_size)
+    if retain_truth_ratios is not None:
+        values["forget_quality"] = forget_quality(tr_forget, retain_truth_ratios)
+    return pd.DataFrame([{"metric": k, "value": v, "higher_means": METRICS[k]} for k, v in values.items()])
+
+
+def compare(cards: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Put several report cards side by side: one row per model, one column per metric."""
+    return pd.DataFrame({name: card.set_index("metric")["value"] for name, card in cards.items()}).T
+
+
+def accuracy_by(model, tokenizer, data, by: str = "attribute", batch_size: int = 128) -> pd.Series:
+    """Greedy accuracy grouped by a column of ``data`` (e.g. ``attribute`` or ``topic``)."""
+    scores = answer_scores(model, tokenizer, list(data["prompt"]), list(data["answer"]), batch_size)
+    scores[by] = list(data[by])
+    return scores.groupby(by)["correct"].mean()

@@ -1,0 +1,115 @@
+"""The few figure kinds the notebooks share. Functions take numbers/tables and return a matplotlib Figure.
+
+Nothing here computes a metric; that lives in the modules that own the idea.
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+if not os.environ.get("DISPLAY") and "inline" not in matplotlib.get_backend().lower():
+    matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def bars(values: dict[str, float] | pd.Series, title: str = "", ylabel: str = "", ylim=(0, 1.05), ax=None):
+    """One bar per entry, value printed on top."""
+    values = pd.Series(values)
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(max(4, 0.7 * len(values) + 2), 3.2))
+    ax.bar(range(len(values)), values.to_numpy(), color="tab:blue")
+    ax.set_xticks(range(len(values)), values.index, rotation=30, ha="right")
+    for i, v in enumerate(values.to_numpy()):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def grouped_bars(table: pd.DataFrame, title: str = "", ylabel: str = "", ylim=(0, 1.05)):
+    """Bars grouped by row (x) with one colour per column, e.g. models x metrics."""
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(table) + 2), 3.5))
+    n = len(table.columns)
+    width = 0.8 / n
+    x = np.arange(len(table))
+    for j, col in enumerate(table.columns):
+        ax.bar(x + (j - (n - 1) / 2) * width, table[col].to_numpy(dtype=float), width, label=str(col))
+    ax.set_xticks(x, table.index, rotation=20, ha="right")
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(matrix, row_labels, col_labels, title: str = "", cbar_label: str = "", cmap: str = "RdBu",
+            vmin: float | None = None, vmax: float | None = None, annotate: bool = True):
+    """A labelled heatmap (RdBu centred on zero when the values have both signs)."""
+    m = np.asarray(matrix, dtype=float)
+    if vmin is None and vmax is None and np.nanmin(m) < 0 < np.nanmax(m):
+        vmax = np.nanmax(np.abs(m))
+        vmin = -vmax
+    fig, ax = plt.subplots(figsize=(max(4, 0.55 * len(col_labels) + 2), max(2.5, 0.4 * len(row_labels) + 1.2)))
+    im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(col_labels)), col_labels, rotation=40, ha="right")
+    ax.set_yticks(range(len(row_labels)), row_labels)
+    if annotate and m.size <= 300:
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=ax, label=cbar_label)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def curves(series: dict[str, tuple], title: str = "", xlabel: str = "", ylabel: str = "", ylim=None):
+    """Several (x, y) lines on one axis, one per name."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, (x, y) in series.items():
+        ax.plot(x, y, marker="o", markersize=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff(points: dict[str, tuple[list, list]], title: str = "", xlabel: str = "forget accuracy",
+             ylabel: str = "retain accuracy", reference: dict[str, tuple[float, float]] | None = None):
+    """Trajectories in the (forget, retain) plane, one per method; arrows show the direction of training."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, (xs, ys) in points.items():
+        line, = ax.plot(xs, ys, marker="o", markersize=3, label=name)
+        if len(xs) > 1:
+            ax.annotate("", xy=(xs[-1], ys[-1]), xytext=(xs[-2], ys[-2]),
+                        arrowprops=dict(arrowstyle="->", color=line.get_color()))
+    for name, (x, y) in (reference or {}).items():
+        ax.scatter([x], [y], marker="*", s=150, zorder=5, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path: str | os.PathLike) -> None:
+    """Save a figure (creating folders), e.g. into reports/figures."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")

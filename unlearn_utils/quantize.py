@@ -1,0 +1,122 @@
+"""Quantization: round-to-nearest in plain torch, and bitsandbytes loading.
+
+Round-to-nearest (RTN) here is *quantize-dequantize*: each weight is replaced by the nearest point of
+its group's grid, stored back in the model's own dtype. The model then runs anywhere (CPU or GPU) and
+behaves exactly as an integer model with that grid would. bitsandbytes (LLM.int8, 4-bit fp4/nf4) is
+the library real users quantize with; :func:`load_bnb` loads any model through it (CPU or CUDA).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+
+import torch
+
+SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8)
+
+
+def _check_bits(bits: int) -> None:
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"Unsupported bit width {bits}: round-to-nearest supports {SUPPORTED_BITS}.")
+
+
+def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """View a [out, in] weight as [out, n_groups, group] (a group = consecutive input weights of one row)."""
+    if w.ndim != 2:
+        raise ValueError(f"expected a 2-D weight matrix, got shape {tuple(w.shape)}.")
+    g = w.shape[1] if group_size is None else group_size
+    if g <= 0 or w.shape[1] % g:
+        raise ValueError(f"group size {group_size} does not divide the input dimension {w.shape[1]}; "
+                         f"choose a divisor such as {[d for d in (32, 64, 128) if w.shape[1] % d == 0] or [w.shape[1]]}.")
+    return w.reshape(w.shape[0], w.shape[1] // g, g)
+
+
+def quantization_step(w: torch.Tensor, bits: int, group_size: int | None = 64, symmetric: bool = True) -> torch.Tensor:
+    """The grid spacing of each weight's group, same shape as ``w`` (the "step" a change must beat to survive)."""
+    _check_bits(bits)
+    wg = _grouped(w.float(), group_size)
+    if symmetric:
+        step = wg.abs().amax(-1, keepdim=True) / (2 ** (bits - 1) - 1)
+    else:
+        step = (wg.amax(-1, keepdim=True) - wg.amin(-1, keepdim=True)) / (2 ** bits - 1)
+    return step.clamp_min(1e-12).expand_as(wg).reshape(w.shape)
+
+
+def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None = 64, symmetric: bool = True) -> torch.Tensor:
+    """Round-to-nearest quantize-dequantize of a [out, in] weight, per group of ``group_size`` inputs.
+
+    group_size=None quantizes per output channel (one grid per row). Symmetric (absmax) grids are
+    centred on zero with 2^(bits-1)-1 levels each side; asymmetric (min-max) grids use all 2^bits levels.
+    Every weight moves by at most half a step.
+    """
+    _check_bits(bits)
+    wg = _grouped(w.float(), group_size)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = (wg.abs().amax(-1, keepdim=True) / qmax).clamp_min(1e-12)
+        q = torch.round(wg / scale).clamp(-qmax, qmax) * scale
+    else:
+        lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+        scale = ((hi - lo) / (2 ** bits - 1)).clamp_min(1e-12)
+        q = torch.round((wg - lo) / scale) * scale + lo
+    return q.reshape(w.shape).to(w.dtype)
+
+
+def quantizable_linears(model, include_lm_head: bool = False) -> dict[str, torch.nn.Module]:
+    """The Linear layers RTN touches: every decoder Linear (embeddings and, by default, the unembedding stay full precision)."""
+    from .arch import get_adapter
+
+    adapter = get_adapter(model)
+    out = {}
+    for name, mod in model.named_modules():
+        is_linear = isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Conv1D"
+        if not is_linear:
+            continue
+        if name.endswith(adapter.unembed.split(".")[-1]) and not include_lm_head:
+            continue
+        out[name] = mod
+    return out
+
+
+@torch.no_grad()
+def quantize_model(model, bits: int, group_size: int | None = 64, symmetric: bool = True,
+                   include_lm_head: bool = False, inplace: bool = False):
+    """A copy of ``model`` whose decoder Linear weights are RTN quantize-dequantized (see :func:`quantize_tensor`).
+
+    Layers whose input dimension the group size does not divide raise a clear error.
+    """
+    _check_bits(bits)
+    target = model if inplace else copy.deepcopy(model)
+    for name, mod in quantizable_linears(target, include_lm_head).items():
+        w = mod.weight.data
+        conv1d = type(mod).__name__ == "Conv1D"  # GPT-2 stores [in, out]
+        wq = quantize_tensor(w.T if conv1d else w, bits, group_size, symmetric)
+        mod.weight.data.copy_(wq.T if conv1d else wq)
+    return target
+
+
+def load_bnb(model, bits: int = 4, quant_type: str = "nf4", device=None, compute_dtype=torch.float32):
+    """Reload ``model`` through bitsandbytes: 8 = LLM.int8, 4 = 4-bit ``nf4`` or ``fp4``. Works on CPU and CUDA.
+
+    The model is written to a temporary folder (safetensors) and loaded back with a ``BitsAndBytesConfig``,
+    which is exactly how a user quantizes a checkpoint.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from .models import get_device
+
+    if bits not in (4, 8):
+        raise ValueError(f"Unsupported bit width {bits} for bitsandbytes: use 8 (LLM.int8) or 4 (nf4/fp4).")
+    if bits == 4 and quant_type not in ("nf4", "fp4"):
+        raise ValueError(f"Unknown 4-bit type {quant_type!r}: use 'nf4' or 'fp4'.")
+    if bits == 8:
+        qc = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_compute_dtype=compute_dtype)
+    dev = get_device(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        q = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=qc, device_map=str(dev))
+    q.eval()
+    return q

@@ -1,0 +1,140 @@
+"""One small training loop shared by pre-training the world model, unlearning and relearning.
+
+The loop is plain PyTorch (AdamW, warm-up, cosine or constant schedule, gradient clipping) so a learner
+can read it in one screen. A ``loss_fn(model, batch) -> scalar`` decides what is optimised.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python and torch so that the same seed gives the same numbers on CPU."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def tokenize_texts(tokenizer, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+    """Token ids of each text with BOS and EOS added (the world tokenizer adds neither by itself)."""
+    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    out = [bos + ids + eos for ids in enc]
+    if max_length:
+        out = [ids[:max_length] for ids in out]
+    return out
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, label_mask: list[list[int]] | None = None) -> dict:
+    """Right-pad token id lists into input_ids, attention_mask and labels (-100 on padding / masked tokens)."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), n), dtype=torch.long)
+    labels = torch.full((len(seqs), n), -100, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+        if label_mask is None:
+            labels[i, : len(s)] = torch.tensor(s)
+        else:
+            m = torch.tensor(label_mask[i], dtype=torch.bool)
+            labels[i, : len(s)] = torch.where(m, torch.tensor(s), torch.tensor(-100))
+    return {"input_ids": ids, "attention_mask": att, "labels": labels}
+
+
+def lm_loss(model, batch: dict) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens (the ordinary language-modelling loss)."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int, schedule: str) -> float:
+    """Learning rate at a step: linear warm-up, then cosine decay to 10% or constant."""
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "constant":
+        return lr
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_loop(
+    model,
+    batches: Callable[[int], dict],
+    steps: int,
+    lr: float,
+    loss_fn: Callable = lm_loss,
+    warmup: int = 0,
+    schedule: str = "cosine",
+    weight_decay: float = 0.0,
+    clip: float = 1.0,
+    params: Iterable[torch.nn.Parameter] | None = None,
+    callback: Callable[[int, dict], None] | None = None,
+    callback_every: int = 0,
+    desc: str = "training",
+    progress: bool = True,
+) -> list[dict]:
+    """Run ``steps`` optimiser steps; ``batches(step)`` returns the batch of that step.
+
+    Returns a log: one dict per step with ``step``, ``loss`` and ``lr``. ``callback(step, log_row)`` runs
+    every ``callback_every`` steps (and after the last), e.g. to evaluate during training.
+    """
+    if steps <= 0:
+        raise ValueError(f"steps must be a positive number, got {steps}.")
+    if not lr > 0:
+        raise ValueError(f"the learning rate must be positive, got {lr}.")
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    model.train()
+    log = []
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup, schedule)
+        batch = batches(step)
+        loss = loss_fn(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        row = {"step": step + 1, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"]}
+        log.append(row)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+        if callback is not None and callback_every and ((step + 1) % callback_every == 0 or step + 1 == steps):
+            model.eval()
+            callback(step + 1, row)
+            model.train()
+    model.eval()
+    return log
+
+
+def epoch_batches(seqs: list[list[int]], batch_size: int, pad_id: int, seed: int,
+                  label_masks: list[list[int]] | None = None) -> Callable[[int], dict]:
+    """A ``batches(step)`` function that walks shuffled epochs over ``seqs`` deterministically."""
+    if not seqs:
+        raise ValueError("no training sequences: the data set is empty.")
+    order: list[int] = []
+    rng = random.Random(seed)
+    state = {"pos": 0}
+
+    def get(step: int) -> dict:
+        nonlocal order
+        idx = []
+        while len(idx) < batch_size:
+            if state["pos"] >= len(order):
+                order = list(range(len(seqs)))
+                rng.shuffle(order)
+                state["pos"] = 0
+            take = order[state["pos"]: state["pos"] + batch_size - len(idx)]
+            state["pos"] += len(take)
+            idx += take
+        return pad_batch([seqs[i] for i in idx], pad_id, [label_masks[i] for i in idx] if label_masks else None)
+
+    return get
