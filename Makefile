@@ -11,7 +11,7 @@ TORCH_PIP_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test reproduce setup data benchmark editions clean
+.PHONY: test reproduce setup data benchmark editions grade clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,15 @@ data: $(BIN)/.installed
 
 benchmark: $(BIN)/.installed
 	$(BIN)/python benchmarks/world_model.py
+	$(BIN)/python benchmarks/unlearning_methods.py
+
+# Course editions: editions/student (exercises open, solutions removed) and editions/solution
+editions: $(BIN)/.installed
+	$(BIN)/python -m unlearn_utils.editions --out editions
+
+# Grade a folder of submitted student notebooks: make grade SUBMISSIONS=path/to/folder
+grade: $(BIN)/.installed
+	$(BIN)/python -m unlearn_utils.autograde $(SUBMISSIONS) --out grades.csv
 
 clean:
 	rm -rf reports .pytest_cache

@@ -42,3 +42,78 @@ def test_min_k_check():
     assert not r.passed and "HIGHEST" in r.message
     assert not checks.check_min_k(floor_k).passed
     assert not checks.check_min_k(lambda lp, k: float(np.mean(lp))).passed
+
+
+def test_ga_check():
+    import torch.nn.functional as F
+
+    from unlearn_utils.unlearning.losses import ga_loss
+
+    assert checks.check_ga_loss(ga_loss).passed
+
+    def plus_nll(logits, labels):
+        return -ga_loss(logits, labels)
+
+    def no_shift(logits, labels):
+        return -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+    def no_mask(logits, labels):
+        lg, lb = logits[:, :-1], labels[:, 1:].clamp_min(0)
+        return -F.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1))
+
+    r = checks.check_ga_loss(plus_nll)
+    assert not r.passed and "wrong sign" in r.message
+    r = checks.check_ga_loss(no_shift)
+    assert not r.passed and "shift" in r.message
+    assert not checks.check_ga_loss(no_mask).passed
+
+
+def test_npo_check():
+    import torch.nn.functional as F
+
+    from unlearn_utils.unlearning.losses import npo_loss
+
+    assert checks.check_npo_loss(npo_loss).passed
+    r = checks.check_npo_loss(lambda s, r, b: npo_loss(r, s, b))
+    assert not r.passed and "wrong sign" in r.message
+    r = checks.check_npo_loss(lambda s, r, b: -F.logsigmoid(b * (s - r)).mean())
+    assert not r.passed and "2/β" in r.message
+
+
+def test_krs_check():
+    from unlearn_utils.patching import knowledge_recovery_score as krs
+
+    assert checks.check_krs(krs).passed
+    r = checks.check_krs(lambda o, p, u, m: krs(o, p, u, torch.ones_like(m)))
+    assert not r.passed and "ALL positions" in r.message
+    assert not checks.check_krs(lambda o, p, u, m: 1 - krs(o, p, u, m)).passed  # inverted
+    assert not checks.check_krs(lambda o, p, u, m: krs(o, u, p, m)).passed  # patched and unlearned swapped
+
+
+def test_patch_mlp_check():
+    import checks_patch_impls as impl
+
+    assert checks.check_patch_mlp(impl.patch_right).passed
+    r = checks.check_patch_mlp(impl.no_patch)
+    assert not r.passed and "UNPATCHED" in r.message
+    assert not checks.check_patch_mlp(impl.patch_wrong_layer).passed
+    assert not checks.check_patch_mlp(impl.patch_output_instead).passed
+
+
+def test_check_names_match_function_names():
+    """The autograder matches a notebook's `checks.check_X(` calls to the results named X."""
+    import inspect
+
+    from unlearn_utils.evaluate import greedy_match, min_k_score
+    from unlearn_utils.patching import knowledge_recovery_score
+    from unlearn_utils.unlearning.losses import ga_loss, npo_loss
+
+    refs = {"greedy_match": greedy_match, "min_k": min_k_score, "ga_loss": ga_loss, "npo_loss": npo_loss,
+            "krs": knowledge_recovery_score}
+    import checks_patch_impls as impl
+
+    refs["patch_mlp"] = impl.patch_right
+    names = [n[len("check_"):] for n, f in inspect.getmembers(checks, inspect.isfunction) if n.startswith("check_")]
+    assert set(names) == set(refs)
+    for n in names:
+        assert getattr(checks, f"check_{n}")(refs[n]).name == n

@@ -1,9 +1,11 @@
-"""Every notebook runs top to bottom in smoke mode, and is stored without outputs."""
+"""Every notebook runs top to bottom in smoke mode (as its solution edition), and is stored without outputs."""
 
 import json
 
+import nbformat
 import pytest
 
+from unlearn_utils.editions import make_edition
 from unlearn_utils.reproduce import notebooks, run_notebook
 
 NOTEBOOKS = notebooks()
@@ -26,7 +28,11 @@ def test_stored_without_outputs_with_parameters_cell(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_runs_in_smoke_mode(path, tmp_path, cache):
     report = tmp_path / "report"
-    run_notebook(path, tmp_path / path.name, {"SMOKE": True, "REPORT_DIR": str(report)}, timeout=600)
+    solution = tmp_path / "solution" / path.name
+    solution.parent.mkdir()
+    nbformat.write(make_edition(nbformat.read(path, as_version=4), "solution"), solution)
+    run_notebook(solution, tmp_path / path.name, {"SMOKE": True, "REPORT_DIR": str(report)}, timeout=600,
+                 cwd=path.parent)
     results = json.loads((report / "results" / f"{path.stem}.json").read_text())
     assert results["smoke"] is True
     assert list((report / "figures").glob("*.png")), "the notebook saved its figures"

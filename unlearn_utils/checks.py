@@ -8,6 +8,8 @@ do let ``NotImplementedError`` through so an untouched stub is reported as "not 
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,29 +29,36 @@ class CheckResult:
         return self.passed
 
 
+GRADE_FILE_ENV = "UNLEARN_KIT_GRADE_FILE"  # set by the autograder: each check appends one JSON line there
+
+
 def _report(name: str, passed: bool, message: str, **details) -> CheckResult:
     res = CheckResult(name, passed, message, details)
     RESULTS.append(res)
     print(("PASS " if passed else "FAIL ") + f"[{name}] {message}")
+    path = os.environ.get(GRADE_FILE_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"exercise": name, "passed": passed, "message": message}) + "\n")
     return res
 
 
-def _compare(name: str, got, want, atol: float = 1e-5, what: str = "value") -> CheckResult | None:
-    """None when close; else a failing result saying how it differs."""
+def _compare(name: str, got, want, atol: float = 1e-5, what: str = "value") -> str | None:
+    """None when close; else a message saying how it differs (shape, NaN, sign, or by how much)."""
     g = torch.as_tensor(np.asarray(got, dtype=float) if not torch.is_tensor(got) else got.detach().float().cpu())
     w = torch.as_tensor(np.asarray(want, dtype=float) if not torch.is_tensor(want) else want.detach().float().cpu())
     if g.shape != w.shape:
-        return _report(name, False, f"{what} has shape {tuple(g.shape)}, expected {tuple(w.shape)}.")
+        return f"{what} has shape {tuple(g.shape)}, expected {tuple(w.shape)}."
     if not torch.isfinite(g).all():
-        return _report(name, False, f"{what} contains NaN or inf.")
+        return f"{what} contains NaN or inf."
     diff = (g - w).abs().max().item()
     if diff <= atol:
         return None
     if torch.allclose(g, -w, atol=atol):
-        return _report(name, False, f"{what} has the wrong sign (got {g.flatten()[:3].tolist()}, "
-                                    f"expected {w.flatten()[:3].tolist()}).")
-    return _report(name, False, f"{what} is off by up to {diff:.4g} (got {g.flatten()[:3].tolist()}, "
-                                f"expected {w.flatten()[:3].tolist()}).")
+        return (f"{what} has the wrong sign (got {g.flatten()[:3].tolist()}, "
+                f"expected {w.flatten()[:3].tolist()}).")
+    return (f"{what} is off by up to {diff:.4g} (got {g.flatten()[:3].tolist()}, "
+            f"expected {w.flatten()[:3].tolist()}).")
 
 
 def _run(name: str, fn, *args):
@@ -104,7 +113,7 @@ def check_min_k(fn) -> CheckResult:
     """fn(token_logprobs: 1-D array, k: float) -> float, as :func:`unlearn_utils.evaluate.min_k_score`."""
     from .evaluate import min_k_score
 
-    name = "min_k_score"
+    name = "min_k"
     rng = np.random.default_rng(0)
     cases = [(np.array([-0.1, -5.0, -0.3, -2.0, -0.2]), 0.4), (np.array([-1.0]), 0.2),
              (rng.normal(-2, 1, 17), 0.2), (rng.normal(-1, 2, 10), 0.5), (rng.normal(-1, 2, 9), 0.3)]
@@ -116,6 +125,143 @@ def check_min_k(fn) -> CheckResult:
         bad = _compare(name, float(got), want, atol=1e-6, what=f"case {i} (k={k}, {len(lp)} tokens)")
         if bad is not None:
             if abs(float(got) - float(np.sort(lp)[::-1][: max(1, round(k * len(lp)))].mean())) < 1e-6:
-                bad.message += " It looks like the mean of the HIGHEST log-probs; Min-K% takes the lowest."
-            return bad
+                bad += " It looks like the mean of the HIGHEST log-probs; Min-K% takes the lowest."
+            return _report(name, False, bad)
     return _report(name, True, f"all {len(cases)} cases agree with the reference.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 01
+# ----------------------------------------------------------------------------------------------
+def check_ga_loss(fn) -> CheckResult:
+    """fn(logits [B, T, V], labels [B, T] with -100 = ignore) -> scalar, as :func:`unlearning.losses.ga_loss`."""
+    from .unlearning.losses import ga_loss
+
+    name = "ga_loss"
+    gen = torch.Generator().manual_seed(1)
+    for i, (b, t, v) in enumerate([(1, 4, 5), (3, 6, 7), (2, 5, 11)]):
+        logits = torch.randn(b, t, v, generator=gen) * 2
+        labels = torch.randint(0, v, (b, t), generator=gen)
+        labels[:, : t // 2] = -100  # the prompt is not labelled
+        got, err = _run(name, fn, logits.clone(), labels.clone())
+        if err is not None:
+            return err
+        want = ga_loss(logits, labels)
+        bad = _compare(name, got, want, atol=1e-5, what=f"case {i} loss")
+        if bad is not None:
+            unshifted = -_unshifted_nll(logits, labels)
+            if abs(float(got) - float(unshifted)) < 1e-5:
+                bad += " It matches a version without the one-token shift (logits[t] predicts labels[t+1])."
+            return _report(name, False, bad)
+    return _report(name, True, "matches the reference on 3 batches (sign, shift and mask all right).")
+
+
+def _unshifted_nll(logits, labels):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+def check_npo_loss(fn) -> CheckResult:
+    """fn(seq_nll [B], ref_seq_nll [B], beta) -> scalar, as :func:`unlearning.losses.npo_loss`."""
+    from .unlearning.losses import npo_loss
+
+    name = "npo_loss"
+    gen = torch.Generator().manual_seed(2)
+    for i, beta in enumerate([0.1, 0.5, 1.0]):
+        s = torch.rand(6, generator=gen) * 10
+        s_ref = torch.rand(6, generator=gen) * 10
+        got, err = _run(name, fn, s.clone(), s_ref.clone(), beta)
+        if err is not None:
+            return err
+        bad = _compare(name, got, npo_loss(s, s_ref, beta), atol=1e-5, what=f"case {i} (beta={beta}) loss")
+        if bad is not None:
+            if abs(float(got) - float(npo_loss(s_ref, s, beta))) < 1e-5:
+                bad += " The difference inside the sigmoid has the wrong sign: it is S_θ - S_ref."
+            elif abs(float(got) - float(npo_loss(s, s_ref, beta)) * beta / 2) < 1e-5:
+                bad += " Did you forget the 2/β factor in front?"
+            return _report(name, False, bad)
+    # a property: the loss falls as the forget NLL rises (pushing the model away from the answer)
+    s = torch.tensor([1.0, 2.0])
+    lo, hi = fn(s + 5, s, 0.1), fn(s, s, 0.1)
+    if not float(lo) < float(hi):
+        return _report(name, False, "the loss should decrease when S_θ grows above S_ref.")
+    return _report(name, True, "matches the reference for 3 values of beta, and falls as S_θ grows.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 02
+# ----------------------------------------------------------------------------------------------
+def check_krs(fn) -> CheckResult:
+    """fn(original_logits, patched_logits, unlearned_logits, answer_mask) -> per-row KRS, as
+    :func:`unlearn_utils.patching.knowledge_recovery_score`."""
+    from .patching import knowledge_recovery_score
+
+    name = "krs"
+    gen = torch.Generator().manual_seed(3)
+    o = torch.randn(4, 5, 7, generator=gen)
+    u = o + torch.randn(4, 5, 7, generator=gen)
+    p = o + 0.5 * (u - o) + 0.1 * torch.randn(4, 5, 7, generator=gen)
+    mask = torch.zeros(4, 5, dtype=torch.bool)
+    mask[:, 2:4] = True
+    mask[3, 1] = True
+    got, err = _run(name, fn, o.clone(), p.clone(), u.clone(), mask.clone())
+    if err is not None:
+        return err
+    want = knowledge_recovery_score(o, p, u, mask)
+    bad = _compare(name, got, want, atol=1e-5, what="KRS per row")
+    if bad is not None:
+        full = knowledge_recovery_score(o, p, u, torch.ones_like(mask))
+        if torch.as_tensor(got).shape == full.shape and torch.allclose(torch.as_tensor(got).float(), full, atol=1e-5):
+            bad += " It matches the KRS over ALL positions: average only over the answer positions (the mask)."
+        return _report(name, False, bad)
+    # properties: patched == original -> 1, patched == unlearned -> 0
+    ones, _ = _run(name, fn, o, o, u, mask)
+    zeros, _ = _run(name, fn, o, u, u, mask)
+    if ones is None or zeros is None or not torch.allclose(torch.as_tensor(ones).float(), torch.ones(4), atol=1e-5) \
+            or not torch.allclose(torch.as_tensor(zeros).float(), torch.zeros(4), atol=1e-5):
+        return _report(name, False, "KRS should be 1 when the patch restores the original and 0 when it changes nothing.")
+    return _report(name, True, "matches the reference, with KRS = 1 for a full restore and 0 for no effect.")
+
+
+def _tiny_pair():
+    """A tiny random Llama and a copy whose layer weights are perturbed, with a tokenizer-free input batch."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                      num_attention_heads=2, num_key_value_heads=2)
+    a = LlamaForCausalLM(cfg).eval()
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for n, p in b.named_parameters():
+            if ".layers." in n:
+                p.add_(0.1 * torch.randn_like(p))
+    return a, b
+
+
+def check_patch_mlp(fn) -> CheckResult:
+    """fn(unlearned, original_coefficients, layer, input_ids, attention_mask) -> logits of the unlearned model whose
+    layer-``layer`` MLP coefficients (the input of ``mlp.down_proj``) are replaced by ``original_coefficients``."""
+    from .patching import TeacherForced, cache_activations, run_patches
+
+    name = "patch_mlp"
+    a, b = _tiny_pair()
+    ids = torch.randint(0, 40, (3, 6), generator=torch.Generator().manual_seed(4))
+    att = torch.ones_like(ids)
+    tf = TeacherForced(ids, att, torch.ones_like(ids, dtype=torch.bool), [""] * 3, [""] * 3)
+    cache = cache_activations(a, None, tf)
+    for layer in (0, 2):
+        want = run_patches(b, None, tf, cache, [([layer], "mlp")], batched=False)[0]
+        got, err = _run(name, fn, b, cache["mlp"][layer].clone(), layer, ids, att)
+        if err is not None:
+            return err
+        bad = _compare(name, got, want, atol=1e-4, what=f"logits with layer {layer} patched")
+        if bad is not None:
+            unpatched = b(input_ids=ids, attention_mask=att).logits
+            if torch.allclose(torch.as_tensor(got).float(), unpatched, atol=1e-5):
+                bad += " They equal the UNPATCHED logits: the assignment did not reach the model."
+            return _report(name, False, bad)
+    return _report(name, True, "your patched logits match the kit's nnsight patch at layers 0 and 2.")

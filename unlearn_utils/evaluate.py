@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .training import pad_batch
 from .world import World
 
 
@@ -90,13 +91,8 @@ def answer_scores(model, tokenizer, prompts: list[str], answers: list[str], batc
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     correct, logprob, ntok = [], [], []
     for _, chunk in _batches(pairs, batch_size):
-        seqs = [p + a for p, a in chunk]
-        n = max(map(len, seqs))
-        ids = torch.full((len(seqs), n), pad, dtype=torch.long)
-        att = torch.zeros((len(seqs), n), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            att[i, : len(s)] = 1
+        batch = pad_batch([p + a for p, a in chunk], pad)
+        ids, att = batch["input_ids"], batch["attention_mask"]
         logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.float()
         logp = logits.log_softmax(-1)
         for i, (p, a) in enumerate(chunk):
@@ -145,12 +141,8 @@ def token_logprobs(model, tokenizer, texts: list[str], batch_size: int = 64, wit
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = []
     for _, chunk in _batches(enc, batch_size):
-        n = max(map(len, chunk))
-        ids = torch.full((len(chunk), n), pad, dtype=torch.long)
-        att = torch.zeros((len(chunk), n), dtype=torch.long)
-        for i, s in enumerate(chunk):
-            ids[i, : len(s)] = torch.tensor(s)
-            att[i, : len(s)] = 1
+        batch = pad_batch(chunk, pad)
+        ids, att = batch["input_ids"], batch["attention_mask"]
         logp = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.float().log_softmax(-1)
         for i, s in enumerate(chunk):
             lp = logp[i, : len(s) - 1]
@@ -272,14 +264,17 @@ def eval_data(world: World, split: str = "forget05", max_retain_people: int | No
     q = world.facts("trained", "trained")
     para = world.facts("trained", "paraphrase")
     fset = set(forget_people)
+
+    def subset(ds, people):
+        return ds.select([i for i, p in enumerate(ds["person"]) if p in people])
+
     # MIA compares the same kind of text: trained-phrasing statements of forget vs holdout people
     hold = world.facts("holdout", "trained")
-    fq = q.filter(lambda r: r["person"] in fset)
+    fq = subset(q, fset)
     hold_texts = [p + " " + a for p, a in zip(hold["prompt"], hold["answer"])]
     forget_texts = [p + " " + a for p, a in zip(fq["prompt"], fq["answer"])]
     return EvalData(
-        forget=fq, forget_para=para.filter(lambda r: r["person"] in fset),
-        retain=q.filter(lambda r: r["person"] in keep), retain_para=para.filter(lambda r: r["person"] in keep),
+        forget=fq, forget_para=subset(para, fset), retain=subset(q, keep), retain_para=subset(para, keep),
         holdout=hold, topics=world.topics_dataset(), utility=list(world.general_eval),
         forget_texts=forget_texts, holdout_texts=hold_texts)
 
@@ -328,3 +323,14 @@ def accuracy_by(model, tokenizer, data, by: str = "attribute", batch_size: int =
     scores = answer_scores(model, tokenizer, list(data["prompt"]), list(data["answer"]), batch_size)
     scores[by] = list(data[by])
     return scores.groupby(by)["correct"].mean()
+
+
+def trajectory_metrics(tokenizer, data: EvalData):
+    """A fast ``eval_fn`` for :func:`unlearn_utils.unlearning.unlearn`: forget / retain / paraphrase accuracy."""
+
+    def eval_fn(model) -> dict:
+        return {"forget_accuracy": accuracy(model, tokenizer, data.forget),
+                "forget_paraphrase_accuracy": accuracy(model, tokenizer, data.forget_para),
+                "retain_accuracy": accuracy(model, tokenizer, data.retain)}
+
+    return eval_fn

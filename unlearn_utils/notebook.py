@@ -29,6 +29,7 @@ class Session:
     dtype: object = None
     report_dir: str | None = None
     notebook: str = "notebook"
+    model_name: str = "world"
     results: dict = field(default_factory=dict)
     _retain: object = None
 
@@ -44,6 +45,16 @@ class Session:
         """A new copy of the original model (unlearning changes weights in place)."""
         model, _ = build_world_model(self.config, device=self.device, dtype=self.dtype)
         return model
+
+    def unlearned(self, method: str, **settings):
+        """The original model unlearned on this session's forget split with ``method`` (cached on disk).
+
+        Notebooks 02-05 reuse the same unlearned models, so each is trained once per setting.
+        """
+        from .unlearning import cached_unlearn
+
+        return cached_unlearn(self.model, self.tokenizer, self.world, self.split, method,
+                              model_key=self.config.key() if self.model_name == "world" else None, **settings)
 
     def save_fig(self, fig, name: str) -> None:
         """Save a figure under REPORT_DIR/figures/<notebook>_<name>.png when a report folder is set."""
@@ -81,4 +92,4 @@ def start(smoke: bool = False, model: str = "world", device=None, dtype=None, se
     else:
         m, tok = load_model(model, device=dev, dtype=dtype)
     return Session(world=world, config=config, model=m, tokenizer=tok, split=split, smoke=smoke, device=dev,
-                   dtype=dtype, report_dir=report_dir, notebook=notebook)
+                   dtype=dtype, report_dir=report_dir, notebook=notebook, model_name=model)

@@ -301,9 +301,9 @@ class World:
         fact; attributes are drawn independently, so T says nothing about V.
         """
         forget = self.facts(forget_split)
-        t = forget.filter(lambda r: r["tv"] == "T")
-        v = forget.filter(lambda r: r["tv"] == "V")
-        return t, v
+        tv = forget["tv"]
+        return (forget.select([i for i, x in enumerate(tv) if x == "T"]),
+                forget.select([i for i, x in enumerate(tv) if x == "V"]))
 
     def to_jsonl(self, folder: str | os.PathLike) -> list[Path]:
         """Write the world as JSONL files (people, facts, topics, general text, splits). Returns the paths."""

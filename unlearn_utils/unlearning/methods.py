@@ -1,0 +1,392 @@
+"""The ``unlearn()`` entry point: fine-tuning unlearning with any method, full or LoRA, evaluated as it trains.
+
+Methods (losses in :mod:`unlearn_utils.unlearning.losses`):
+
+============== =====================================================================================
+``ga``          gradient ascent on the forget set
+``grad_diff``   GA + NLL on retain data (gradient difference)
+``ga_kl``       GA + KL to the original model on retain data
+``npo``         negative preference optimisation; ``npo_gd`` / ``npo_kl`` add retain NLL / KL
+``simnpo``      reference-free, length-normalised NPO (+ retain NLL, as in its paper's TOFU runs)
+``idk``         fine-tune the forget prompts to answer with a refusal ("I do not know .") + retain NLL
+``idk_dpo``     DPO preferring the refusal over the true answer + retain NLL
+``rmu``         push one layer's forget activations toward a random direction, keep retain ones
+============== =====================================================================================
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from ..models import REFUSALS, save_checked
+from ..training import pad_batch, set_seed, train_loop
+from ..world import check_splits
+from . import losses as L
+
+# Documented defaults for the world model (6 layers, width 128), chosen by a small sweep over lr {1e-4, 3e-4, 1e-3}
+# and steps {60, 120, 200} (see benchmarks/RESULTS.md); with a real model, lower the learning rate (1e-5 is typical).
+DEFAULTS: dict[str, dict] = {
+    # no utility constraint: GA over-unlearns within a few dozen steps (the point notebook 01 makes)
+    "ga":        dict(lr=3e-4, steps=60),
+    "grad_diff": dict(lr=3e-4, steps=200, retain_weight=1.0),
+    "ga_kl":     dict(lr=3e-4, steps=200, retain_weight=1.0),
+    "npo":       dict(lr=3e-4, steps=200, beta=0.1),
+    "npo_gd":    dict(lr=3e-4, steps=200, beta=0.1, retain_weight=1.0),
+    "npo_kl":    dict(lr=3e-4, steps=200, beta=0.1, retain_weight=1.0),
+    "simnpo":    dict(lr=3e-4, steps=200, beta=2.5, gamma=0.0, retain_weight=1.0),
+    "idk":       dict(lr=3e-4, steps=200, retain_weight=1.0),
+    "idk_dpo":   dict(lr=3e-4, steps=200, beta=0.1, retain_weight=1.0),
+    "rmu":       dict(lr=1e-3, steps=200, layer=None, steering_coeff=4.0, retain_weight=10.0),
+}
+METHODS = tuple(DEFAULTS)
+NEEDS_REFERENCE = {"ga_kl", "npo", "npo_gd", "npo_kl", "idk_dpo", "rmu"}
+
+
+@dataclass
+class UnlearnConfig:
+    """Settings of one unlearning run (saved next to the model). Unset values take the method's defaults."""
+
+    method: str = "grad_diff"
+    lr: float | None = None
+    steps: int | None = None
+    batch_size: int = 32
+    retain_weight: float = 1.0
+    beta: float = 0.1
+    gamma: float = 0.0
+    layer: int | None = None          # RMU: which layer's output is steered (default: the middle layer)
+    steering_coeff: float = 4.0       # RMU: |control| = coeff x the mean hidden-state norm on forget data
+    lora: bool = False
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    weight_decay: float = 0.0
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_method(cls, method: str, **overrides) -> "UnlearnConfig":
+        if method not in DEFAULTS:
+            raise ValueError(f"Unknown unlearning method {method!r}. Choose one of: {', '.join(METHODS)}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"Unknown setting(s) {sorted(unknown)} for unlearn(); known: {sorted(known)}.")
+        values = {**DEFAULTS[method], **{k: v for k, v in overrides.items() if v is not None}}
+        if values.get("lora") and "lr" not in overrides:
+            values["lr"] = values["lr"] * 10  # LoRA updates few weights: a larger step is standard
+        cfg = cls(method=method, **values)
+        if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
+            raise ValueError(f"The learning rate must be a positive number, got {cfg.lr!r}.")
+        if not (isinstance(cfg.steps, int) and cfg.steps > 0):
+            raise ValueError(f"The number of steps must be a positive integer, got {cfg.steps!r}.")
+        return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: prompt/answer rows (labels on the answer) or plain text rows (labels everywhere)
+# ----------------------------------------------------------------------------------------------
+def _rows(data) -> list[dict]:
+    if isinstance(data, list):
+        return [r if isinstance(r, dict) else {"text": r} for r in data]
+    return data.to_list() if hasattr(data, "to_list") else list(data)
+
+
+def encode_examples(tokenizer, rows: list[dict], answers: list[str] | None = None) -> tuple[list, list]:
+    """Token ids and label masks. With a prompt, only the answer is labelled; plain text is labelled throughout."""
+    from ..evaluate import encode_qa
+
+    seqs, masks = [], []
+    for i, r in enumerate(rows):
+        if "prompt" in r:
+            answer = answers[i] if answers is not None else str(r["answer"])
+            (p, a), = encode_qa(tokenizer, [r["prompt"]], [answer])
+            eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+            seqs.append(p + a + eos)
+            masks.append([0] * len(p) + [1] * (len(a) + len(eos)))
+        else:
+            bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+            ids = bos + tokenizer(r["text"], add_special_tokens=False)["input_ids"]
+            seqs.append(ids)
+            masks.append([0] * len(bos) + [1] * (len(ids) - len(bos)))
+    return seqs, masks
+
+
+class _Cycler:
+    """Deterministic shuffled batches that cycle over a list of examples."""
+
+    def __init__(self, seqs, masks, batch_size, pad_id, seed):
+        self.seqs, self.masks, self.bs, self.pad = seqs, masks, batch_size, pad_id
+        self.rng = random.Random(seed)
+        self.order, self.pos = [], 0
+
+    def next(self, extra: list[list] | None = None) -> tuple[dict, list[int]]:
+        idx = []
+        while len(idx) < min(self.bs, len(self.seqs)):
+            if self.pos >= len(self.order):
+                self.order = list(range(len(self.seqs)))
+                self.rng.shuffle(self.order)
+                self.pos = 0
+            idx.append(self.order[self.pos])
+            self.pos += 1
+        batch = pad_batch([self.seqs[i] for i in idx], self.pad, [self.masks[i] for i in idx])
+        return batch, idx
+
+
+def _forward(model, batch, **kw):
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw)
+
+
+def _to(batch, device):
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry point
+# ----------------------------------------------------------------------------------------------
+def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval_fn: Callable | None = None,
+            eval_every: int = 0, keep_best: Callable[[dict], float] | None = None, inplace: bool = False,
+            progress: bool = True, **settings):
+    """Unlearn ``forget`` from ``model`` while keeping ``retain``; returns ``(unlearned_model, log)``.
+
+    forget / retain: datasets or lists of rows with ``prompt`` and ``answer`` (only the answer is trained on),
+    or with ``text``. settings: any :class:`UnlearnConfig` field (``lr``, ``steps``, ``lora=True``, ...).
+    eval_fn(model) -> dict of numbers, run at step 0 and every ``eval_every`` steps; the log then holds the
+    trajectory. keep_best(row) -> score: at the end, restore the evaluated checkpoint with the highest score.
+    The input model is copied unless ``inplace=True``.
+    """
+    cfg = UnlearnConfig.for_method(method, **settings)
+    check_splits(forget=forget, retain=retain)
+    set_seed(cfg.seed)
+    device = next(model.parameters()).device
+    model = model if inplace else copy.deepcopy(model)
+    model.train()
+    forget_rows, retain_rows = _rows(forget), _rows(retain)
+
+    reference = None
+    if cfg.method in NEEDS_REFERENCE and not cfg.lora:
+        reference = copy.deepcopy(model).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+    if cfg.lora:
+        model = _add_lora(model, cfg)
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    f_seqs, f_masks = encode_examples(tokenizer, forget_rows)
+    r_seqs, r_masks = encode_examples(tokenizer, retain_rows)
+    forget_batches = _Cycler(f_seqs, f_masks, cfg.batch_size, pad, cfg.seed)
+    retain_batches = _Cycler(r_seqs, r_masks, cfg.batch_size, pad, cfg.seed + 1)
+    refusal_seqs = None
+    if cfg.method in ("idk", "idk_dpo"):
+        rng = random.Random(cfg.seed)
+        refusals = [rng.choice(REFUSALS) for _ in forget_rows]
+        if "prompt" not in forget_rows[0]:
+            raise ValueError(f"{cfg.method} needs prompt/answer rows (the answer is replaced by a refusal).")
+        refusal_seqs = encode_examples(tokenizer, forget_rows, answers=refusals)
+
+    def ref_logits(batch):
+        with torch.no_grad():
+            if reference is not None:
+                return _forward(reference, batch).logits
+            with model.disable_adapter():
+                return _forward(model, batch).logits
+
+    rmu = _RMU(model, reference, cfg, f_seqs, f_masks, pad, device) if cfg.method == "rmu" else None
+
+    def batches(step):
+        fb, idx = forget_batches.next()
+        rb, _ = retain_batches.next()
+        out = {"forget": _to(fb, device), "retain": _to(rb, device)}
+        if refusal_seqs is not None:
+            out["refusal"] = _to(pad_batch([refusal_seqs[0][i] for i in idx], pad,
+                                           [refusal_seqs[1][i] for i in idx]), device)
+        return out
+
+    def loss_fn(model, b):
+        m, f, r = cfg.method, b["forget"], b["retain"]
+        if m == "rmu":
+            return rmu.loss(model, f, r)
+        retain_term = 0.0
+        if m in ("grad_diff", "npo_gd", "simnpo", "idk", "idk_dpo"):
+            retain_term = cfg.retain_weight * L.mean_nll(_forward(model, r).logits, r["labels"])
+        elif m in ("ga_kl", "npo_kl"):
+            retain_term = cfg.retain_weight * L.kl_to_reference(_forward(model, r).logits, ref_logits(r), r["labels"])
+        if m in ("ga", "grad_diff", "ga_kl"):
+            forget_term = L.ga_loss(_forward(model, f).logits, f["labels"])
+        elif m in ("npo", "npo_gd", "npo_kl"):
+            s, _ = L.sequence_nll(_forward(model, f).logits, f["labels"])
+            s_ref, _ = L.sequence_nll(ref_logits(f), f["labels"])
+            forget_term = L.npo_loss(s, s_ref, cfg.beta)
+        elif m == "simnpo":
+            s, n = L.sequence_nll(_forward(model, f).logits, f["labels"])
+            forget_term = L.simnpo_loss(s, n, cfg.beta, cfg.gamma)
+        elif m == "idk":
+            forget_term = L.mean_nll(_forward(model, b["refusal"]).logits, b["refusal"]["labels"])
+        elif m == "idk_dpo":
+            c, rej = b["refusal"], f
+            s_c, _ = L.sequence_nll(_forward(model, c).logits, c["labels"])
+            s_r, _ = L.sequence_nll(_forward(model, rej).logits, rej["labels"])
+            forget_term = L.dpo_loss(s_c, s_r, L.sequence_nll(ref_logits(c), c["labels"])[0],
+                                     L.sequence_nll(ref_logits(rej), rej["labels"])[0], cfg.beta)
+        else:  # pragma: no cover - guarded by UnlearnConfig
+            raise ValueError(m)
+        return forget_term + retain_term
+
+    evals: list[dict] = []
+    best = {"score": None, "state": None}
+
+    def evaluate(step, row):
+        model.eval()
+        with torch.no_grad():
+            numbers = dict(eval_fn(model))
+        model.train()
+        entry = {"step": step, **numbers}
+        evals.append(entry)
+        if keep_best is not None:
+            score = keep_best(entry)
+            if best["score"] is None or score > best["score"]:
+                best["score"], best["state"] = score, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    if eval_fn is not None:
+        evaluate(0, {})
+    params = rmu.params if rmu is not None else None
+    train_log = train_loop(model, batches, cfg.steps, cfg.lr, loss_fn=loss_fn, schedule="constant",
+                           weight_decay=cfg.weight_decay, params=params,
+                           callback=evaluate if eval_fn is not None else None,
+                           callback_every=eval_every if eval_fn is not None else 0,
+                           desc=f"unlearning ({cfg.method}{', LoRA' if cfg.lora else ''})", progress=progress)
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    log = pd.DataFrame(train_log)
+    if evals:
+        log = log.merge(pd.DataFrame(evals), on="step", how="outer").sort_values("step").reset_index(drop=True)
+    model.unlearn_config = cfg
+    return model, log
+
+
+def _add_lora(model, cfg: UnlearnConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules="all-linear", lora_dropout=0.0,
+                      init_lora_weights=True)
+    torch.manual_seed(cfg.seed)
+    return get_peft_model(model, lcfg)
+
+
+class _RMU:
+    """State of an RMU run: the steered layer, the control vector and the parameters it may update."""
+
+    def __init__(self, model, reference, cfg, f_seqs, f_masks, pad, device):
+        from ..arch import get_adapter
+
+        self.adapter = get_adapter(model)
+        n = self.adapter.n_layers(model)
+        self.layer = n // 2 if cfg.layer is None else cfg.layer
+        if not -n <= self.layer < n:
+            raise IndexError(f"RMU layer {self.layer} is out of range: the model has {n} layers (0..{n - 1}).")
+        self.layer %= n
+        self.cfg, self.reference = cfg, reference
+        # Like the WMDP code: update the MLPs of the steered layer and the two before it.
+        layers = range(max(0, self.layer - 2), self.layer + 1)
+        # (with LoRA, every adapter weight trains instead)
+        self.params = None if cfg.lora else [p for i in layers for p in self.adapter.layer(model, i).mlp.parameters()]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        u = torch.rand(model.config.hidden_size, generator=gen)
+        u = u / u.norm()
+        batch = pad_batch(f_seqs[:64], pad, f_masks[:64])
+        with torch.no_grad():
+            h = self.ref_hidden(model, _to(batch, device))
+        mask = batch["attention_mask"].bool().to(device)
+        scale = h[mask].norm(dim=-1).mean()
+        self.control = (cfg.steering_coeff * scale * u).to(device)
+
+    def hidden(self, model, batch):
+        out = _forward(model, batch, output_hidden_states=True)
+        return out.hidden_states[self.layer + 1]  # hidden_states[0] is the embedding output
+
+    def ref_hidden(self, model, batch):
+        with torch.no_grad():
+            if self.reference is not None:
+                return self.hidden(self.reference, batch)
+            with model.disable_adapter():
+                return self.hidden(model, batch)
+
+    def loss(self, model, f, r):
+        hf = self.hidden(model, f)
+        hr = self.hidden(model, r)
+        hr_ref = self.ref_hidden(model, r)
+        return L.rmu_loss(hf, f["attention_mask"], self.control, hr, hr_ref, r["attention_mask"],
+                          self.cfg.retain_weight)
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving and loading unlearned models
+# ----------------------------------------------------------------------------------------------
+def save_unlearned(model, tokenizer, folder, extra: dict | None = None) -> Path:
+    """Save an unlearned model (LoRA merged into the weights) as safetensors with its settings."""
+    cfg = getattr(model, "unlearn_config", None)
+    to_save = model
+    if hasattr(model, "merge_and_unload"):
+        to_save = copy.deepcopy(model).merge_and_unload()
+    settings = {"kind": "unlearned_model", "unlearn_config": dataclasses.asdict(cfg) if cfg else None,
+                **(extra or {})}
+    return save_checked(to_save, tokenizer, folder, settings)
+
+
+def load_unlearned(folder, device=None, dtype=None):
+    """Load a model saved by :func:`save_unlearned`; returns ``(model, tokenizer, settings)``."""
+    from ..models import load_model
+
+    model, tok = load_model(str(folder), device=device, dtype=dtype)
+    settings = json.loads((Path(folder) / "settings.json").read_text())
+    if settings.get("unlearn_config"):
+        model.unlearn_config = UnlearnConfig(**settings["unlearn_config"])
+    return model, tok, settings
+
+
+def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: str | None = None,
+                   progress: bool = True, **settings):
+    """Unlearn ``world``'s ``split`` (trained phrasings) from a world model, reusing a cached result when one exists.
+
+    The cache key is the world model's key + split + every unlearning setting. Without ``model_key`` (a model that
+    is not a cached world model) nothing is cached. Returns the unlearned model.
+    """
+    import hashlib
+    import warnings
+
+    from ..models import CorruptCacheError, _load_checked, cache_dir
+
+    cfg = UnlearnConfig.for_method(method, **settings)
+    forget, retain = world.facts(split, "trained"), world.facts("retain", "trained", split)
+    if model_key is None:
+        return unlearn(model, tokenizer, forget, retain, method, progress=progress, **settings)[0]
+    blob = json.dumps({"model": model_key, "split": split, "config": dataclasses.asdict(cfg)}, sort_keys=True)
+    folder = cache_dir() / "unlearned" / hashlib.sha256(blob.encode()).hexdigest()[:16]
+    device = next(model.parameters()).device
+    if folder.exists():
+        try:
+            out, _ = _load_checked(folder, device=device)
+            out.unlearn_config = cfg
+            return out
+        except (CorruptCacheError, OSError, ValueError, RuntimeError) as e:
+            aside = folder.parent / f"{folder.name}.corrupt"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(folder, aside)
+            warnings.warn(f"Cached unlearned model {folder} is unusable ({e}); moved aside, unlearning again.")
+    out, log = unlearn(model, tokenizer, forget, retain, method, progress=progress, **settings)
+    save_unlearned(out, tokenizer, folder, {"model_key": model_key, "split": split,
+                                            "final_loss": float(log["loss"].iloc[-1])})
+    if hasattr(out, "merge_and_unload"):
+        out = out.merge_and_unload()
+    out.unlearn_config = cfg
+    return out
