@@ -100,6 +100,27 @@ def test_patch_mlp_check():
     assert not checks.check_patch_mlp(impl.patch_output_instead).passed
 
 
+def test_vocab_projection_check():
+    assert checks.check_vocab_projection(lambda E, v, k: (E @ v).topk(k).indices).passed
+    r = checks.check_vocab_projection(lambda E, v, k: (E @ -v).topk(k).indices)
+    assert not r.passed and "SUPPRESSES" in r.message
+    r = checks.check_vocab_projection(lambda E, v, k: (E @ v).topk(k).indices.flip(0))
+    assert not r.passed
+    r = checks.check_vocab_projection(lambda E, v, k: (E.T @ v).topk(k).indices)
+    assert not r.passed and "raised" in r.message
+
+
+def test_jaccard_check():
+    from unlearn_utils.concepts import jaccard
+
+    assert checks.check_jaccard(jaccard).passed
+    r = checks.check_jaccard(lambda a, b: sum(x in b for x in a) / len(set(a) | set(b)) if a or b else 1.0)
+    assert not r.passed and "Duplicates" in r.message
+    r = checks.check_jaccard(lambda a, b: len(set(a) & set(b)) / len(set(a) | set(b)))
+    assert not r.passed and "empty" in r.message
+    assert not checks.check_jaccard(lambda a, b: len(set(a) & set(b)) / max(len(a), len(b), 1)).passed
+
+
 def test_check_names_match_function_names():
     """The autograder matches a notebook's `checks.check_X(` calls to the results named X."""
     import inspect
@@ -113,6 +134,10 @@ def test_check_names_match_function_names():
     import checks_patch_impls as impl
 
     refs["patch_mlp"] = impl.patch_right
+    from unlearn_utils.concepts import jaccard
+
+    refs["jaccard"] = jaccard
+    refs["vocab_projection"] = lambda E, v, k: (E @ v).topk(k).indices
     names = [n[len("check_"):] for n, f in inspect.getmembers(checks, inspect.isfunction) if n.startswith("check_")]
     assert set(names) == set(refs)
     for n in names:

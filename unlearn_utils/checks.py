@@ -265,3 +265,60 @@ def check_patch_mlp(fn) -> CheckResult:
                 bad += " They equal the UNPATCHED logits: the assignment did not reach the model."
             return _report(name, False, bad)
     return _report(name, True, "your patched logits match the kit's nnsight patch at layers 0 and 2.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 03
+# ----------------------------------------------------------------------------------------------
+def check_vocab_projection(fn) -> CheckResult:
+    """fn(unembedding [vocab, d], vector [d], k) -> the ids of the k tokens the vector promotes most, best first."""
+    name = "vocab_projection"
+    gen = torch.Generator().manual_seed(5)
+    E = torch.randn(30, 8, generator=gen)
+    for i, k in enumerate((1, 5, 30)):
+        v = torch.randn(8, generator=gen)
+        got, err = _run(name, fn, E.clone(), v.clone(), k)
+        if err is not None:
+            return err
+        want = (E @ v).topk(k).indices
+        got_t = torch.as_tensor(got)
+        if got_t.shape != want.shape:
+            return _report(name, False, f"case {i}: expected {k} token ids, got shape {tuple(got_t.shape)}.")
+        if torch.equal(got_t, (E @ -v).topk(k).indices) and k < 30:
+            return _report(name, False, f"case {i}: these are the tokens the vector SUPPRESSES: take the largest logits.")
+        if not torch.equal(got_t.long(), want):
+            if set(got_t.tolist()) == set(want.tolist()):
+                return _report(name, False, f"case {i}: right tokens, wrong order: sort them best first.")
+            return _report(name, False, f"case {i} (k={k}): got ids {got_t.tolist()[:5]}, expected {want.tolist()[:5]}. "
+                                        "Project with unembedding @ vector (one logit per vocabulary token).")
+    return _report(name, True, "your projection picks the same top-k tokens, in the same order.")
+
+
+def check_jaccard(fn) -> CheckResult:
+    """fn(a, b) -> |A ∩ B| / |A ∪ B| for two collections of tokens (duplicates ignored; two empty sets -> 1)."""
+    from .concepts import jaccard
+
+    name = "jaccard"
+    cases = [(["a", "b", "c"], ["b", "c", "d"]), (["x"], ["y"]), (["a", "a", "b"], ["a", "b"]),
+             (list("abcdef"), list("abc")), ([], [])]
+    for i, (a, b) in enumerate(cases):
+        if not a and not b:
+            try:
+                fn([], [])
+            except ZeroDivisionError:
+                return _report(name, False, "two empty lists raised ZeroDivisionError. Two empty sets are "
+                                            "identical: return 1.0 (and avoid dividing by zero).")
+            except Exception:  # noqa: BLE001 - reported by _run below
+                pass
+        got, err = _run(name, fn, list(a), list(b))
+        if err is not None:
+            return err
+        want = jaccard(a, b)
+        bad = _compare(name, float(got) if got is not None else float("nan"), want, atol=1e-9, what=f"case {i} {a} vs {b}")
+        if bad is not None:
+            if i == 2:
+                bad += " Duplicates must not count twice: compare sets."
+            if i == 4:
+                bad += " Two empty sets are identical: return 1.0 (and avoid dividing by zero)."
+            return _report(name, False, bad)
+    return _report(name, True, "matches the reference, including duplicates and empty sets.")

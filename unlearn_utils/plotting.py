@@ -109,6 +109,30 @@ def tradeoff(points: dict[str, tuple[list, list]], title: str = "", xlabel: str 
     return fig
 
 
+def scatter(points: dict[str, tuple[float, float]], title: str = "", xlabel: str = "", ylabel: str = "",
+            diagonal: float | None = None, log: bool = False):
+    """Labelled points (one per topic or method); ``diagonal=r`` draws the line y = x / r for reference."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    xs = [x for x, _ in points.values()]
+    ys = [y for _, y in points.values()]
+    ax.scatter(xs, ys, s=25)
+    for name, (x, y) in points.items():
+        ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if log:
+        ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_yscale("symlog", linthresh=1e-3)
+    if diagonal and xs:
+        hi = max(xs) * 1.05
+        ax.plot([0, hi], [0, hi / diagonal], ls="--", color="grey", label=f"target effect = {diagonal:g} x unrelated")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path: str | os.PathLike) -> None:
     """Save a figure (creating folders), e.g. into reports/figures."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
