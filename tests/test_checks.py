@@ -121,6 +121,32 @@ def test_jaccard_check():
     assert not checks.check_jaccard(lambda a, b: len(set(a) & set(b)) / max(len(a), len(b), 1)).passed
 
 
+def test_rtn_quantize_check():
+    from unlearn_utils.quantize import quantize_tensor
+
+    assert checks.check_rtn_quantize(lambda w, b, g: quantize_tensor(w, b, g)).passed
+    r = checks.check_rtn_quantize(lambda w, b, g: quantize_tensor(w, b, None))
+    assert not r.passed and "ONE grid per row" in r.message
+
+    def floor_rtn(w, bits, g):
+        o, i = w.shape
+        x = w.reshape(o, i // g, g)
+        s = x.abs().amax(-1, keepdim=True) / (2 ** (bits - 1) - 1)
+        return (torch.floor(x / s) * s).reshape(o, i)
+
+    r = checks.check_rtn_quantize(floor_rtn)
+    assert not r.passed and "half a step" in r.message
+
+
+def test_recovery_rate_check():
+    from unlearn_utils.relearn import recovery_above_floor
+
+    assert checks.check_recovery_rate(recovery_above_floor).passed
+    r = checks.check_recovery_rate(lambda u, r, o: u / o)
+    assert not r.passed and "floor" in r.message
+    assert not checks.check_recovery_rate(lambda u, r, o: (u - r) / o).passed
+
+
 def test_check_names_match_function_names():
     """The autograder matches a notebook's `checks.check_X(` calls to the results named X."""
     import inspect
@@ -137,6 +163,11 @@ def test_check_names_match_function_names():
     from unlearn_utils.concepts import jaccard
 
     refs["jaccard"] = jaccard
+    from unlearn_utils.quantize import quantize_tensor
+    from unlearn_utils.relearn import recovery_above_floor
+
+    refs["rtn_quantize"] = lambda w, b, g: quantize_tensor(w, b, g)
+    refs["recovery_rate"] = recovery_above_floor
     refs["vocab_projection"] = lambda E, v, k: (E @ v).topk(k).indices
     names = [n[len("check_"):] for n, f in inspect.getmembers(checks, inspect.isfunction) if n.startswith("check_")]
     assert set(names) == set(refs)

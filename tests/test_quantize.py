@@ -53,3 +53,49 @@ def test_bitsandbytes_on_cpu(tiny, bits, kind):
     assert 0 < diff < 1.0
     with pytest.raises(ValueError, match="Unsupported bit width"):
         load_bnb(model, 3)
+
+
+def test_change_in_steps_and_codes(tiny):
+    import copy
+
+    import torch
+
+    from unlearn_utils import quantize as Q
+
+    world, model, tok = tiny
+    same = Q.change_in_steps(model, copy.deepcopy(model), 4, 32)
+    assert (same["median"] == 0).all() and (same.changed_after_quant == 0).all() and (same.moved == 0).all()
+    other = copy.deepcopy(model)
+    w = other.model.layers[0].mlp.down_proj.weight
+    step = Q.quantization_step(w.detach(), 4, 32)
+    with torch.no_grad():
+        w.add_(3 * step)  # every weight moves by 3 steps (capped by the grid at the group's extreme)
+    ch = Q.change_in_steps(model, other, 4, 32).set_index("module")
+    assert ch.loc["model.layers.0.mlp.down_proj", "median"] == pytest.approx(3.0, rel=1e-3)
+    assert ch.loc["model.layers.0.mlp.down_proj", "changed_after_quant"] > 0.5
+    assert ch.drop("model.layers.0.mlp.down_proj").changed_after_quant.max() == 0
+    sample = Q.steps_histogram(model, other, 4, 32)
+    assert sample.max() == pytest.approx(3.0, rel=1e-3)
+
+
+def test_salient_modules_and_only_modules_training(tiny):
+    from unlearn_utils import quantize as Q
+    from unlearn_utils.unlearning import unlearn
+
+    world, model, tok = tiny
+    forget = world.facts("forget10", "trained")
+    table = Q.salient_modules(model, tok, forget, fraction=0.25)
+    assert table.grad_norm.is_monotonic_decreasing and table.selected.sum() == round(0.25 * len(table))
+    assert all(p.grad is None for p in model.parameters())  # gradients cleaned up
+    chosen = tuple(table[table.selected].module)
+    out, _ = unlearn(model, tok, forget, world.facts("retain", "trained", "forget10"), "grad_diff",
+                     only_modules=chosen, steps=3, progress=False)
+    a, b = model.state_dict(), out.state_dict()
+    for k in a:
+        moved = not (a[k] == b[k]).all()
+        assert moved == any(k.startswith(m + ".") for m in chosen), k
+    with pytest.raises(ValueError, match="match no parameter"):
+        unlearn(model, tok, forget, world.facts("retain", "trained", "forget10"), "ga", only_modules=("nope",),
+                steps=1, progress=False)
+    with pytest.raises(ValueError, match="fraction"):
+        Q.salient_modules(model, tok, forget, fraction=0)

@@ -322,3 +322,49 @@ def check_jaccard(fn) -> CheckResult:
                 bad += " Two empty sets are identical: return 1.0 (and avoid dividing by zero)."
             return _report(name, False, bad)
     return _report(name, True, "matches the reference, including duplicates and empty sets.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 05
+# ----------------------------------------------------------------------------------------------
+def check_rtn_quantize(fn) -> CheckResult:
+    """fn(w [out, in], bits, group_size) -> symmetric (absmax) round-to-nearest quantize-dequantize, per group of
+    ``group_size`` consecutive inputs of a row, as :func:`unlearn_utils.quantize.quantize_tensor`."""
+    from .quantize import quantization_step, quantize_tensor
+
+    name = "rtn_quantize"
+    gen = torch.Generator().manual_seed(6)
+    for i, (shape, bits, g) in enumerate((((4, 16), 4, 8), ((3, 32), 3, 16), ((2, 8), 8, 8))):
+        w = torch.randn(*shape, generator=gen)
+        got, err = _run(name, fn, w.clone(), bits, g)
+        if err is not None:
+            return err
+        want = quantize_tensor(w, bits, g)
+        bad = _compare(name, got, want, atol=1e-5, what=f"case {i} ({bits} bits, group {g})")
+        if bad is not None:
+            got_t = torch.as_tensor(got).float()
+            if got_t.shape == w.shape and torch.allclose(got_t, quantize_tensor(w, bits, None), atol=1e-5):
+                bad += " It matches ONE grid per row: use one absmax per group of `group_size` inputs."
+            elif got_t.shape == w.shape and ((got_t - w).abs() > 0.5 * quantization_step(w, bits, g) + 1e-6).any():
+                bad += " Some weights moved by more than half a step: round to the nearest level, do not floor."
+            return _report(name, False, bad)
+    return _report(name, True, "matches the reference; every weight is within half a step of where it was.")
+
+
+def check_recovery_rate(fn) -> CheckResult:
+    """fn(attacked_unlearned, attacked_retain, original) -> (attacked_unlearned - attacked_retain) /
+    (original - attacked_retain): the share of the floor-to-ceiling gap that the attack closes."""
+    from .relearn import recovery_above_floor
+
+    name = "recovery_rate"
+    for i, args in enumerate(((0.6, 0.1, 0.9), (0.1, 0.1, 1.0), (0.05, 0.1, 0.8), (1.0, 0.2, 1.0))):
+        got, err = _run(name, fn, *args)
+        if err is not None:
+            return err
+        want = recovery_above_floor(*args)
+        bad = _compare(name, float(got), want, atol=1e-9, what=f"case {i} {args}")
+        if bad is not None:
+            if abs(float(got) - args[0] / args[2]) < 1e-9:
+                bad += " That is the paper's plain ratio (unlearned / original): subtract the retain-model floor."
+            return _report(name, False, bad)
+    return _report(name, True, "matches the reference: 0 at the floor, 1 at the ceiling, negative below the floor.")

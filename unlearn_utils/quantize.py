@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import tempfile
 
+import pandas as pd
+
 import torch
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8)
@@ -120,3 +122,97 @@ def load_bnb(model, bits: int = 4, quant_type: str = "nf4", device=None, compute
         q = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=qc, device_map=str(dev))
     q.eval()
     return q
+
+
+# ----------------------------------------------------------------------------------------------
+# Why quantization can bring knowledge back: unlearning changes measured in quantization steps
+# ----------------------------------------------------------------------------------------------
+def _codes(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool) -> torch.Tensor:
+    """The integer grid index of each weight (what a quantized checkpoint stores)."""
+    wg = _grouped(w.float(), group_size)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = (wg.abs().amax(-1, keepdim=True) / qmax).clamp_min(1e-12)
+        return torch.round(wg / scale).clamp(-qmax, qmax).reshape(w.shape)
+    lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+    return torch.round((wg - lo) / ((hi - lo) / (2 ** bits - 1)).clamp_min(1e-12)).reshape(w.shape)
+
+
+@torch.no_grad()
+def change_in_steps(original, unlearned, bits: int = 4, group_size: int | None = 64, symmetric: bool = True,
+                    include_lm_head: bool = False) -> pd.DataFrame:
+    """Per quantized Linear: how far unlearning moved the weights, in units of the original's quantization step.
+
+    Columns: module, median / p90 / p99 of |w_unlearned - w_original| / step, the share of weights whose
+    quantized value differs between the two models (``changed_after_quant``), and the share that moved at all.
+    ``changed_after_quant`` compares integer codes (each model on its own grid): a weight whose code is unchanged
+    holds, after quantization, what the original held up to the grid's rescaling.
+    """
+    _check_bits(bits)
+    a = quantizable_linears(original, include_lm_head)
+    b = dict(unlearned.named_modules())
+    rows = []
+    for name, mod in a.items():
+        if name not in b or b[name].weight.shape != mod.weight.shape:
+            raise ValueError(f"Module {name} differs between the two models: they must share an architecture.")
+        w0, w1 = mod.weight.float(), b[name].weight.float()
+        if type(mod).__name__ == "Conv1D":
+            w0, w1 = w0.T, w1.T
+        step = quantization_step(w0, bits, group_size, symmetric)
+        ratio = ((w1 - w0).abs() / step).flatten()
+        changed = _codes(w1, bits, group_size, symmetric) != _codes(w0, bits, group_size, symmetric)
+        q = torch.quantile(ratio[torch.randperm(ratio.numel(), generator=torch.Generator().manual_seed(0))[:100_000]],
+                           torch.tensor([0.5, 0.9, 0.99]))
+        rows.append({"module": name, "n_weights": ratio.numel(), "median": float(q[0]), "p90": float(q[1]),
+                     "p99": float(q[2]), "moved": float((w1 != w0).float().mean()),
+                     "changed_after_quant": float(changed.float().mean())})
+    return pd.DataFrame(rows)
+
+
+def steps_histogram(original, unlearned, bits: int = 4, group_size: int | None = 64, bins=None, sample: int = 200_000):
+    """A sample of |w_unlearned - w_original| / step over all quantized weights (for a histogram)."""
+    vals = []
+    b = dict(unlearned.named_modules())
+    for name, mod in quantizable_linears(original).items():
+        w0, w1 = mod.weight.detach().float(), b[name].weight.detach().float()
+        vals.append(((w1 - w0).abs() / quantization_step(w0, bits, group_size)).flatten())
+    v = torch.cat(vals)
+    idx = torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:sample]
+    return v[idx].numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# SURE (Zhang et al.): update only the modules most salient for the forget set, with a large learning rate
+# ----------------------------------------------------------------------------------------------
+def salient_modules(model, tokenizer, forget, fraction: float = 0.1, batch_size: int = 32) -> pd.DataFrame:
+    """Rank the quantizable Linear modules by the norm of the forget-set NLL gradient on their weights.
+
+    Returns the table (module, grad_norm, selected) with the top ``fraction`` of modules selected. SURE then
+    unlearns with only those modules trainable and a larger learning rate, so the changes it makes are large
+    enough to survive rounding.
+    """
+    from .training import pad_batch
+    from .unlearning.methods import _rows, encode_examples
+
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+    rows = _rows(forget)
+    if not rows:
+        raise ValueError("The forget set is empty.")
+    seqs, masks = encode_examples(tokenizer, rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    mods = quantizable_linears(model)
+    dev = next(model.parameters()).device
+    model.zero_grad(set_to_none=True)
+    for i in range(0, len(seqs), batch_size):
+        b = pad_batch(seqs[i:i + batch_size], pad, masks[i:i + batch_size])
+        out = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev),
+                    labels=b["labels"].to(dev))
+        (out.loss * len(seqs[i:i + batch_size]) / len(seqs)).backward()
+    table = pd.DataFrame([{"module": n, "grad_norm": float(m.weight.grad.norm()) if m.weight.grad is not None else 0.0}
+                          for n, m in mods.items()])
+    model.zero_grad(set_to_none=True)
+    n = max(1, round(fraction * len(table)))
+    table = table.sort_values("grad_norm", ascending=False).reset_index(drop=True)
+    table["selected"] = table.index < n
+    return table

@@ -70,6 +70,7 @@ class UnlearnConfig:
     lora_rank: int = 8
     lora_alpha: int = 16
     weight_decay: float = 0.0
+    only_modules: tuple[str, ...] | None = None  # train only these modules' parameters (e.g. SURE's selection)
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -259,6 +260,13 @@ def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval
     if eval_fn is not None:
         evaluate(0, {})
     params = rmu.params if rmu is not None else None
+    if cfg.only_modules:
+        names = dict(model.named_parameters())
+        chosen = [p for n, p in names.items() if any(n == m or n.startswith(m + ".") for m in cfg.only_modules)]
+        if not chosen:
+            raise ValueError(f"only_modules {list(cfg.only_modules)} match no parameter of the model; "
+                             f"parameter names look like {list(names)[:3]}.")
+        params = chosen
     train_log = train_loop(model, batches, cfg.steps, cfg.lr, loss_fn=loss_fn, schedule="constant",
                            weight_decay=cfg.weight_decay, params=params,
                            callback=evaluate if eval_fn is not None else None,
@@ -370,7 +378,8 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
     forget, retain = world.facts(split, "trained"), world.facts("retain", "trained", split)
     if model_key is None:
         return unlearn(model, tokenizer, forget, retain, method, progress=progress, **settings)[0]
-    blob = json.dumps({"model": model_key, "split": split, "config": dataclasses.asdict(cfg)}, sort_keys=True)
+    conf = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "only_modules" and v is None)}  # stable keys
+    blob = json.dumps({"model": model_key, "split": split, "config": conf}, sort_keys=True)
     folder = cache_dir() / "unlearned" / hashlib.sha256(blob.encode()).hexdigest()[:16]
     device = next(model.parameters()).device
     if folder.exists():

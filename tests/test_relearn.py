@@ -1,0 +1,51 @@
+"""Relearning attacks: recovery formulas by hand, RTT input checks, and that relearning trains what it should."""
+
+import pytest
+
+from unlearn_utils import relearn as RL
+
+
+def test_recovery_formulas_by_hand():
+    assert RL.recovery_rate(0.45, 0.9) == pytest.approx(0.5)
+    assert RL.recovery_above_floor(0.6, 0.1, 0.9) == pytest.approx(0.5 / 0.8)
+    assert RL.recovery_above_floor(0.1, 0.1, 0.9) == 0.0
+    assert RL.recovery_above_floor(0.9, 0.1, 0.9) == pytest.approx(1.0)
+    assert RL.recovery_above_floor(0.05, 0.1, 0.9) < 0
+    with pytest.raises(ValueError, match="nothing to recover"):
+        RL.recovery_rate(0.3, 0.0)
+    with pytest.raises(ValueError, match="floor reaches the ceiling"):
+        RL.recovery_above_floor(0.3, 0.5, 0.5)
+
+
+def test_tv_split_shares_no_fact(tiny):
+    world, _, _ = tiny
+    for split in ("forget05", "forget10"):
+        T, V = world.tv_split(split)
+        t = set(zip(T["person"], T["attribute"]))
+        v = set(zip(V["person"], V["attribute"]))
+        assert t and v and not t & v
+        assert {p for p, _ in t} == {p for p, _ in v} == set(world.forget_people(split))
+
+
+def test_rtt_rejects_empty_or_overlapping_sets(tiny):
+    world, model, tok = tiny
+    T, V = world.tv_split("forget10")
+    with pytest.raises(ValueError, match="both must be non-empty"):
+        RL.rtt({"m": model}, tok, T.select([]), V)
+    with pytest.raises(ValueError, match="both must be non-empty"):
+        RL.rtt({"m": model}, tok, T, V.select([]))
+    with pytest.raises(ValueError, match="share"):
+        RL.rtt({"m": model}, tok, T, T)
+    with pytest.raises(ValueError, match="empty"):
+        RL.relearn(model, tok, [])
+
+
+def test_relearning_fits_t_and_logs_every_epoch(tiny):
+    world, model, tok = tiny
+    T, V = world.tv_split("forget10")
+    res = RL.rtt({"m": model}, tok, T, V, epochs=2, lr=3e-3, progress=False)
+    assert list(res.epoch) == [0, 1, 2]
+    assert res["T"].iloc[-1] > res["T"].iloc[0]  # the attack learns what it is trained on
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    RL.relearn(model, tok, T, epochs=1, progress=False)
+    assert all((before[k] == v).all() for k, v in model.state_dict().items())  # input model untouched

@@ -1,0 +1,90 @@
+"""Relearning attacks: is forgotten knowledge still in the weights?
+
+RTT (Deeb & Roger, arXiv 2410.08827): split a forget set's facts into T and V, with facts independent of each
+other (a person's birth year says nothing of their pet). Fine-tune the unlearned model on T and measure V. If V comes
+back, fine-tuning on T cannot have *taught* V; it must have uncovered what unlearning hid. The same attack on the
+retain model (which never saw the facts) is the floor; on the original, the ceiling.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import torch
+
+from .evaluate import accuracy
+from .training import epoch_batches, set_seed, train_loop
+from .unlearning.methods import _rows, encode_examples
+
+
+def recovery_rate(attacked_v_accuracy: float, original_v_accuracy: float) -> float:
+    """The paper's form: V accuracy after the attack / the original's V accuracy (1 = all of it back)."""
+    if original_v_accuracy <= 0:
+        raise ValueError("The original model's V accuracy is 0: there is nothing to recover, the rate is undefined.")
+    return attacked_v_accuracy / original_v_accuracy
+
+
+def recovery_above_floor(attacked_unlearned: float, attacked_retain: float, original: float) -> float:
+    """(attacked unlearned - attacked retain) / (original - attacked retain): the share of the gap between the
+    floor (a model that never knew the facts, given the same attack) and the ceiling that the attack closes."""
+    gap = original - attacked_retain
+    if gap <= 0:
+        raise ValueError(f"The original's V accuracy ({original:.3f}) is not above the attacked retain model's "
+                         f"({attacked_retain:.3f}): the floor reaches the ceiling, so recovery is undefined.")
+    return (attacked_unlearned - attacked_retain) / gap
+
+
+def relearn(model, tokenizer, train, eval_sets: dict | None = None, epochs: int = 3, lr: float = 1e-4,
+            batch_size: int = 16, seed: int = 0, progress: bool = True):
+    """Fine-tune a copy of ``model`` on ``train`` (prompt/answer rows: loss on the answer only, or text rows).
+
+    eval_sets: {name: data with prompt/answer}; accuracy on each is measured before training and after every
+    epoch. Returns ``(model, log)`` where log has one row per epoch (epoch 0 = before the attack).
+    """
+    rows = _rows(train)
+    if not rows:
+        raise ValueError("The relearning set is empty: pass at least one fact to fine-tune on.")
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}.")
+    set_seed(seed)
+    model = copy.deepcopy(model)
+    dev = next(model.parameters()).device
+    seqs, masks = encode_examples(tokenizer, rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    get = epoch_batches(seqs, min(batch_size, len(seqs)), pad, seed, masks)
+    steps_per_epoch = max(1, -(-len(seqs) // batch_size))
+
+    def evaluate(epoch):
+        model.eval()
+        with torch.no_grad():
+            return {"epoch": epoch, **{k: accuracy(model, tokenizer, v) for k, v in (eval_sets or {}).items()}}
+
+    log = [evaluate(0)]
+    for e in range(1, epochs + 1):
+        train_loop(model, lambda s: {k: v.to(dev) for k, v in get(s).items()}, steps_per_epoch, lr,
+                   schedule="constant", desc=f"relearning, epoch {e}", progress=progress)
+        log.append(evaluate(e))
+    model.eval()
+    return model, pd.DataFrame(log)
+
+
+def rtt(models: dict, tokenizer, t_facts, v_facts, epochs: int = 3, lr: float = 1e-4, seed: int = 0,
+        progress: bool = True) -> pd.DataFrame:
+    """Run the same RTT attack on every model of ``models`` ({name: model}); returns V (and T) accuracy per epoch.
+
+    Include the original (ceiling) and the retain model (floor) in ``models`` to read the result.
+    """
+    if len(t_facts) == 0 or len(v_facts) == 0:
+        raise ValueError(f"T has {len(t_facts)} facts and V has {len(v_facts)}: both must be non-empty.")
+    t_keys = {(r["person"], r["attribute"]) for r in _rows(t_facts) if "person" in r}
+    v_keys = {(r["person"], r["attribute"]) for r in _rows(v_facts) if "person" in r}
+    if t_keys & v_keys:
+        raise ValueError(f"T and V share {len(t_keys & v_keys)} facts (e.g. {sorted(t_keys & v_keys)[0]}); "
+                         "they must be disjoint.")
+    frames = []
+    for name, model in models.items():
+        _, log = relearn(model, tokenizer, t_facts, {"T": t_facts, "V": v_facts}, epochs, lr, seed=seed,
+                         progress=progress)
+        frames.append(log.assign(model=name))
+    return pd.concat(frames, ignore_index=True)
