@@ -37,4 +37,3 @@ def tiny(tiny_config):
 
     model, tok = build_world_model(tiny_config, progress=False)
     return tiny_config.world(), model, tok
-

@@ -24,7 +24,7 @@ import torch
 
 from .arch import get_adapter
 from .evaluate import answer_scores
-from .training import pad_batch, set_seed, train_loop
+from .training import epoch_batches, set_seed, train_loop
 from .world import World
 
 
@@ -71,7 +71,7 @@ def project_to_vocab(model, vectors: torch.Tensor, final_norm: bool = False) -> 
     return out[:, 0] if single else out
 
 
-def _check_k(tokenizer_or_vocab, k: int, vocab_size: int) -> None:
+def _check_k(k: int, vocab_size: int) -> None:
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive whole number, got {k!r}.")
     if k > vocab_size:
@@ -81,7 +81,7 @@ def _check_k(tokenizer_or_vocab, k: int, vocab_size: int) -> None:
 def top_tokens(model, tokenizer, vector: torch.Tensor, k: int = 20, final_norm: bool = False) -> list[str]:
     """The ``k`` tokens a vector promotes most, best first."""
     logits = project_to_vocab(model, vector, final_norm)
-    _check_k(tokenizer, k, logits.shape[0])
+    _check_k(k, logits.shape[0])
     return tokenizer.convert_ids_to_tokens(logits.topk(k).indices.tolist())
 
 
@@ -123,7 +123,7 @@ def overlap_table(model, tokenizer, topics: dict[str, list[str]], k: int = 20, l
         if not 0 <= layer < n:
             raise IndexError(f"layer {layer} is out of range: this model has {n} layers (0..{n - 1}).")
     vocab = ad.unembedding(model).shape[0]
-    _check_k(tokenizer, k, vocab)
+    _check_k(k, vocab)
     member = torch.zeros(len(topics), vocab, dtype=torch.bool)
     sizes = []
     for i, words in enumerate(topics.values()):
@@ -243,6 +243,24 @@ def topic_scores(model, tokenizer, world: World, kinds=("question", "completion"
     return df.groupby("topic", sort=False).agg(accuracy=("correct", "mean"), logprob=("logprob", "mean"))
 
 
+def _column(model, layer: int, column: int):
+    """(down-projection weight, index of value vector ``column`` in it) after checking the range."""
+    _check_column(model, layer, column)
+    ad = get_adapter(model)
+    w = ad.down_proj(model, int(layer)).weight
+    return w, ((slice(None), int(column)) if not ad.conv1d else (int(column), slice(None)))
+
+
+@torch.no_grad()
+def _add_noise(w: torch.Tensor, idx, scale: float, generator: torch.Generator, relative: bool) -> None:
+    """Add Gaussian noise to ``w[idx]``: norm ``scale`` x the vector's norm (relative) or std ``scale`` per coordinate."""
+    if not scale >= 0:
+        raise ValueError(f"noise scale must be non-negative, got {scale}.")
+    col = w[idx]
+    noise = torch.randn(col.shape, generator=generator).to(col)
+    w[idx] += noise / noise.norm() * col.norm() * scale if relative else noise * scale
+
+
 @contextlib.contextmanager
 def noised_vector(model, layer: int, column: int, scale: float, seed: int = 0, relative: bool = True):
     """Temporarily add Gaussian noise to one value vector (restored on exit, even after an error).
@@ -250,17 +268,9 @@ def noised_vector(model, layer: int, column: int, scale: float, seed: int = 0, r
     relative=True: the noise has norm ``scale`` x the vector's norm (scale 1 = noise as large as the vector);
     relative=False: per-coordinate standard deviation ``scale`` (the paper's sigma, e.g. 0.1 for a 7B model).
     """
-    _check_column(model, layer, column)
-    if not scale >= 0:
-        raise ValueError(f"noise scale must be non-negative, got {scale}.")
-    ad = get_adapter(model)
-    w = ad.down_proj(model, int(layer)).weight
-    idx = (slice(None), int(column)) if not ad.conv1d else (int(column), slice(None))
+    w, idx = _column(model, layer, column)
     saved = w.data[idx].clone()
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(saved.shape, generator=g).to(saved)
-    noise = noise / noise.norm() * saved.norm() * scale if relative else noise * scale
-    w.data[idx] += noise
+    _add_noise(w, idx, scale, torch.Generator().manual_seed(seed), relative)
     try:
         yield
     finally:
@@ -268,14 +278,15 @@ def noised_vector(model, layer: int, column: int, scale: float, seed: int = 0, r
 
 
 def causal_effect(model, tokenizer, world: World, topic: str, layer: int, column: int, scale: float = 3.0,
-                  seeds=(0,), relative: bool = True) -> dict:
+                  seeds=(0,), relative: bool = True, clean: pd.DataFrame | None = None) -> dict:
     """Noise on one vector: drop of its topic's answer log-probability and accuracy versus the other topics'.
 
     Returns clean/noisy accuracy and log-prob for the target and the unrelated topics, and ``ratio`` =
     target log-prob drop / unrelated log-prob drop (per question; > 1 = the vector is specific to its topic).
+    clean: the model's :func:`topic_scores`, when already computed (validating every topic needs them once).
     """
     topic_words(world, topic)
-    clean = topic_scores(model, tokenizer, world)
+    clean = topic_scores(model, tokenizer, world) if clean is None else clean
     noisy = []
     for s in seeds:
         with noised_vector(model, layer, column, scale, seed=s, relative=relative):
@@ -347,31 +358,28 @@ def needle(model, tokenizer, vectors, scale: float = 10.0, forget_texts: list[st
     """
     import copy
 
+    from .unlearning.losses import ga_loss
+    from .unlearning.methods import encode_examples
+
     vectors = _as_vectors(vectors)
     for layer, column in vectors:
         _check_column(model, layer, column)
-    if not scale >= 0:
-        raise ValueError(f"noise scale must be non-negative, got {scale}.")
     if steps < 0:
         raise ValueError(f"steps must be zero or positive, got {steps}.")
     if steps and not forget_texts:
         raise ValueError("Needle training needs forget_texts (the topic's text) when steps > 0.")
     set_seed(seed)
     model = model if inplace else copy.deepcopy(model)
-    ad = get_adapter(model)
-    masks: dict[int, torch.Tensor] = {}
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer, column in vectors:
-            w = ad.down_proj(model, layer).weight
-            idx = (slice(None), column) if not ad.conv1d else (column, slice(None))
-            noise = torch.randn(w[idx].shape, generator=g).to(w)
-            noise = noise / noise.norm() * w[idx].norm() * scale if relative else noise * scale
-            w[idx] += noise
-            masks.setdefault(layer, torch.zeros_like(w))[idx] = 1.0
+    weights: dict[int, torch.Tensor] = {}
+    masks: dict[int, torch.Tensor] = {}
+    for layer, column in vectors:
+        w, idx = _column(model, layer, column)
+        _add_noise(w, idx, scale, g, relative)
+        weights[layer] = w
+        masks.setdefault(layer, torch.zeros_like(w))[idx] = 1.0
     log = pd.DataFrame()
     if steps:
-        weights = {layer: ad.down_proj(model, layer).weight for layer in masks}
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         for p in model.parameters():
             p.requires_grad_(False)
@@ -379,22 +387,18 @@ def needle(model, tokenizer, vectors, scale: float = 10.0, forget_texts: list[st
         for layer, w in weights.items():
             w.requires_grad_(True)
             hooks.append(w.register_hook(lambda grad, m=masks[layer]: grad * m))
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        seqs = [bos + tokenizer(t, add_special_tokens=False)["input_ids"] for t in forget_texts]
+        seqs, label_masks = encode_examples(tokenizer, [{"text": t} for t in forget_texts])
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        rng = np.random.default_rng(seed)
+        get = epoch_batches(seqs, min(16, len(seqs)), pad, seed, label_masks)
         dev = next(iter(weights.values())).device
 
-        def batches(step):
-            pick = rng.choice(len(seqs), size=min(16, len(seqs)), replace=False)
-            return {k: v.to(dev) for k, v in pad_batch([seqs[i] for i in pick], pad).items()}
-
         def ga(m, b):
-            return -m(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+            return ga_loss(m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
 
         try:
-            log = pd.DataFrame(train_loop(model, batches, steps, lr, loss_fn=ga, schedule="constant",
-                                          params=list(weights.values()), clip=0.0, desc="Needle", progress=progress))
+            log = pd.DataFrame(train_loop(model, lambda step: {k: v.to(dev) for k, v in get(step).items()}, steps, lr,
+                                          loss_fn=ga, schedule="constant", params=list(weights.values()), clip=0.0,
+                                          desc="Needle", progress=progress))
         finally:
             for h in hooks:
                 h.remove()

@@ -34,15 +34,27 @@ def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
     return w.reshape(w.shape[0], w.shape[1] // g, g)
 
 
-def quantization_step(w: torch.Tensor, bits: int, group_size: int | None = 64, symmetric: bool = True) -> torch.Tensor:
-    """The grid spacing of each weight's group, same shape as ``w`` (the "step" a change must beat to survive)."""
+def _grid(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool):
+    """Grouped view of ``w``, the grid step of each group and the grid's origin (0 for symmetric, the minimum else)."""
     _check_bits(bits)
     wg = _grouped(w.float(), group_size)
     if symmetric:
-        step = wg.abs().amax(-1, keepdim=True) / (2 ** (bits - 1) - 1)
-    else:
-        step = (wg.amax(-1, keepdim=True) - wg.amin(-1, keepdim=True)) / (2 ** bits - 1)
-    return step.clamp_min(1e-12).expand_as(wg).reshape(w.shape)
+        step = (wg.abs().amax(-1, keepdim=True) / (2 ** (bits - 1) - 1)).clamp_min(1e-12)
+        return wg, step, torch.zeros_like(step)
+    lo = wg.amin(-1, keepdim=True)
+    return wg, ((wg.amax(-1, keepdim=True) - lo) / (2 ** bits - 1)).clamp_min(1e-12), lo
+
+
+def _codes(wg: torch.Tensor, step: torch.Tensor, origin: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
+    """The integer grid index of each grouped weight (what a quantized checkpoint stores)."""
+    lo, hi = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
+    return torch.round((wg - origin) / step).clamp(lo, hi)
+
+
+def quantization_step(w: torch.Tensor, bits: int, group_size: int | None = 64, symmetric: bool = True) -> torch.Tensor:
+    """The grid spacing of each weight's group, same shape as ``w`` (the "step" a change must beat to survive)."""
+    wg, step, _ = _grid(w, bits, group_size, symmetric)
+    return step.expand_as(wg).reshape(w.shape)
 
 
 def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None = 64, symmetric: bool = True) -> torch.Tensor:
@@ -52,16 +64,8 @@ def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None = 64, sym
     centred on zero with 2^(bits-1)-1 levels each side; asymmetric (min-max) grids use all 2^bits levels.
     Every weight moves by at most half a step.
     """
-    _check_bits(bits)
-    wg = _grouped(w.float(), group_size)
-    if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        scale = (wg.abs().amax(-1, keepdim=True) / qmax).clamp_min(1e-12)
-        q = torch.round(wg / scale).clamp(-qmax, qmax) * scale
-    else:
-        lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
-        scale = ((hi - lo) / (2 ** bits - 1)).clamp_min(1e-12)
-        q = torch.round((wg - lo) / scale) * scale + lo
+    wg, step, origin = _grid(w, bits, group_size, symmetric)
+    q = _codes(wg, step, origin, bits, symmetric) * step + origin
     return q.reshape(w.shape).to(w.dtype)
 
 
@@ -127,15 +131,18 @@ def load_bnb(model, bits: int = 4, quant_type: str = "nf4", device=None, compute
 # ----------------------------------------------------------------------------------------------
 # Why quantization can bring knowledge back: unlearning changes measured in quantization steps
 # ----------------------------------------------------------------------------------------------
-def _codes(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool) -> torch.Tensor:
-    """The integer grid index of each weight (what a quantized checkpoint stores)."""
-    wg = _grouped(w.float(), group_size)
-    if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        scale = (wg.abs().amax(-1, keepdim=True) / qmax).clamp_min(1e-12)
-        return torch.round(wg / scale).clamp(-qmax, qmax).reshape(w.shape)
-    lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
-    return torch.round((wg - lo) / ((hi - lo) / (2 ** bits - 1)).clamp_min(1e-12)).reshape(w.shape)
+def _weight_pairs(original, unlearned, include_lm_head: bool = False):
+    """(module name, original weight, unlearned weight) as [out, in] float matrices, for every quantized Linear."""
+    other = dict(unlearned.named_modules())
+    for name, mod in quantizable_linears(original, include_lm_head).items():
+        if name not in other or other[name].weight.shape != mod.weight.shape:
+            raise ValueError(f"Module {name} differs between the two models: they must share an architecture.")
+        w0, w1 = mod.weight.detach().float(), other[name].weight.detach().float()
+        yield (name, w0.T, w1.T) if type(mod).__name__ == "Conv1D" else (name, w0, w1)
+
+
+def _sample(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(0))[:n]]
 
 
 @torch.no_grad()
@@ -148,37 +155,25 @@ def change_in_steps(original, unlearned, bits: int = 4, group_size: int | None =
     ``changed_after_quant`` compares integer codes (each model on its own grid): a weight whose code is unchanged
     holds, after quantization, what the original held up to the grid's rescaling.
     """
-    _check_bits(bits)
-    a = quantizable_linears(original, include_lm_head)
-    b = dict(unlearned.named_modules())
     rows = []
-    for name, mod in a.items():
-        if name not in b or b[name].weight.shape != mod.weight.shape:
-            raise ValueError(f"Module {name} differs between the two models: they must share an architecture.")
-        w0, w1 = mod.weight.float(), b[name].weight.float()
-        if type(mod).__name__ == "Conv1D":
-            w0, w1 = w0.T, w1.T
-        step = quantization_step(w0, bits, group_size, symmetric)
-        ratio = ((w1 - w0).abs() / step).flatten()
-        changed = _codes(w1, bits, group_size, symmetric) != _codes(w0, bits, group_size, symmetric)
-        q = torch.quantile(ratio[torch.randperm(ratio.numel(), generator=torch.Generator().manual_seed(0))[:100_000]],
-                           torch.tensor([0.5, 0.9, 0.99]))
+    for name, w0, w1 in _weight_pairs(original, unlearned, include_lm_head):
+        g0, step, o0 = _grid(w0, bits, group_size, symmetric)
+        g1, step1, o1 = _grid(w1, bits, group_size, symmetric)
+        ratio = ((g1 - g0).abs() / step).flatten()
+        changed = _codes(g1, step1, o1, bits, symmetric) != _codes(g0, step, o0, bits, symmetric)
+        q = torch.quantile(_sample(ratio, 100_000), torch.tensor([0.5, 0.9, 0.99]))
         rows.append({"module": name, "n_weights": ratio.numel(), "median": float(q[0]), "p90": float(q[1]),
                      "p99": float(q[2]), "moved": float((w1 != w0).float().mean()),
                      "changed_after_quant": float(changed.float().mean())})
     return pd.DataFrame(rows)
 
 
-def steps_histogram(original, unlearned, bits: int = 4, group_size: int | None = 64, bins=None, sample: int = 200_000):
+@torch.no_grad()
+def steps_histogram(original, unlearned, bits: int = 4, group_size: int | None = 64, sample: int = 200_000):
     """A sample of |w_unlearned - w_original| / step over all quantized weights (for a histogram)."""
-    vals = []
-    b = dict(unlearned.named_modules())
-    for name, mod in quantizable_linears(original).items():
-        w0, w1 = mod.weight.detach().float(), b[name].weight.detach().float()
-        vals.append(((w1 - w0).abs() / quantization_step(w0, bits, group_size)).flatten())
-    v = torch.cat(vals)
-    idx = torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:sample]
-    return v[idx].numpy()
+    ratios = [((w1 - w0).abs() / quantization_step(w0, bits, group_size)).flatten()
+              for _, w0, w1 in _weight_pairs(original, unlearned)]
+    return _sample(torch.cat(ratios), sample).numpy()
 
 
 # ----------------------------------------------------------------------------------------------
