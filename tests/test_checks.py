@@ -169,7 +169,47 @@ def test_check_names_match_function_names():
     refs["rtn_quantize"] = lambda w, b, g: quantize_tensor(w, b, g)
     refs["recovery_rate"] = recovery_above_floor
     refs["vocab_projection"] = lambda E, v, k: (E @ v).topk(k).indices
+    from unlearn_utils.grun import gated_loss, loreft_edit
+
+    refs["loreft_edit"], refs["gated_loss"] = loreft_edit, gated_loss
     names = [n[len("check_"):] for n, f in inspect.getmembers(checks, inspect.isfunction) if n.startswith("check_")]
     assert set(names) == set(refs)
     for n in names:
         assert getattr(checks, f"check_{n}")(refs[n]).name == n
+
+
+def test_loreft_edit_check():
+    from unlearn_utils.grun import loreft_edit
+
+    assert checks.check_loreft_edit(loreft_edit).passed
+    r = checks.check_loreft_edit(lambda h, R, W, b: h + loreft_edit(h, R, W, b))
+    assert not r.passed and "edit alone" in r.message
+    r = checks.check_loreft_edit(lambda h, R, W, b: (h @ W.T + b) @ R)
+    assert not r.passed and "Subtract R h" in r.message
+    r = checks.check_loreft_edit(lambda h, R, W, b: (h @ W.T - h @ R.T) @ R)
+    assert not r.passed and "bias" in r.message
+    assert not checks.check_loreft_edit(lambda h, R, W, b: (h @ W.T + b - h @ R.T) @ R.T.T.T).passed  # shape error
+
+
+def test_gated_loss_check():
+    import torch.nn.functional as F
+
+    from unlearn_utils.grun import gated_loss
+
+    assert checks.check_gated_loss(gated_loss).passed
+
+    def flipped(ft, rt, fg, rg, lam):
+        return gated_loss(ft, rt, rg, fg, lam) if len(fg) == len(rg) else ft + rt + lam * F.binary_cross_entropy(
+            torch.cat([fg, rg]), torch.cat([torch.zeros(len(fg)), torch.ones(len(rg))]))
+
+    def no_gate(ft, rt, fg, rg, lam):
+        return ft + rt
+
+    def per_set(ft, rt, fg, rg, lam):
+        return ft + rt + lam * (F.binary_cross_entropy(fg, torch.ones(len(fg))) + F.binary_cross_entropy(rg, torch.zeros(len(rg))))
+
+    r = checks.check_gated_loss(flipped)
+    assert not r.passed and "flipped" in r.message
+    r = checks.check_gated_loss(no_gate)
+    assert not r.passed and "missing" in r.message
+    assert not checks.check_gated_loss(per_set).passed

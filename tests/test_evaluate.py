@@ -89,3 +89,17 @@ def test_report_card_on_tiny_model(tiny):
     assert values["forget_quality"] == pytest.approx(1.0)  # a model compared with itself
     assert 0 <= values["forget_accuracy"] <= 1 and values["utility_perplexity"] > 1
     assert card["higher_means"].str.len().min() > 5
+
+
+def test_first_checkpoint_below():
+    import pandas as pd
+    import pytest
+
+    from unlearn_utils.evaluate import first_checkpoint_below
+
+    log = pd.DataFrame({"step": [0, 1, 20, 40, 60], "forget_accuracy": [1.0, None, 0.3, 0.04, 0.0],
+                        "retain_accuracy": [1.0, None, 0.9, 0.8, 0.7]})
+    assert first_checkpoint_below(log, 0.05)["step"] == 40
+    assert first_checkpoint_below(log, -1)["step"] == 60  # never reached: the last checkpoint
+    with pytest.raises(ValueError, match="no evaluated checkpoints"):
+        first_checkpoint_below(log.assign(forget_accuracy=None), 0.05)

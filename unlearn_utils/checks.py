@@ -368,3 +368,67 @@ def check_recovery_rate(fn) -> CheckResult:
                 bad += " That is the paper's plain ratio (unlearned / original): subtract the retain-model floor."
             return _report(name, False, bad)
     return _report(name, True, "matches the reference: 0 at the floor, 1 at the ceiling, negative below the floor.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 04
+# ----------------------------------------------------------------------------------------------
+def check_loreft_edit(fn) -> CheckResult:
+    """fn(h [..., d], R [r, d], W [r, d], b [r]) -> the edit Rᵀ(W h + b − R h) (same shape as h), as
+    :func:`unlearn_utils.grun.loreft_edit`."""
+    from .grun import loreft_edit
+
+    name = "loreft_edit"
+    gen = torch.Generator().manual_seed(4)
+    for i, (shape, r) in enumerate((((5, 8), 2), ((2, 3, 16), 4), ((1, 6), 6))):
+        d = shape[-1]
+        h = torch.randn(*shape, generator=gen)
+        R = torch.linalg.qr(torch.randn(d, r, generator=gen))[0].T.contiguous()  # orthonormal rows
+        W, b = torch.randn(r, d, generator=gen), torch.randn(r, generator=gen)
+        got, err = _run(name, fn, h.clone(), R.clone(), W.clone(), b.clone())
+        if err is not None:
+            return err
+        want = loreft_edit(h, R, W, b)
+        bad = _compare(name, got, want, atol=1e-4, what=f"case {i} (h {tuple(shape)}, rank {r})")
+        if bad is not None:
+            got_t = torch.as_tensor(got).float()
+            if got_t.shape == h.shape:
+                if torch.allclose(got_t, h + want, atol=1e-4):
+                    bad += " That is h + edit: return the edit alone (the module adds h and the gate)."
+                elif torch.allclose(got_t, (h @ W.T + b) @ R, atol=1e-4):
+                    bad += " Subtract R h: the edit REPLACES h's coordinates in R's subspace, it does not add to them."
+                elif torch.allclose(got_t, (h @ W.T - h @ R.T) @ R, atol=1e-4):
+                    bad += " The bias b is missing."
+            return _report(name, False, bad)
+    return _report(name, True, "matches the reference; the edit lies in the row space of R.")
+
+
+def check_gated_loss(fn) -> CheckResult:
+    """fn(forget_term, retain_term, forget_gates, retain_gates, gate_weight) -> forget_term + retain_term +
+    gate_weight · BCE(gates; forget → 1, retain → 0), as :func:`unlearn_utils.grun.gated_loss`."""
+    from .grun import gated_loss
+
+    name = "gated_loss"
+    gen = torch.Generator().manual_seed(5)
+    for i, (nf, nr, lam) in enumerate(((4, 4, 10.0), (3, 7, 1.0), (6, 2, 0.5))):
+        fg, rg = torch.rand(nf, generator=gen) * 0.98 + 0.01, torch.rand(nr, generator=gen) * 0.98 + 0.01
+        ft, rt = torch.tensor(-2.5 + i), torch.tensor(0.7 * (i + 1))
+        got, err = _run(name, fn, ft, rt, fg.clone(), rg.clone(), lam)
+        if err is not None:
+            return err
+        want = gated_loss(ft, rt, fg, rg, lam)
+        bad = _compare(name, torch.as_tensor(got).reshape(()), want, atol=1e-4, what=f"case {i}")
+        if bad is not None:
+            import torch.nn.functional as F
+
+            g = float(torch.as_tensor(got))
+            flipped = ft + rt + lam * F.binary_cross_entropy(torch.cat([fg, rg]), torch.cat([torch.zeros(nf), torch.ones(nr)]))
+            separate = ft + rt + lam * (F.binary_cross_entropy(fg, torch.ones(nf)) + F.binary_cross_entropy(rg, torch.zeros(nr)))
+            if abs(g - float(flipped)) < 1e-4:
+                bad += " The gate targets are flipped: forget prompts should open the gate (1), retain ones close it (0)."
+            elif abs(g - float(ft + rt)) < 1e-4:
+                bad += " The gate term is missing."
+            elif abs(g - float(separate)) < 1e-4 and nf != nr:
+                bad += " Average the BCE over ALL gate values together, not per set and then added."
+            return _report(name, False, bad)
+    return _report(name, True, "matches the reference: the gate learns to open on forget prompts only.")

@@ -93,7 +93,10 @@ def answer_scores(model, tokenizer, prompts: list[str], answers: list[str], batc
     for _, chunk in _batches(pairs, batch_size):
         batch = pad_batch([p + a for p, a in chunk], pad)
         ids, att = batch["input_ids"], batch["attention_mask"]
-        logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.float()
+        extra = {}
+        if getattr(model, "uses_prompt_positions", False):  # e.g. GRUN edits the last prompt token
+            extra["prompt_positions"] = torch.tensor([len(p) - 1 for p, _ in chunk])
+        logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev), **extra).logits.float()
         logp = logits.log_softmax(-1)
         for i, (p, a) in enumerate(chunk):
             pos = torch.arange(len(p) - 1, len(p) - 1 + len(a), device=logits.device)
@@ -325,12 +328,26 @@ def accuracy_by(model, tokenizer, data, by: str = "attribute", batch_size: int =
     return scores.groupby(by)["correct"].mean()
 
 
-def trajectory_metrics(tokenizer, data: EvalData):
-    """A fast ``eval_fn`` for :func:`unlearn_utils.unlearning.unlearn`: forget / retain / paraphrase accuracy."""
+def trajectory_metrics(tokenizer, data: EvalData, topics: bool = False):
+    """A fast ``eval_fn`` for :func:`unlearn_utils.unlearning.unlearn`: forget / retain / paraphrase accuracy
+    (and, with ``topics=True``, accuracy on the topic questions, a utility set no method trains on)."""
 
     def eval_fn(model) -> dict:
-        return {"forget_accuracy": accuracy(model, tokenizer, data.forget),
-                "forget_paraphrase_accuracy": accuracy(model, tokenizer, data.forget_para),
-                "retain_accuracy": accuracy(model, tokenizer, data.retain)}
+        out = {"forget_accuracy": accuracy(model, tokenizer, data.forget),
+               "forget_paraphrase_accuracy": accuracy(model, tokenizer, data.forget_para),
+               "retain_accuracy": accuracy(model, tokenizer, data.retain)}
+        if topics:
+            out["topic_accuracy"] = accuracy(model, tokenizer, data.topics)
+        return out
 
     return eval_fn
+
+
+def first_checkpoint_below(log: pd.DataFrame, forget_at_most: float, column: str = "forget_accuracy") -> pd.Series:
+    """The first evaluated checkpoint of a trajectory whose forget accuracy is at most ``forget_at_most``
+    (to compare methods at equal forget accuracy); the last checkpoint if none gets there."""
+    rows = log.dropna(subset=[column])
+    if rows.empty:
+        raise ValueError("the log has no evaluated checkpoints: pass eval_fn and eval_every when unlearning.")
+    hit = rows[rows[column] <= forget_at_most]
+    return (hit.iloc[0] if len(hit) else rows.iloc[-1]).copy()

@@ -140,13 +140,26 @@ def save_checked(model, tokenizer, folder: str | os.PathLike, settings: dict | N
     Writes into a temporary sibling folder and renames it into place, so a crash never leaves a
     half-written model under the final name.
     """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp = staging_folder(folder)
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     (tmp / "settings.json").write_text(json.dumps(settings or {}, indent=2, sort_keys=True, default=str))
+    return publish_folder(tmp, folder)
+
+
+def staging_folder(folder: str | os.PathLike) -> Path:
+    """A fresh hidden sibling of ``folder`` to write into before :func:`publish_folder` moves it into place."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    return tmp
+
+
+def publish_folder(tmp: Path, folder: str | os.PathLike) -> Path:
+    """Write a manifest of SHA-256 sums into ``tmp``, then rename it to ``folder`` (replacing an old one)."""
+    folder = Path(folder)
     manifest = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     if folder.exists():

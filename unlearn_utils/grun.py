@@ -1,0 +1,536 @@
+"""GRUN: gated representation unlearning (Ren et al., arXiv 2502.17823), written in plain PyTorch.
+
+Instead of changing the model's weights, GRUN keeps the base model frozen and adds, after a few decoder
+layers, a small module that edits the residual stream at one position, the last prompt token:
+
+    h' = h + σ(g(h)) · Rᵀ(W h + b − R h)
+
+* ``Rᵀ(W h + b − R h)`` is a LoReFT edit: R (rank r, orthonormal rows) picks an r-dimensional subspace and the
+  edit replaces h's coordinates in it by ``W h + b``. This is the *suppression* part.
+* ``σ(g(h))`` is a soft gate (a linear map or a small MLP of the same h): trained towards 1 on forget prompts and
+  0 on retain prompts, it decides *whether* to suppress. With the gate at 0 the model is exactly the base model.
+
+Training uses any fine-tuning unlearning objective (gradient difference, NPO, "I don't know" targets) plus a
+binary cross-entropy on the gate; only the module's few thousand parameters train. We write the module
+ourselves (about 40 lines) rather than use pyreft, which pins transformers 4.45 and would undo our pins.
+
+Main entry points: :func:`train_grun` -> :class:`GatedModel` (a base model with modules attached, usable by
+every scoring function of the kit), :func:`save_grun` / :func:`load_grun`, :func:`attach`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .arch import get_adapter
+from .models import REFUSALS
+from .training import pad_batch, set_seed, train_loop
+from .unlearning import losses as L
+from .world import check_splits
+
+FORGET_LOSSES = ("grad_diff", "npo", "idk")
+GATES = ("linear", "mlp")
+
+
+# ----------------------------------------------------------------------------------------------
+# The module
+# ----------------------------------------------------------------------------------------------
+def loreft_edit(h: torch.Tensor, R: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The LoReFT edit Rᵀ(W h + b − R h) for hidden states h [..., d]; R, W are [r, d], b is [r].
+
+    Inside the row space of R, h's coordinates ``R h`` are replaced by ``W h + b``; outside it h is untouched.
+    """
+    return (h @ W.T + b - h @ R.T) @ R
+
+
+class GatedLoReFT(nn.Module):
+    """One GRUN unit at one layer: ``h + σ(g(h)) · Rᵀ(W h + b − R h)``. Returns (edited h, gate value).
+
+    R is the orthonormalised rows (QR) of a free r x d matrix, so it stays orthonormal through any training and
+    saves as r x d numbers.
+    """
+
+    def __init__(self, hidden_size: int, rank: int = 4, gate: str = "linear"):
+        super().__init__()
+        if not (isinstance(rank, int) and 0 < rank <= hidden_size):
+            raise ValueError(f"rank must be an integer between 1 and the hidden size ({hidden_size}), got {rank!r}.")
+        if gate not in GATES:
+            raise ValueError(f"Unknown gate {gate!r}: choose one of {GATES}.")
+        # a free [r, d] matrix; R is its rows made orthonormal (orthogonal initialisation, as LoReFT)
+        self.rotate = nn.Parameter(nn.init.orthogonal_(torch.empty(rank, hidden_size)))
+        self.source = nn.Linear(hidden_size, rank)  # W h + b
+        self.gate = (nn.Linear(hidden_size, 1) if gate == "linear" else
+                     nn.Sequential(nn.Linear(hidden_size, 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU(),
+                                   nn.Linear(64, 1)))
+
+    @property
+    def R(self) -> torch.Tensor:
+        q, r = torch.linalg.qr(self.rotate.T)          # [d, r] with orthonormal columns
+        return (q * torch.sign(torch.diagonal(r))).T    # fixed signs: R equals the raw rows when they are orthonormal
+
+    def gate_value(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.gate(h)).squeeze(-1)
+
+    def edit(self, h: torch.Tensor) -> torch.Tensor:
+        return loreft_edit(h, self.R, self.source.weight, self.source.bias)
+
+    def forward(self, h: torch.Tensor, force_gate: float | None = None):
+        g = self.gate_value(h) if force_gate is None else torch.full(h.shape[:-1], float(force_gate), device=h.device)
+        return h + g.unsqueeze(-1) * self.edit(h), g
+
+
+@dataclass
+class GRUNConfig:
+    """Settings of one GRUN module and its training (defaults follow the paper's code, scaled to the world model)."""
+
+    layers: tuple[int, ...] | None = None  # default: like the paper's 20, 25, 31 of 32 (5/8, 4/5 and the last layer)
+    rank: int = 4
+    gate: str = "linear"
+    forget_loss: str = "grad_diff"       # grad_diff | npo | idk
+    lr: float = 4e-3
+    steps: int = 600                     # 40 epochs of forget05 (240 rows) at batch 16, as the paper's 40 epochs
+    batch_size: int = 16
+    retain_weight: float | None = None   # the paper: 2 with grad_diff, 1 with npo / idk
+    gate_weight: float = 10.0
+    beta: float = 0.1                    # NPO
+    seed: int = 0
+
+    def resolved(self, n_layers: int, hidden_size: int) -> "GRUNConfig":
+        """A copy with defaults filled in for a model of ``n_layers`` x ``hidden_size``, checked."""
+        layers = self.layers
+        if layers is None:
+            layers = tuple(sorted({round(f * (n_layers - 1)) for f in (0.625, 0.8, 1.0)}))
+        layers = tuple(int(x) for x in layers)
+        if not layers:
+            raise ValueError("GRUN needs at least one layer to intervene on.")
+        bad = [x for x in layers if not 0 <= x < n_layers]
+        if bad:
+            raise ValueError(f"Layer(s) {bad} out of range: this model has {n_layers} decoder layers "
+                             f"(valid indices 0-{n_layers - 1}).")
+        if not (isinstance(self.rank, int) and 0 < self.rank <= hidden_size):
+            raise ValueError(f"rank must be an integer between 1 and the hidden size ({hidden_size}), got {self.rank!r}.")
+        if self.forget_loss not in FORGET_LOSSES:
+            raise ValueError(f"Unknown forget loss {self.forget_loss!r}: choose one of {FORGET_LOSSES}.")
+        if self.gate not in GATES:
+            raise ValueError(f"Unknown gate {self.gate!r}: choose one of {GATES}.")
+        if not (self.lr > 0 and isinstance(self.steps, int) and self.steps > 0):
+            raise ValueError(f"lr and steps must be positive, got lr={self.lr!r}, steps={self.steps!r}.")
+        rw = self.retain_weight if self.retain_weight is not None else (2.0 if self.forget_loss == "grad_diff" else 1.0)
+        return dataclasses.replace(self, layers=layers, retain_weight=rw)
+
+
+class GRUN(nn.Module):
+    """A set of :class:`GatedLoReFT` units, one per chosen layer, for a model of a given shape."""
+
+    def __init__(self, config: GRUNConfig, hidden_size: int, n_layers: int, model_type: str | None = None):
+        super().__init__()
+        self.config = config.resolved(n_layers, hidden_size)
+        self.hidden_size, self.n_layers, self.model_type = hidden_size, n_layers, model_type
+        self.units = nn.ModuleDict({str(l): GatedLoReFT(hidden_size, self.config.rank, self.config.gate)
+                                    for l in self.config.layers})
+
+    @classmethod
+    def for_model(cls, model, config: GRUNConfig | None = None, **settings) -> "GRUN":
+        """A fresh module shaped for ``model`` (seeded by ``config.seed``)."""
+        config = dataclasses.replace(config or GRUNConfig(), **settings)
+        hidden, n_layers, family = _shape(model)
+        torch.manual_seed(config.seed)
+        return cls(config, hidden, n_layers, family)
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def signature(self) -> dict:
+        return {"hidden_size": self.hidden_size, "n_layers": self.n_layers, "model_type": self.model_type}
+
+
+def _shape(model) -> tuple[int, int, str]:
+    base = model.base if isinstance(model, GatedModel) else model
+    adapter = get_adapter(base)
+    cfg = base.config
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+    return int(hidden), adapter.n_layers(base), adapter.family
+
+
+# ----------------------------------------------------------------------------------------------
+# A base model with modules attached
+# ----------------------------------------------------------------------------------------------
+class GatedModel(nn.Module):
+    """A frozen base model with GRUN modules applied at the last prompt token after their layers.
+
+    Call it like the base model. The edit position of each row is, in this order: ``prompt_positions`` if given
+    (the kit's scoring passes it), the token before the first labelled token if ``labels`` are given (training
+    rows), else the last non-padding token (a bare prompt). Several modules (sequential unlearning) add their
+    edits at a layer. ``force_gate`` (None, or a number) replaces every gate value: 0 gives the base model
+    exactly, 1 the module without its gate. ``last_gates`` holds the gate values of the last call.
+    """
+
+    uses_prompt_positions = True
+
+    def __init__(self, base, modules: list[GRUN] | GRUN):
+        super().__init__()
+        modules = [modules] if isinstance(modules, GRUN) else list(modules)
+        if not modules:
+            raise ValueError("attach at least one GRUN module.")
+        hidden, n_layers, family = _shape(base)
+        for m in modules:
+            if (m.hidden_size, m.n_layers) != (hidden, n_layers):
+                raise ValueError(
+                    f"This GRUN module was trained for a model with hidden size {m.hidden_size} and {m.n_layers} "
+                    f"layers ({m.model_type}); this model has hidden size {hidden} and {n_layers} layers ({family}). "
+                    "Train a module for this model with train_grun().")
+        self.base = base
+        self.grun = nn.ModuleList(modules)
+        self.force_gate: float | None = None
+        self.last_gates: dict = {}
+        self._muted: set[int] = set()
+        self._positions = None
+        self._layers = sorted({int(l) for m in modules for l in m.units})
+        device = next(base.parameters()).device
+        self.grun.to(device)
+
+    @property
+    def config(self):
+        return self.base.config
+
+    @property
+    def device(self):
+        return next(self.base.parameters()).device
+
+    def _hook(self, layer: int):
+        def hook(_module, _inputs, output):
+            if self._positions is None:
+                return None
+            h = output[0] if isinstance(output, tuple) else output
+            rows = torch.arange(h.shape[0], device=h.device)
+            pos = self._positions.to(h.device)
+            x = h[rows, pos]
+            xf = x.float() if x.dtype != torch.float32 else x
+            delta = torch.zeros_like(xf)
+            for i, m in enumerate(self.grun):
+                if i in self._muted or str(layer) not in m.units:
+                    continue
+                unit = m.units[str(layer)]
+                edited, g = unit(xf, self.force_gate)
+                delta = delta + (edited - xf)
+                self.last_gates[(i, layer)] = g
+            h = h.index_put((rows, pos), (xf + delta).to(h.dtype))
+            return (h, *output[1:]) if isinstance(output, tuple) else h
+        return hook
+
+    @staticmethod
+    def edit_positions(input_ids, attention_mask=None, labels=None) -> torch.Tensor:
+        """Per row, the position GRUN edits: before the first labelled token, else the last real token."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        last = attention_mask.long().sum(-1) - 1
+        if labels is None:
+            return last
+        labelled = labels != -100
+        first = torch.where(labelled.any(-1), labelled.long().argmax(-1) - 1, last)
+        return first.clamp_min(0)
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, prompt_positions=None, **kwargs):
+        if prompt_positions is None:
+            prompt_positions = self.edit_positions(input_ids, attention_mask, labels)
+        self._positions = torch.as_tensor(prompt_positions, dtype=torch.long)
+        self.last_gates = {}
+        # hooks live only for this call, so the base model stays a plain model (copies of it carry no hooks)
+        adapter = get_adapter(self.base)
+        handles = [adapter.layer(self.base, l).register_forward_hook(self._hook(l)) for l in self._layers]
+        try:
+            return self.base(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        finally:
+            self._positions = None
+            for h in handles:
+                h.remove()
+
+    @contextlib.contextmanager
+    def muted(self, *indices: int):
+        """Within the block, the modules at these indices are not applied."""
+        before, self._muted = self._muted, self._muted | set(indices)
+        try:
+            yield self
+        finally:
+            self._muted = before
+
+    def gates(self) -> torch.Tensor:
+        """Gate values of the last call, [batch, modules x layers]."""
+        return torch.stack([self.last_gates[k] for k in sorted(self.last_gates)], dim=-1)
+
+    def on(self, base) -> "GatedModel":
+        """The same modules applied to another base (e.g. a quantized copy of this one)."""
+        return GatedModel(base, list(self.grun))
+
+
+def attach(base, modules) -> GatedModel:
+    """Apply trained GRUN module(s) to a base model (full precision, quantized or bitsandbytes-loaded)."""
+    return GatedModel(base, modules)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+def gated_loss(forget_term: torch.Tensor, retain_term: torch.Tensor, forget_gates: torch.Tensor,
+               retain_gates: torch.Tensor, gate_weight: float = 10.0) -> torch.Tensor:
+    """GRUN's objective: unlearning loss + retain loss + λ_g · BCE(gates; forget → 1, retain → 0).
+
+    forget_term / retain_term are the usual scalars (already weighted); the gates are sigmoid outputs in (0, 1).
+    """
+    gates = torch.cat([forget_gates.reshape(-1), retain_gates.reshape(-1)])
+    targets = torch.cat([torch.ones(forget_gates.numel(), device=gates.device),
+                         torch.zeros(retain_gates.numel(), device=gates.device)])
+    bce = F.binary_cross_entropy(gates.float().clamp(1e-7, 1 - 1e-7), targets)
+    return forget_term + retain_term + gate_weight * bce
+
+
+def _encode(tokenizer, rows, answers=None):
+    from .unlearning.methods import encode_examples
+
+    if any("prompt" not in r for r in rows):
+        raise ValueError("GRUN needs prompt/answer rows: it edits the last prompt token.")
+    return encode_examples(tokenizer, rows, answers)
+
+
+def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = None, *, modules=(),
+               eval_fn=None, eval_every: int = 0, progress: bool = True, **settings):
+    """Train one GRUN module on ``forget`` / ``retain`` with the base model frozen; returns (GatedModel, log).
+
+    forget / retain: rows with ``prompt`` and ``answer``. settings: any :class:`GRUNConfig` field.
+    modules: earlier GRUN modules (sequential unlearning) that stay applied and frozen while this one trains.
+    eval_fn(gated_model) -> dict, run at step 0 and every ``eval_every`` steps (the log then holds a trajectory).
+    """
+    from .unlearning.methods import _rows
+
+    config = dataclasses.replace(config or GRUNConfig(), **settings)
+    check_splits(forget=forget, retain=retain)
+    base = model.base if isinstance(model, GatedModel) else model
+    set_seed(config.seed)
+    module = GRUN.for_model(base, config)
+    cfg = module.config
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(False)
+    gm = GatedModel(base, [*modules, module])
+    flags = {n: p.requires_grad for n, p in base.named_parameters()}
+    for p in base.parameters():
+        p.requires_grad_(False)
+    base.eval()  # dropout off: only the module trains
+    device = gm.device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    f_rows, r_rows = _rows(forget), _rows(retain)
+    f_seqs, f_masks = _encode(tokenizer, f_rows)
+    r_seqs, r_masks = _encode(tokenizer, r_rows)
+    if cfg.forget_loss == "idk":
+        rng = random.Random(cfg.seed)
+        f_seqs, f_masks = _encode(tokenizer, f_rows, [rng.choice(REFUSALS) for _ in f_rows])
+    rng = random.Random(cfg.seed)
+    n_mod = len(gm.grun) - 1
+
+    def sample(seqs, masks):
+        idx = rng.sample(range(len(seqs)), min(cfg.batch_size, len(seqs)))
+        b = pad_batch([seqs[i] for i in idx], pad, [masks[i] for i in idx])
+        return {k: v.to(device) for k, v in b.items()}
+
+    def batches(step):
+        return {"forget": sample(f_seqs, f_masks), "retain": sample(r_seqs, r_masks)}
+
+    def new_gates(g: GatedModel):
+        return torch.stack([v for (i, _), v in sorted(g.last_gates.items()) if i == n_mod], -1)
+
+    def loss_fn(_model, b):
+        f, r = b["forget"], b["retain"]
+        f_logits = gm(input_ids=f["input_ids"], attention_mask=f["attention_mask"], labels=None,
+                      prompt_positions=gm.edit_positions(f["input_ids"], f["attention_mask"], f["labels"])).logits
+        f_gates = new_gates(gm)
+        r_logits = gm(input_ids=r["input_ids"], attention_mask=r["attention_mask"],
+                      prompt_positions=gm.edit_positions(r["input_ids"], r["attention_mask"], r["labels"])).logits
+        r_gates = new_gates(gm)
+        retain_term = cfg.retain_weight * L.mean_nll(r_logits, r["labels"])
+        if cfg.forget_loss == "grad_diff":
+            forget_term = L.ga_loss(f_logits, f["labels"])
+        elif cfg.forget_loss == "idk":
+            forget_term = L.mean_nll(f_logits, f["labels"])
+        else:  # npo, against the model without this module
+            with torch.no_grad(), gm.muted(n_mod):
+                ref_logits = gm(input_ids=f["input_ids"], attention_mask=f["attention_mask"],
+                                prompt_positions=gm.edit_positions(f["input_ids"], f["attention_mask"],
+                                                                   f["labels"])).logits
+            s, _ = L.sequence_nll(f_logits, f["labels"])
+            s_ref, _ = L.sequence_nll(ref_logits, f["labels"])
+            forget_term = L.npo_loss(s, s_ref, cfg.beta)
+        return gated_loss(forget_term, retain_term, f_gates, r_gates, cfg.gate_weight)
+
+    evals = []
+
+    def evaluate(step, row):
+        module.eval()
+        with torch.no_grad():
+            evals.append({"step": step, **eval_fn(gm)})
+        module.train()
+
+    try:
+        if eval_fn is not None:
+            evaluate(0, {})
+        t0 = time.perf_counter()
+        log = train_loop(gm, batches, cfg.steps, cfg.lr, loss_fn=loss_fn, schedule="constant",
+                         params=list(module.parameters()), callback=evaluate if eval_fn is not None else None,
+                         callback_every=eval_every if eval_fn is not None else 0,
+                         desc=f"GRUN ({cfg.forget_loss})", progress=progress)
+        seconds = time.perf_counter() - t0
+    finally:
+        for n, p in base.named_parameters():
+            p.requires_grad_(flags[n])
+    gm.eval()
+    log = pd.DataFrame(log)
+    if evals:
+        log = log.merge(pd.DataFrame(evals), on="step", how="outer").sort_values("step").reset_index(drop=True)
+    log.attrs["seconds"] = seconds
+    log.attrs["trainable_parameters"] = module.n_parameters()
+    return gm, log
+
+
+def sequential_unlearning(model, tokenizer, forget_sets: list, retain, eval_sets: dict | None = None,
+                          progress: bool = True, **settings):
+    """Train one module per forget set, one after another; earlier modules stay applied and frozen.
+
+    Returns (GatedModel with every module, table): after each stage, the accuracy on every forget set and on each
+    of ``eval_sets`` (name -> prompt/answer rows), and the stage's training time.
+    """
+    from .evaluate import accuracy
+
+    if not forget_sets:
+        raise ValueError("sequential unlearning needs at least one forget set.")
+    modules, rows, gm = [], [], None
+    for k, forget in enumerate(forget_sets, 1):
+        gm, log = train_grun(model, tokenizer, forget, retain, modules=modules, progress=progress,
+                             **{"seed": k, **settings})
+        modules = list(gm.grun)
+        row = {"stage": k, "seconds": round(log.attrs["seconds"], 2)}
+        for j, fs in enumerate(forget_sets, 1):
+            row[f"forget set {j}"] = accuracy(gm, tokenizer, fs)
+        for name, data in (eval_sets or {}).items():
+            row[name] = accuracy(gm, tokenizer, data)
+        rows.append(row)
+    return gm, pd.DataFrame(rows).set_index("stage")
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving and loading a module alone (kilobytes, not the model)
+# ----------------------------------------------------------------------------------------------
+def _modules_of(obj) -> list[GRUN]:
+    if isinstance(obj, GatedModel):
+        return list(obj.grun)
+    return [obj] if isinstance(obj, GRUN) else list(obj)
+
+
+def save_grun(obj, folder: str | os.PathLike) -> Path:
+    """Save GRUN module(s) (a GatedModel, a GRUN or a list) as safetensors + JSON, atomically, with checksums."""
+    from safetensors.torch import save_file
+
+    from .models import publish_folder, staging_folder
+
+    modules = _modules_of(obj)
+    tmp = staging_folder(folder)
+    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, m in enumerate(modules)
+               for k, v in m.state_dict().items()}
+    save_file(tensors, tmp / "grun.safetensors")
+    meta = [{"config": dataclasses.asdict(m.config), **m.signature()} for m in modules]
+    (tmp / "grun.json").write_text(json.dumps(meta, indent=2))
+    return publish_folder(tmp, folder)
+
+
+def load_grun(folder: str | os.PathLike, base=None):
+    """Load module(s) saved by :func:`save_grun`; with ``base``, return them attached (a GatedModel)."""
+    from safetensors.torch import load_file
+
+    from .models import verify_folder
+
+    folder = Path(folder)
+    if not (folder / "grun.json").exists():
+        raise FileNotFoundError(f"{folder} holds no GRUN module (grun.json missing); save one with save_grun().")
+    verify_folder(folder)
+    tensors = load_file(folder / "grun.safetensors")
+    modules = []
+    for i, meta in enumerate(json.loads((folder / "grun.json").read_text())):
+        cfg = dict(meta["config"])
+        cfg["layers"] = tuple(cfg["layers"])
+        m = GRUN(GRUNConfig(**cfg), meta["hidden_size"], meta["n_layers"], meta.get("model_type"))
+        m.load_state_dict({k[len(f"{i}."):]: v for k, v in tensors.items() if k.startswith(f"{i}.")})
+        m.eval()
+        modules.append(m)
+    return attach(base, modules) if base is not None else modules
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the gate
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def gate_values(gated: GatedModel, tokenizer, prompts: list[str], batch_size: int = 128) -> pd.DataFrame:
+    """Mean gate value per prompt (over modules and layers) at the last prompt token; one row per prompt."""
+    if not prompts:
+        raise ValueError("No prompts to read gates on: the list is empty.")
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    enc = [bos + ids for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = []
+    for i in range(0, len(enc), batch_size):
+        b = pad_batch(enc[i:i + batch_size], pad)
+        gated(input_ids=b["input_ids"].to(gated.device), attention_mask=b["attention_mask"].to(gated.device))
+        out.append(gated.gates().float().cpu())
+    g = torch.cat(out)
+    return pd.DataFrame({"prompt": list(prompts), "gate": g.mean(-1).numpy(), "gate_min": g.min(-1).values.numpy(),
+                         "gate_max": g.max(-1).values.numpy()})
+
+
+def gate_auc(gated: GatedModel, tokenizer, forget_prompts: list[str], retain_prompts: list[str]) -> float:
+    """How well the gate separates forget from retain prompts (ROC AUC of the mean gate value; 1 = perfectly)."""
+    from .evaluate import auc
+
+    f = gate_values(gated, tokenizer, forget_prompts)["gate"]
+    r = gate_values(gated, tokenizer, retain_prompts)["gate"]
+    return auc(f, r)
+
+
+# ----------------------------------------------------------------------------------------------
+# Why GA-style unlearning and suppression share a mechanism
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def representation_shift(original, unlearned, tokenizer, prompts: list[str], batch_size: int = 128) -> pd.Series:
+    """Per decoder layer: mean (1 − cosine) between the two models' residual streams at the last prompt token.
+
+    After fine-tuning unlearning this is large on forget prompts and small on retain prompts: the unlearned
+    weights *distinguish* forget inputs and *suppress* what follows, the two jobs GRUN gives to its gate and edit.
+    """
+    if not prompts:
+        raise ValueError("No prompts: the list is empty.")
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    enc = [bos + ids for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total = None
+    for i in range(0, len(enc), batch_size):
+        b = pad_batch(enc[i:i + batch_size], pad)
+        last = b["attention_mask"].sum(-1) - 1
+        rows = torch.arange(len(last))
+        hs = []
+        for m in (original, unlearned):
+            dev = next(m.parameters()).device
+            out = m(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev),
+                    output_hidden_states=True)
+            hs.append(torch.stack([h[rows.to(h.device), last.to(h.device)].float().cpu()
+                                   for h in out.hidden_states[1:]]))
+        dist = (1 - F.cosine_similarity(hs[0], hs[1], dim=-1)).sum(-1)  # [layers]
+        total = dist if total is None else total + dist
+    return pd.Series((total / len(enc)).numpy(), index=pd.RangeIndex(len(total), name="layer"), name="shift")
