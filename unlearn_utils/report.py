@@ -1,0 +1,175 @@
+"""The reproduction report: each seed paper's headline claim next to what this run measured.
+
+``write_summary(report_dir)`` reads the headline numbers the notebooks saved (``results/<notebook>.json``) and
+their wall times (``timings.json``) and writes ``summary.md`` and ``summary.html``. Every "holds?" cell is computed
+from this run's numbers by the claim's rule, printed beside it, never written by hand; a claim whose notebook did
+not run (or ran in smoke mode, where numbers mean nothing) says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass
+class Claim:
+    paper: str
+    claim: str
+    notebook: str
+    rule: str                                              # how "holds" is decided, in words
+    measure: Callable[[dict], tuple[str, bool]]            # results of the notebook -> (what was measured, holds)
+
+
+def _patching(r: dict) -> tuple[str, bool]:
+    rows = r["summary"]
+    parts, holds = [], True
+    for m, v in rows.items():
+        parts.append(f"{m}: patch MLP coefficients KRS {v['max patch mlp']:.2f} (best site {v['best site']}, "
+                     f"{v['best recovered acc']:.0%} of answers back), restore down_proj {v['max restore down_proj']:.2f}")
+        holds &= v["max patch mlp"] > 0.5 and v["max restore down_proj"] < v["max patch mlp"]
+    return "; ".join(parts), bool(holds)
+
+
+def _concept_unchanged(r: dict) -> tuple[str, bool]:
+    rows = {k: v for k, v in r["table"].items() if not k.startswith("needle")}
+    cos = [v["cosine"] for v in rows.values()]
+    target = [v["target topic acc"] for v in rows.values()]
+    text = (f"topic '{r['topic']}': cosine of its vector to the original {min(cos):.3f}-{max(cos):.3f} after "
+            f"fine-tuning unlearning, while topic accuracy fell to at most {max(target):.0%}")
+    return text, bool(min(cos) >= 0.95 and max(target) <= 0.1)
+
+
+def _concept_ablation(r: dict) -> tuple[str, bool]:
+    key = "Needle forgets as much as the best fine-tuning method and keeps unrelated topics better"
+    needle = {k: v for k, v in r["table"].items() if k.startswith("needle")}
+    best = min(needle.items(), key=lambda kv: kv[1]["target topic acc"])
+    text = (f"causal check: noise on a topic's vector drops its answers' log-prob {r['causal_ratio']:.1f}x more than "
+            f"other topics'; {best[0]}: topic accuracy {best[1]['target topic acc']:.0%}, unrelated topics "
+            f"{best[1]['unrelated topics acc']:.0%}")
+    return text, bool(r["verdicts"][key])
+
+
+def _quantization(r: dict) -> tuple[str, bool]:
+    gains = {**r["quant_gain_4bit"], **r["quant_gain_small_lr"]}
+    best = max(gains, key=gains.get)
+    text = "forget accuracy gained at 4 bits: " + ", ".join(f"{m} {g:+.3f}" for m, g in gains.items())
+    return text + f" (largest: {best})", bool(gains[best] >= 0.10)
+
+
+def _rtt(r: dict) -> tuple[str, bool]:
+    rates = r["rtt"]
+    text = (f"floor {r['rtt_floor']:.2f}, ceiling {r['rtt_ceiling']:.2f}; recovery above the floor: "
+            + ", ".join(f"{m} {v['recovery above floor']:.2f}" for m, v in rates.items()))
+    return text, bool(sum(v["recovery above floor"] >= 0.5 for v in rates.values()) >= 1)
+
+
+def _grun_tradeoff(r: dict) -> tuple[str, bool]:
+    g, v = r["retain_at_equal_forget"], r["topics_at_equal_forget"]
+    key = "GRUN grad_diff keeps more retain accuracy than vanilla grad_diff at equal forget accuracy"
+    text = (f"at equal forget accuracy: retain {g['GRUN']:.3f} (GRUN) vs {g['vanilla']:.3f} (vanilla GD); topic "
+            f"questions {v['GRUN']:.3f} vs {v['vanilla']:.3f}")
+    return text, bool(r["verdicts"][key] and v["GRUN"] >= v["vanilla"])
+
+
+def _grun_quant(r: dict) -> tuple[str, bool]:
+    gains = r["quantization_gain"]
+    text = "forget accuracy gained at 4 bits: " + ", ".join(f"{m} {g:+.3f}" for m, g in gains.items())
+    grun_low = max(g for m, g in gains.items() if m.startswith("GRUN")) < 0.10
+    vanilla_back = max(g for m, g in gains.items() if m.startswith("vanilla")) >= 0.10
+    return text, bool(grun_low and vanilla_back)
+
+
+CLAIMS = [
+    Claim("Hong et al. 2410.06606", "Patching the MLP coefficients of the last layers brings forgotten answers back; "
+          "restoring value vectors brings back less", "02_patching_and_restoration",
+          "every method: max KRS of MLP-coefficient patching > 0.5 and above that of restoring the down projection",
+          _patching),
+    Claim("ConceptVectors 2406.11614", "Fine-tuning unlearning barely changes a concept's vector while the concept "
+          "is forgotten", "03_concept_vectors", "cosine to the original >= 0.95 and topic accuracy <= 10%, every method",
+          _concept_unchanged),
+    Claim("ConceptVectors 2406.11614", "Ablating the concept vector (Needle) removes the concept as well as "
+          "fine-tuning, with less collateral damage", "03_concept_vectors",
+          "best Needle variant's topic accuracy within 10 points of the best fine-tuning method's, unrelated topics higher",
+          _concept_ablation),
+    Claim("Zhang et al. 2410.16454", "4-bit quantization brings forgotten knowledge back for utility-constrained "
+          "methods", "05_recovery_attacks", "some method gains >= 10 points of forget accuracy at 4 bits", _quantization),
+    Claim("Deeb & Roger 2410.08827", "Fine-tuning on some forgotten facts (T) recovers other, independent ones (V)",
+          "05_recovery_attacks", "some method recovers >= 50% of the gap between the retain-model floor and the ceiling",
+          _rtt),
+    Claim("GRUN 2502.17823", "GRUN improves the forget/retain trade-off of fine-tuning unlearning",
+          "04_grun", "GRUN GD keeps more retain accuracy AND no less topic accuracy than vanilla GD at equal forget accuracy",
+          _grun_tradeoff),
+    Claim("GRUN 2502.17823", "GRUN stays unlearned under 4-bit quantization where vanilla fine-tuning does not",
+          "04_grun", "GRUN gains < 10 points at 4 bits AND vanilla gains >= 10 points", _grun_quant),
+]
+
+
+def load_results(report_dir: str | os.PathLike) -> dict[str, dict]:
+    """Every notebook's saved numbers, by notebook name."""
+    folder = Path(report_dir) / "results"
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
+
+
+def claims_table(results: dict[str, dict]) -> list[dict]:
+    """One row per claim: paper, claim, measured, holds ('yes' / 'no' / why it could not be decided), rule."""
+    rows = []
+    for c in CLAIMS:
+        r = results.get(c.notebook)
+        if r is None:
+            measured, holds = "notebook not run", "not run"
+        elif r.get("smoke"):
+            measured, holds = "smoke run (tiny world): numbers not meaningful", "not measured"
+        else:
+            try:
+                measured, ok = c.measure(r)
+                holds = "yes" if ok else "no"
+            except (KeyError, TypeError, ValueError) as e:
+                measured, holds = f"result missing from the notebook's numbers ({type(e).__name__}: {e})", "unknown"
+        rows.append({"paper": c.paper, "claim": c.claim, "measured": measured, "holds": holds, "rule": c.rule,
+                     "notebook": c.notebook})
+    return rows
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def summary_markdown(results: dict[str, dict], timings: dict[str, float]) -> str:
+    lines = ["# unlearn-kit: reproduction summary", "",
+             "Each row: a seed paper's headline claim, what this run measured on the default world, and whether the "
+             "claim holds by the rule in the last column (computed from the numbers, not written by hand).", "",
+             "| paper | claim | what this run measured | holds? | rule | notebook |", "|---|---|---|---|---|---|"]
+    for row in claims_table(results):
+        lines.append("| " + " | ".join(_md_cell(row[k]) for k in ("paper", "claim", "measured", "holds", "rule",
+                                                                     "notebook")) + " |")
+    lines += ["", "## Every verdict the notebooks computed", ""]
+    for nb, r in results.items():
+        for claim, ok in (r.get("verdicts") or {}).items():
+            lines.append(f"- `{nb}`: {'holds' if ok else 'does not hold'}: {claim}")
+    lines += ["", "## Wall time per notebook", "", "| notebook | seconds |", "|---|---|"]
+    lines += [f"| {nb} | {secs:.0f} |" for nb, secs in timings.items()]
+    if timings:
+        lines.append(f"| **total** | **{sum(timings.values()):.0f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(report_dir: str | os.PathLike) -> Path:
+    """Write ``summary.md`` and ``summary.html`` into ``report_dir``; returns the markdown path."""
+    import mistune
+
+    report_dir = Path(report_dir)
+    timings_file = report_dir / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    text = summary_markdown(load_results(report_dir), timings)
+    md = report_dir / "summary.md"
+    md.write_text(text)
+    body = mistune.create_markdown(plugins=["table"])(text)
+    (report_dir / "summary.html").write_text(
+        "<!doctype html><meta charset='utf-8'><title>unlearn-kit summary</title>"
+        "<style>body{font-family:sans-serif;max-width:75em;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}</style>" + body)
+    return md
