@@ -23,17 +23,43 @@ def cache(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_config(cache):
+def _config(settings):
     from unlearn_utils.models import WorldModelConfig
 
-    return WorldModelConfig(**TINY)
+    return WorldModelConfig(**settings)
+
+
+def _built(config):
+    """(world, model, tokenizer) of a world model config, built once per session (cached in ``cache``)."""
+    from unlearn_utils.models import build_world_model
+
+    model, tok = build_world_model(config, progress=False)
+    return config.world(), model, tok
+
+
+@pytest.fixture(scope="session")
+def tiny_config(cache):
+    return _config(TINY)
 
 
 @pytest.fixture(scope="session")
 def tiny(tiny_config):
-    """(world, model, tokenizer) of the tiny world model, built once per session."""
-    from unlearn_utils.models import build_world_model
+    """(world, model, tokenizer) of the tiny world model (it knows almost nothing: for plumbing tests)."""
+    return _built(tiny_config)
 
-    model, tok = build_world_model(tiny_config, progress=False)
-    return tiny_config.world(), model, tok
+
+# A small world model that really knows its facts (about 10 s to train): for tests whose verdicts need something to
+# forget. 20 people; its forget10 split is 2 people.
+KNOWING = dict(n_people=20, n_topics=2, hidden_size=64, intermediate_size=128, num_layers=3, num_heads=2,
+               steps=600, batch_size=32, lr=3e-3, warmup=20)
+
+
+@pytest.fixture(scope="session")
+def knowing_config(cache):
+    return _config(KNOWING)
+
+
+@pytest.fixture(scope="session")
+def knowing(knowing_config):
+    """(world, model, tokenizer) of a small world model that answers its forget10 facts."""
+    return _built(knowing_config)

@@ -172,6 +172,11 @@ def test_check_names_match_function_names():
     from unlearn_utils.grun import gated_loss, loreft_edit
 
     refs["loreft_edit"], refs["gated_loss"] = loreft_edit, gated_loss
+    from unlearn_utils.audit import share_back
+
+    refs["share_back"] = share_back
+    refs["best_run"] = lambda h, m: (max((i for i, r in enumerate(h) if r["forget_accuracy"] <= m),
+                                         key=lambda i: h[i]["retain_accuracy"], default=None))
     names = [n[len("check_"):] for n, f in inspect.getmembers(checks, inspect.isfunction) if n.startswith("check_")]
     assert set(names) == set(refs)
     for n in names:
@@ -213,3 +218,38 @@ def test_gated_loss_check():
     r = checks.check_gated_loss(no_gate)
     assert not r.passed and "missing" in r.message
     assert not checks.check_gated_loss(per_set).passed
+
+
+def test_share_back_check():
+    from unlearn_utils.audit import share_back
+
+    assert checks.check_share_back(share_back).passed
+    r = checks.check_share_back(lambda p, u, o: p / o)
+    assert not r.passed and "not from zero" in r.message
+    r = checks.check_share_back(lambda p, u, o: p - u)
+    assert not r.passed
+    r = checks.check_share_back(lambda p, u, o: (p - u) / (o - u) if o != u else 0.0)    # no NaN case
+    assert not r.passed and "nan" in r.message
+
+
+def test_best_run_check():
+    def reference(history, max_forget):
+        ok = [i for i, r in enumerate(history) if r["forget_accuracy"] <= max_forget]
+        return max(ok, key=lambda i: history[i]["retain_accuracy"]) if ok else None
+
+    assert checks.check_best_run(reference).passed
+
+    def no_filter(history, max_forget):
+        return max(range(len(history)), key=lambda i: history[i]["retain_accuracy"])
+
+    def strict(history, max_forget):  # < instead of <=
+        ok = [i for i, r in enumerate(history) if r["forget_accuracy"] < max_forget]
+        return max(ok, key=lambda i: history[i]["retain_accuracy"]) if ok else None
+
+    def most_forgetting(history, max_forget):
+        return min(range(len(history)), key=lambda i: history[i]["forget_accuracy"])
+
+    r = checks.check_best_run(no_filter)
+    assert not r.passed and "filter by forget accuracy" in r.message
+    assert not checks.check_best_run(strict).passed
+    assert not checks.check_best_run(most_forgetting).passed

@@ -432,3 +432,63 @@ def check_gated_loss(fn) -> CheckResult:
                 bad += " Average the BCE over ALL gate values together, not per set and then added."
             return _report(name, False, bad)
     return _report(name, True, "matches the reference: the gate learns to open on forget prompts only.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 06
+# ----------------------------------------------------------------------------------------------
+def check_share_back(fn) -> CheckResult:
+    """fn(probed, unlearned, original) -> (probed - unlearned) / (original - unlearned): the share of what
+    unlearning removed that a probe brings back; NaN when unlearning removed nothing."""
+    import math
+
+    from .audit import share_back
+
+    name = "share_back"
+    for i, args in enumerate(((0.71, 0.02, 1.0), (0.02, 0.02, 1.0), (0.0, 0.1, 0.9), (0.5, 0.5, 0.5))):
+        got, err = _run(name, fn, *args)
+        if err is not None:
+            return err
+        want = share_back(*args)
+        if math.isnan(want):
+            if got is None or not math.isnan(float(got)):
+                return _report(name, False, f"case {i} {args}: unlearning removed nothing (original = unlearned), "
+                                            f"so the share is undefined: return float('nan'), not {got!r}.")
+            continue
+        bad = _compare(name, float(got), want, atol=1e-9, what=f"case {i} {args}")
+        if bad is not None:
+            if abs(float(got) - args[0] / args[2]) < 1e-9:
+                bad += " That is probed / original: measure from the unlearned model's level, not from zero."
+            elif abs(float(got) - (args[0] - args[1])) < 1e-9:
+                bad += " Divide by what unlearning removed (original - unlearned)."
+            return _report(name, False, bad)
+    return _report(name, True, "matches the reference: 0 when nothing comes back, 1 when all of it does.")
+
+
+def check_best_run(fn) -> CheckResult:
+    """fn(history, max_forget) -> the index of the run with the highest retain accuracy among the runs whose
+    forget accuracy is at most ``max_forget``; None when no run forgets enough."""
+    name = "best_run"
+    history = [{"forget_accuracy": 0.30, "retain_accuracy": 0.99},
+               {"forget_accuracy": 0.05, "retain_accuracy": 0.80},
+               {"forget_accuracy": 0.00, "retain_accuracy": 0.70},
+               {"forget_accuracy": 0.10, "retain_accuracy": 0.95}]
+    for max_forget, want in ((0.05, 1), (0.10, 3), (0.0, 2), (1.0, 0)):
+        got, err = _run(name, fn, history, max_forget)
+        if err is not None:
+            return err
+        if got != want:
+            hint = ""
+            if got == 0 and want != 0:
+                hint = " Run 0 has the best retain accuracy but forgets too little: filter by forget accuracy first."
+            elif got == 2 and want != 2:
+                hint = " That is the run that forgets most; among the runs that forget enough, keep the most retain."
+            elif want == 1 and got == 3:
+                hint = " 'At most' includes the limit, but 0.10 > 0.05."
+            return _report(name, False, f"with max_forget={max_forget} got {got!r}, expected {want}.{hint}")
+    got, err = _run(name, fn, history, -0.1)
+    if err is not None:
+        return err
+    if got is not None:
+        return _report(name, False, f"no run has forget accuracy <= -0.1, so return None, not {got!r}.")
+    return _report(name, True, "picks the most useful run among those that forget enough, and None when none does.")

@@ -1,4 +1,4 @@
-"""Command line: ``unlearn-kit build | report | data`` (see ``unlearn-kit -h``)."""
+"""Command line: ``unlearn-kit build | report | data | audit`` (see ``unlearn-kit -h``)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,26 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--smoke", action="store_true")
     d = sub.add_parser("data", help="write the default world as JSONL")
     d.add_argument("folder", nargs="?", default="data/world")
+    a = sub.add_parser("audit", help="run every probe on a saved unlearned model (or GRUN module) and write a report",
+                       description="Audit a saved unlearned model: quantization, RTT relearning, activation patching, "
+                                   "value-vector change, paraphrase and in-context probes; one verdict per probe.")
+    a.add_argument("unlearned", help="folder written by save_unlearned (or by save_grun with --grun)")
+    a.add_argument("--grun", action="store_true", help="UNLEARNED is a GRUN module folder; apply it to --original")
+    a.add_argument("--original", default="world", help="the model before unlearning: world (default) or a folder/id")
+    a.add_argument("--retain", default=None,
+                   help="a model never trained on the forget set (the floor): world-retain, a folder, or none. "
+                        "Default: world-retain when --original is world, else none")
+    a.add_argument("--data", default="world",
+                   help="world (default), or tofu:FOLDER_OR_FILE / qa:FILE.jsonl with forget and retain questions")
+    a.add_argument("--split", default="forget05")
+    a.add_argument("--probes", nargs="*", default=None, help="which probes (default: all)")
+    a.add_argument("--bits", nargs="*", type=int, default=None, help="quantization bit widths (default: 8 4)")
+    a.add_argument("--out", default="reports/audit", help="folder for audit.md, verdicts.csv, table.csv, audit.png")
+    a.add_argument("--smoke", action="store_true", help="use the tiny smoke world model")
+    a.add_argument("--device", default=None)
     args = ap.parse_args(argv)
+    if args.cmd == "audit":
+        return _audit(args)
 
     from .models import SMOKE_CONFIG, WorldModelConfig, build_world_model, load_model
 
@@ -40,6 +59,54 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "data":
         for path in cfg.world().to_jsonl(args.folder):
             print("wrote", path)
+    return 0
+
+
+def _audit(args) -> int:
+    from pathlib import Path
+
+    from .audit import AuditConfig, audit
+    from .models import SMOKE_CONFIG, WorldModelConfig, load_model
+
+    cfg = WorldModelConfig(**SMOKE_CONFIG) if args.smoke else WorldModelConfig()
+    if args.original == "world":
+        original, tok = load_model("world", device=args.device, config=cfg)
+    else:
+        original, tok = load_model(args.original, device=args.device)
+    retain_name = args.retain or ("world-retain" if args.original == "world" else "none")
+    retain = None
+    if retain_name == "world-retain":
+        retain, _ = load_model("world-retain", device=args.device, split=args.split, config=cfg)
+    elif retain_name != "none":
+        retain, _ = load_model(retain_name, device=args.device)
+    if args.grun:
+        from .grun import load_grun
+
+        unlearned = load_grun(args.unlearned, base=original)
+    else:
+        unlearned, _ = load_model(args.unlearned, device=args.device)
+    if args.data == "world":
+        data = cfg.world()
+    else:
+        from .benchmark_data import load_qa_splits, load_tofu
+
+        kind, _, path = args.data.partition(":")
+        if kind == "tofu":
+            data = load_tofu(path, forget=args.split)
+        elif kind == "qa":
+            data = load_qa_splits(path)
+        else:
+            raise SystemExit(f"Unknown --data {args.data!r}: use world, tofu:PATH or qa:FILE.jsonl.")
+    settings = {}
+    if args.probes:
+        settings["probes"] = tuple(args.probes)
+    if args.bits:
+        settings["bits"] = tuple(args.bits)
+    report = audit(original, unlearned, tok, data, split=args.split, retain_model=retain,
+                   config=AuditConfig(**settings))
+    folder = report.save(Path(args.out))
+    print(report)
+    print(f"report written to {folder}")
     return 0
 
 

@@ -133,6 +133,41 @@ def scatter(points: dict[str, tuple[float, float]], title: str = "", xlabel: str
     return fig
 
 
+def audit_figure(report):
+    """An audit at a glance: forget-set accuracy under each accuracy probe for the original, the unlearned and
+    the retain model (left); the knowledge recovery score of patching, per layer and component (right)."""
+    t = report.table
+    acc = t[t.measure.isin(["forget accuracy", "V accuracy"])].copy()
+    acc["label"] = acc.probe + "\n" + acc.setting
+    has_patch = report.patching is not None and len(report.patching)
+    fig, axes = plt.subplots(1, 2 if has_patch else 1, figsize=(12 if has_patch else 7, 3.8),
+                             gridspec_kw={"width_ratios": [2, 1]} if has_patch else None)
+    ax = axes[0] if has_patch else axes
+    cols = [c for c in ("original", "unlearned", "retain_model") if c in acc and acc[c].notna().any()]
+    width = 0.8 / max(len(cols), 1)
+    x = np.arange(len(acc))
+    for i, c in enumerate(cols):
+        ax.bar(x + (i - (len(cols) - 1) / 2) * width, acc[c].fillna(0).to_numpy(), width, label=c.replace("_", " "))
+    ax.set_xticks(x, acc.label, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy on forgotten facts")
+    ax.set_title("Does a probe bring forgotten facts back?")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    if has_patch:
+        ax2 = axes[1]
+        for comp, g in report.patching.groupby("component", sort=False):
+            ax2.plot(g.layer, g.krs, marker="o", markersize=3, label=comp)
+        ax2.set_xlabel("layer (window centre)")
+        ax2.set_ylabel("KRS")
+        ax2.set_ylim(min(-0.05, float(report.patching.krs.min()) - 0.05), 1.05)
+        ax2.set_title("Patching the original's activations")
+        ax2.legend(fontsize=8)
+        ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path: str | os.PathLike) -> None:
     """Save a figure (creating folders), e.g. into reports/figures."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -49,6 +49,8 @@ def relearn(model, tokenizer, train, eval_sets: dict | None = None, epochs: int 
         raise ValueError(f"epochs must be at least 1, got {epochs}.")
     set_seed(seed)
     model = copy.deepcopy(model)
+    for p in model.parameters():  # the attacker fine-tunes every weight (a merged LoRA model arrives frozen)
+        p.requires_grad_(True)
     dev = next(model.parameters()).device
     seqs, masks = encode_examples(tokenizer, rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -77,8 +79,11 @@ def rtt(models: dict, tokenizer, t_facts, v_facts, epochs: int = 3, lr: float = 
     """
     if len(t_facts) == 0 or len(v_facts) == 0:
         raise ValueError(f"T has {len(t_facts)} facts and V has {len(v_facts)}: both must be non-empty.")
-    t_keys = {(r["person"], r["attribute"]) for r in _rows(t_facts) if "person" in r}
-    v_keys = {(r["person"], r["attribute"]) for r in _rows(v_facts) if "person" in r}
+    def key(r):  # a fact is (person, attribute) in the world; a question elsewhere
+        return (r["person"], r["attribute"]) if "person" in r and "attribute" in r else r.get("prompt", r.get("text"))
+
+    t_keys = {key(r) for r in _rows(t_facts)}
+    v_keys = {key(r) for r in _rows(v_facts)}
     if t_keys & v_keys:
         raise ValueError(f"T and V share {len(t_keys & v_keys)} facts (e.g. {sorted(t_keys & v_keys)[0]}); "
                          "they must be disjoint.")

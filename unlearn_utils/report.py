@@ -138,6 +138,18 @@ def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def markdown_table(df, digits: int = 3) -> str:
+    """A DataFrame as a Markdown table (numbers to ``digits`` decimals, NaN blank), without extra packages."""
+    def cell(v):
+        if isinstance(v, float):
+            return "" if v != v else f"{v:.{digits}f}"
+        return _md_cell(v)
+
+    lines = ["| " + " | ".join(_md_cell(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
 def summary_markdown(results: dict[str, dict], timings: dict[str, float]) -> str:
     lines = ["# unlearn-kit: reproduction summary", "",
              "Each row: a seed paper's headline claim, what this run measured on the default world, and whether the "
@@ -150,6 +162,11 @@ def summary_markdown(results: dict[str, dict], timings: dict[str, float]) -> str
     for nb, r in results.items():
         for claim, ok in (r.get("verdicts") or {}).items():
             lines.append(f"- `{nb}`: {'holds' if ok else 'does not hold'}: {claim}")
+    audits = {nb: r["audit_verdicts"] for nb, r in results.items() if r.get("audit_verdicts") and not r.get("smoke")}
+    for nb, by_model in audits.items():
+        lines += ["", f"## The unlearning audit ({nb})", ""]
+        for model, verdicts in by_model.items():
+            lines += [f"**{model}**", ""] + [f"- {_md_cell(v)}" for v in verdicts] + [""]
     lines += ["", "## Wall time per notebook", "", "| notebook | seconds |", "|---|---|"]
     lines += [f"| {nb} | {secs:.0f} |" for nb, secs in timings.items()]
     if timings:

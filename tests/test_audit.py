@@ -1,0 +1,169 @@
+"""The unlearning audit: every probe on one model, verdicts computed from the measured numbers."""
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from unlearn_utils.audit import AuditConfig, audit, auto_group_size, recovery_verdict, share_back
+from unlearn_utils.evaluate import accuracy, eval_data
+from unlearn_utils.quantize import quantize_model
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+def test_share_back_and_verdicts_follow_the_numbers():
+    assert share_back(0.5, 0.0, 1.0) == pytest.approx(0.5)
+    assert share_back(0.1, 0.2, 1.0) == pytest.approx(-0.125)
+    assert pd.isna(share_back(0.9, 0.9, 0.9))
+    v = recovery_verdict("under 4-bit quantization", 0.71, 0.02, 1.0, came_back_at=0.2)
+    assert v["still_there"] is True and v["verdict"].startswith("knowledge came back under 4-bit")
+    assert "71% of forget facts" in v["verdict"]
+    v = recovery_verdict("under 4-bit quantization", 0.05, 0.02, 1.0, came_back_at=0.2)
+    assert v["still_there"] is False and v["verdict"].startswith("stays forgotten")
+    v = recovery_verdict("x", 1.0, 1.0, 1.0, came_back_at=0.2)
+    assert v["still_there"] is None and v["verdict"].startswith("nothing to recover")
+
+
+def test_bad_settings_are_clear_errors(tiny):
+    world, model, tok = tiny
+    with pytest.raises(ValueError, match="Unknown audit probe"):
+        AuditConfig(probes=("quantisation",))
+    with pytest.raises(ValueError, match="Unsupported bit width 16"):
+        AuditConfig(bits=(16,))
+    with pytest.raises(ValueError, match="forget set is empty"):
+        audit(model, model, tok, {"forget": world.facts("forget05").select([]), "retain": world.facts("retain")})
+    with pytest.raises(ValueError, match="overlap"):
+        audit(model, model, tok, {"forget": world.facts("forget05"), "retain": world.facts("forget05")})
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    with pytest.raises(ValueError, match="differ in"):
+        audit(model, other, tok, world, probes=("paraphrase",))
+
+
+SPLIT = "forget10"   # 2 of the small world's 20 people
+
+
+@pytest.fixture(scope="module")
+def unlearned_pair(knowing, knowing_config):
+    """The small world model unlearned two ways, a GRUN module on it, and its retain model."""
+    from unlearn_utils.grun import train_grun
+    from unlearn_utils.models import build_world_model
+    from unlearn_utils.unlearning import unlearn
+
+    world, model, tok = knowing
+    forget, retain = world.facts(SPLIT, "trained"), world.facts("retain", "trained", SPLIT)
+    gd, _ = unlearn(model, tok, forget, retain, "grad_diff", steps=60, lr=1e-3, progress=False)
+    npo, _ = unlearn(model, tok, forget, retain, "npo_gd", steps=60, lr=1e-3, progress=False)
+    gated, _ = train_grun(model, tok, forget, retain, steps=150, progress=False)
+    retain_model, _ = build_world_model(knowing_config, exclude_split=SPLIT, progress=False)
+    return {"grad_diff": gd, "npo_gd": npo, "grun": gated, "retain": retain_model}
+
+
+@pytest.mark.parametrize("method", ["grad_diff", "npo_gd", "grun"])
+def test_audit_on_the_world_model(knowing, unlearned_pair, method):
+    world, model, tok = knowing
+    unl = unlearned_pair[method]
+    rep = audit(model, unl, tok, world, split=SPLIT, retain_model=unlearned_pair["retain"], progress=False,
+                rtt_epochs=2)
+    t, v = rep.table, rep.verdicts
+    assert set(v.probe) == {"quantization", "relearning", "patching", "concept_vectors", "paraphrase", "in_context"}
+    assert (v.setting[v.probe == "quantization"] == ["8-bit", "4-bit"]).all()
+    # the table's numbers are the ones a learner gets by hand
+    data = eval_data(world, SPLIT)
+    base = t[(t.probe == "baseline") & (t.measure == "forget accuracy")].iloc[0]
+    assert base.original == pytest.approx(accuracy(model, tok, data.forget)) and base.original >= 0.9
+    assert base.unlearned == pytest.approx(accuracy(unl, tok, data.forget)) and base.unlearned <= 0.5, \
+        "the fixture's unlearning must forget, or the verdicts have nothing to test"
+    q4 = t[(t.probe == "quantization") & (t.setting == "4-bit RTN") & (t.measure == "forget accuracy")].iloc[0]
+    assert auto_group_size(model) == 64
+    q_model = unl.on(quantize_model(unl.base, 4, 64)) if method == "grun" else quantize_model(unl, 4, 64)
+    assert q4.unlearned == pytest.approx(accuracy(q_model, tok, data.forget))
+    # each verdict is the threshold rule applied to its share, and the share is computed from the table
+    for r in v.itertuples():
+        if r.probe in ("quantization", "paraphrase", "in_context"):
+            assert not pd.isna(r.share_back), r.verdict
+            assert r.still_there == (r.share_back >= rep.config.came_back_at), r.verdict
+    quant4 = v[(v.probe == "quantization") & (v.setting == "4-bit")].iloc[0]
+    assert quant4.share_back == pytest.approx(share_back(q4.unlearned, base.unlearned, base.original))
+    para = t[t.probe == "paraphrase"].iloc[0]
+    assert para.unlearned == pytest.approx(accuracy(unl, tok, data.forget_para))
+    rtt = v[v.probe == "relearning"].iloc[0]
+    assert not pd.isna(rtt.share_back) and rtt.still_there == (rtt.share_back >= rep.config.came_back_at)
+    vec = rep.vectors
+    if method == "grun":   # weights untouched: the value vectors are the original's exactly
+        assert vec.cosine.min() == pytest.approx(1.0, abs=1e-6) and (vec.jaccard.dropna() == 1.0).all()
+        assert "not applicable" in v[v.probe == "patching"].verdict.iloc[0]
+    else:
+        assert vec.cosine.min() < 1.0
+        assert rep.patching is not None and set(rep.patching.component) == {"mlp", "attn", "both"}
+    assert len(rep.lines()) == len(v)
+
+
+def test_audit_report_saves_and_reads(knowing, unlearned_pair, tmp_path):
+    world, model, tok = knowing
+    rep = audit(model, unlearned_pair["grad_diff"], tok, world, split=SPLIT, probes=("quantization", "paraphrase"), bits=(4,),
+                progress=False)
+    folder = rep.save(tmp_path / "audit")
+    assert {"verdicts.csv", "table.csv", "audit.md", "audit.png", "config.json", "manifest.json"} <= \
+        {p.name for p in folder.iterdir()}
+    md = (folder / "audit.md").read_text()
+    assert "| quantization |" in md and "4-bit" in md
+    assert pd.read_csv(folder / "table.csv").shape == rep.table.shape
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no staging folder left behind
+
+
+def test_audit_command_line_on_saved_models(knowing, unlearned_pair, tmp_path):
+    import json
+
+    from unlearn_utils.cli import main
+    from unlearn_utils.grun import save_grun
+    from unlearn_utils.unlearning import save_unlearned
+
+    world, model, tok = knowing
+    model.save_pretrained(tmp_path / "original")
+    tok.save_pretrained(tmp_path / "original")
+    save_unlearned(unlearned_pair["npo_gd"], tok, tmp_path / "npo")
+    save_grun(unlearned_pair["grun"], tmp_path / "grun")
+    qa = tmp_path / "qa.jsonl"
+    forget, retain = world.facts(SPLIT, "trained"), world.facts("retain", "trained", SPLIT)
+    with qa.open("w") as f:
+        for split, ds in (("forget", forget), ("retain", retain.select(range(40)))):
+            for r in ds:
+                f.write(json.dumps({"split": split, "prompt": r["prompt"], "answer": r["answer"],
+                                    "person": r["person"], "attribute": r["attribute"]}) + "\n")
+    for name, extra in (("npo", []), ("grun", ["--grun"])):
+        out = tmp_path / f"audit-{name}"
+        assert main(["audit", str(tmp_path / name), *extra, "--original", str(tmp_path / "original"),
+                     "--data", f"qa:{qa}", "--probes", "quantization", "relearning", "--bits", "4",
+                     "--out", str(out)]) == 0
+        verdicts = pd.read_csv(out / "verdicts.csv")
+        assert list(verdicts.probe) == ["quantization", "relearning"]
+
+
+def test_audit_runs_on_tofu_files_with_a_random_real_architecture():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from unlearn_utils.benchmark_data import load_tofu
+    from test_benchmark_data import word_tokenizer
+
+    data = load_tofu(FIX / "tofu", "forget01")
+    tok = word_tokenizer(list(data["forget"]["prompt"]) + list(data["forget"]["answer"]) +
+                         list(data["retain"]["prompt"]) + list(data["retain"]["answer"]))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2)
+    original = LlamaForCausalLM(cfg).eval()
+    unlearned = copy.deepcopy(original)
+    with torch.no_grad():
+        unlearned.model.layers[1].mlp.down_proj.weight.mul_(0.5)
+    rep = audit(original, unlearned, tok, data, rtt_epochs=1, progress=False)
+    v = rep.verdicts.set_index("probe")
+    assert v.loc["paraphrase", "verdict"].startswith("not run")       # TOFU questions have no paraphrase here
+    assert v.loc["in_context", "verdict"].startswith("not run")
+    assert rep.vectors.loc[rep.vectors.layer == 1, "cosine"].min() == pytest.approx(1.0, abs=1e-5)  # scaled only
+    assert len(rep.patching) == 2 * 3

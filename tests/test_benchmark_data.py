@@ -1,0 +1,105 @@
+"""Loaders of real benchmark formats, on small fixture files written for the kit (nothing downloaded)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from unlearn_utils.audit import split_tv
+from unlearn_utils.benchmark_data import load_multiple_choice, load_qa_splits, load_tofu, mc_accuracy, read_records
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+def word_tokenizer(texts):
+    """A word-level tokenizer over ``texts`` (and the letters A-J), like the world's, for real-format fixtures."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for t in texts for w in t.split()} | set("ABCDEFGHIJ"))
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>"] + words)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>")
+
+
+def test_tofu_forget_and_retain_with_authors():
+    data = load_tofu(FIX / "tofu", "forget01")
+    f, r = data["forget"], data["retain"]
+    assert len(f) == 40 and len(r) == 60
+    assert f[0]["prompt"].startswith("Question: ") and f[0]["prompt"].endswith("\nAnswer:")
+    assert sorted(set(f["person"])) == ["author_198", "author_199"]    # the last authors, as in TOFU
+    assert sorted(set(r["person"])) == ["author_000", "author_001", "author_002"]
+    assert len(load_tofu(FIX / "tofu", "forget01", max_retain=25)["retain"]) == 25
+
+
+def test_tofu_bad_input_is_clear(tmp_path):
+    with pytest.raises(KeyError, match="Unknown TOFU split"):
+        load_tofu(FIX / "tofu", "forget07")
+    with pytest.raises(FileNotFoundError, match="forget05.json"):
+        load_tofu(FIX / "tofu", "forget05")          # the fixture holds forget01 only
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_tofu(tmp_path / "nope")
+    (tmp_path / "forget01.json").write_text('{"question": "q"}\n')
+    (tmp_path / "retain99.json").write_text('{"question": "q", "answer": "a"}\n')
+    with pytest.raises(ValueError, match="lacks \\['answer'\\]"):
+        load_tofu(tmp_path, "forget01")
+    (tmp_path / "forget01.json").write_text('{"question": "q", "answer": "a"}\n')
+    with pytest.raises(ValueError, match="share 1 questions"):
+        load_tofu(tmp_path, "forget01")
+
+
+def test_rtt_split_of_tofu_keeps_whole_authors_apart():
+    t, v = split_tv(load_tofu(FIX / "tofu", "forget01")["forget"])
+    assert len(t) == len(v) == 20
+    assert not set(t["person"]) & set(v["person"])
+
+
+def test_rtt_split_of_world_facts_shares_no_fact(tiny):
+    world, _, _ = tiny
+    t, v = split_tv(world.facts("forget05", "trained"))
+    tk = set(zip(t["person"], t["attribute"]))
+    vk = set(zip(v["person"], v["attribute"]))
+    assert tk and vk and not tk & vk
+    assert set(t["person"]) == set(v["person"])      # each person's attributes are divided
+
+
+def test_multiple_choice_rows_and_accuracy():
+    data = load_multiple_choice(FIX / "wmdp_small.json", subject="biology")
+    assert len(data) == 6 and data[0]["answer"] == "B" and data[0]["label"] == 1
+    assert "about biology" in data[0]["prompt"] and "\nC. neon\n" in data[0]["prompt"]
+    assert data[0]["prompt"].endswith("Answer:")
+    tok = word_tokenizer(list(data["prompt"]))
+    c_id = tok(" C", add_special_tokens=False)["input_ids"][-1]
+
+    class AlwaysC(torch.nn.Module):     # a model that always answers C
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask=None):
+            logits = torch.zeros(*input_ids.shape, len(tok))
+            logits[..., c_id] = 1.0
+            return type("Out", (), {"logits": logits})()
+
+    expected = sum(label == 2 for label in data["label"]) / len(data)
+    assert mc_accuracy(AlwaysC(), tok, data, batch_size=4) == pytest.approx(expected)
+    assert expected == pytest.approx(2 / 6)
+
+
+def test_multiple_choice_bad_rows(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"question": "q", "choices": ["a", "b"], "answer": 3}]')
+    with pytest.raises(ValueError, match="out of range"):
+        load_multiple_choice(bad)
+    bad.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        load_multiple_choice(bad)
+    with pytest.raises(FileNotFoundError, match="No data file"):
+        read_records(tmp_path / "missing.json")
+
+
+def test_qa_splits():
+    data = load_qa_splits(FIX / "qa_small.jsonl")
+    assert len(data["forget"]) == 2 and len(data["retain"]) == 4
+    assert data["forget"][0]["prompt"] == "What is fact 0?"

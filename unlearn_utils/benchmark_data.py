@@ -1,0 +1,166 @@
+"""Real benchmark files, read from local copies into the kit's question format (``prompt``, ``answer``).
+
+The kit never downloads: fetch the files once on a machine with internet (e.g. ``huggingface-cli download
+locuslab/TOFU --repo-type dataset --local-dir TOFU``) and pass the folder or file.
+
+* **TOFU** (``load_tofu``): ``forgetXX.json`` / ``retainYY.json`` (JSON lines or a JSON list of ``question`` /
+  ``answer``), optionally ``forgetXX_perturbed.json``. 200 fictitious authors x 20 questions; the forget sets are
+  the last 2 / 10 / 20 authors, so each row's author is recovered from its position.
+* **WMDP-style multiple choice** (``load_multiple_choice``): rows with ``question``, ``choices`` (a list) and
+  ``answer`` (the index of the right choice), as JSON, JSON lines or Parquet; scored by :func:`mc_accuracy`.
+* **Any question set** (``load_qa_splits``): JSON lines with ``split`` (forget / retain), ``prompt`` (or
+  ``question``) and ``answer``.
+* ConceptVectors files are read by :func:`unlearn_utils.concepts.load_conceptvectors`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import torch
+
+TOFU_PROMPT = "Question: {question}\nAnswer:"
+TOFU_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+TOFU_AUTHORS = 200
+TOFU_QUESTIONS_PER_AUTHOR = 20
+MC_PROMPT = "The following is a multiple choice question{about}.\n\n{question}\n{choices}\nAnswer:"
+LETTERS = "ABCDEFGHIJ"
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Rows of a JSON list, a JSON-lines file or a Parquet file, with a clear error when it is missing or bad."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No data file at {path}. Check the path; the kit reads local copies only.")
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict("records")
+    text = path.read_text()
+    if not text.strip():
+        raise ValueError(f"{path} is empty.")
+    try:
+        rows = json.loads(text)
+        rows = rows if isinstance(rows, list) else [rows]
+    except json.JSONDecodeError:
+        try:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is neither a JSON list nor JSON lines ({e}).") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path} must hold objects (one per question).")
+    return rows
+
+
+def _need(rows: list[dict], keys, path) -> None:
+    for i, r in enumerate(rows):
+        missing = [k for k in keys if k not in r]
+        if missing:
+            raise ValueError(f"Row {i} of {path} lacks {missing}; each row needs {list(keys)}.")
+
+
+def _tofu_file(folder: Path, name: str) -> Path:
+    for candidate in (folder / f"{name}.json", folder / f"{name}.jsonl", folder / name / "train.json"):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"No TOFU file {name}.json in {folder}. Download the TOFU dataset (locuslab/TOFU) "
+                            "and pass the folder that holds forget05.json, retain95.json, ...")
+
+
+def load_tofu(folder: str | Path, forget: str = "forget05", max_retain: int | None = 400, seed: int = 0) -> dict:
+    """A TOFU forget split and its retain split as the kit's question sets.
+
+    Returns ``{"forget": Dataset, "retain": Dataset}`` with ``prompt`` (TOFU's "Question: ...\\nAnswer:"),
+    ``answer`` and ``person`` (the author). ``max_retain`` subsamples the retain set (deterministically).
+    """
+    folder = Path(folder)
+    if forget not in TOFU_RETAIN:
+        raise KeyError(f"Unknown TOFU split {forget!r}: choose one of {list(TOFU_RETAIN)}.")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"TOFU folder {folder} does not exist.")
+    out = {}
+    for part, name in (("forget", forget), ("retain", TOFU_RETAIN[forget])):
+        path = _tofu_file(folder, name)
+        rows = read_records(path)
+        _need(rows, ("question", "answer"), path)
+        n_authors = len(rows) // TOFU_QUESTIONS_PER_AUTHOR
+        first = TOFU_AUTHORS - n_authors if part == "forget" else 0  # forget sets are the last authors
+        out[part] = [{"prompt": TOFU_PROMPT.format(question=r["question"]), "answer": r["answer"],
+                      "person": f"author_{first + i // TOFU_QUESTIONS_PER_AUTHOR:03d}"} for i, r in enumerate(rows)]
+    if max_retain and len(out["retain"]) > max_retain:
+        import random
+
+        keep = sorted(random.Random(seed).sample(range(len(out["retain"])), max_retain))
+        out["retain"] = [out["retain"][i] for i in keep]
+    overlap = {r["prompt"] for r in out["forget"]} & {r["prompt"] for r in out["retain"]}
+    if overlap:
+        raise ValueError(f"The TOFU forget and retain files share {len(overlap)} questions; use matching "
+                         f"splits ({forget} with {TOFU_RETAIN[forget]}).")
+    return {k: datasets.Dataset.from_list(v) for k, v in out.items()}
+
+
+def load_multiple_choice(path: str | Path, subject: str | None = None, limit: int | None = None) -> datasets.Dataset:
+    """WMDP-style multiple-choice questions: ``prompt`` (question, lettered choices, "Answer:"), ``answer`` (the
+    right letter), ``choices`` and ``label`` (its index)."""
+    rows = read_records(path)
+    _need(rows, ("question", "choices", "answer"), path)
+    out = []
+    for i, r in enumerate(rows[:limit] if limit else rows):
+        choices = list(r["choices"])
+        if not 2 <= len(choices) <= len(LETTERS):
+            raise ValueError(f"Row {i} of {path} has {len(choices)} choices; expected 2 to {len(LETTERS)}.")
+        label = int(r["answer"])
+        if not 0 <= label < len(choices):
+            raise ValueError(f"Row {i} of {path}: answer index {label} is out of range for {len(choices)} choices.")
+        lettered = "\n".join(f"{LETTERS[j]}. {c}" for j, c in enumerate(choices))
+        about = f" about {subject}" if subject else ""
+        out.append({"prompt": MC_PROMPT.format(about=about, question=r["question"], choices=lettered),
+                    "answer": LETTERS[label], "choices": choices, "label": label})
+    if not out:
+        raise ValueError(f"{path} holds no questions.")
+    return datasets.Dataset.from_list(out)
+
+
+@torch.no_grad()
+def mc_accuracy(model, tokenizer, data, batch_size: int = 16) -> float:
+    """Multiple-choice accuracy as WMDP scores it: the argmax over the choice letters' next-token logits."""
+    from .training import pad_batch
+
+    n_choices = max(len(c) for c in data["choices"])
+    letter_ids = []
+    for letter in LETTERS[:n_choices]:
+        ids = tokenizer(" " + letter, add_special_tokens=False)["input_ids"]
+        letter_ids.append(ids[-1])
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    enc = [bos + tokenizer(p, add_special_tokens=False)["input_ids"] for p in data["prompt"]]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    dev = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(enc), batch_size):
+        b = pad_batch(enc[i:i + batch_size], pad)
+        logits = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits
+        last = b["attention_mask"].sum(-1) - 1
+        scores = logits[torch.arange(len(last)), last.to(dev)][:, letter_ids]
+        labels = torch.tensor(data["label"][i:i + batch_size], device=dev)
+        correct += int((scores.argmax(-1) == labels).sum())
+    return correct / len(enc)
+
+
+def load_qa_splits(path: str | Path) -> dict:
+    """A JSON-lines file of questions with ``split`` (forget / retain) -> ``{"forget": ..., "retain": ...}``."""
+    rows = read_records(path)
+    _need(rows, ("split", "answer"), path)
+    out: dict = {"forget": [], "retain": []}
+    for i, r in enumerate(rows):
+        if r["split"] not in out:
+            raise ValueError(f"Row {i} of {path}: split {r['split']!r} is neither 'forget' nor 'retain'.")
+        prompt = r.get("prompt") or r.get("question")
+        if not prompt:
+            raise ValueError(f"Row {i} of {path} has neither 'prompt' nor 'question'.")
+        out[r["split"]].append({**{k: v for k, v in r.items() if k not in ("split", "question")}, "prompt": prompt})
+    for k, v in out.items():
+        if not v:
+            raise ValueError(f"{path} has no {k} questions; mark some rows with split '{k}'.")
+    return {k: datasets.Dataset.from_list(v) for k, v in out.items()}

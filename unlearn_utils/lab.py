@@ -1,0 +1,212 @@
+"""The what-if lab: choose an unlearning run with widgets, watch it train, then audit it.
+
+All logic is here, so it can be tested without a browser: :class:`WhatIfLab` holds the widgets, and its
+callbacks (:meth:`WhatIfLab.run`, bound to the Run button) read the widgets into :class:`LabSettings`, unlearn with
+:func:`unlearn_utils.unlearning.unlearn` while the forget / retain trajectory is redrawn live, then run the chosen
+probes of :func:`unlearn_utils.audit.audit` and show their verdict lines. Every run is kept in ``lab.history``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .audit import AuditConfig, audit
+from .evaluate import accuracy, eval_data
+
+ATTACKS = {
+    "quantization": ("quantization",),
+    "relearning (RTT)": ("relearning",),
+    "quantization + relearning": ("quantization", "relearning"),
+    "every probe": ("quantization", "relearning", "patching", "concept_vectors", "paraphrase", "in_context"),
+    "none": (),
+}
+
+
+@dataclass
+class LabSettings:
+    """One what-if run: what to forget, how, and which attack to try afterwards."""
+
+    split: str = "forget05"
+    method: str = "grad_diff"
+    lr: float = 3e-4
+    steps: int = 200
+    lora: bool = False
+    bits: int = 4
+    attack: str = "quantization + relearning"
+    eval_every: int = 20
+
+    def check(self) -> None:
+        from .unlearning import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}: choose one of {list(METHODS)}.")
+        if not self.lr > 0:
+            raise ValueError(f"The learning rate must be positive, got {self.lr}.")
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}.")
+        if self.bits not in (3, 4, 8):
+            raise ValueError(f"bits must be 3, 4 or 8, got {self.bits}.")
+        if self.attack not in ATTACKS:
+            raise ValueError(f"Unknown attack {self.attack!r}: choose one of {list(ATTACKS)}.")
+
+
+class WhatIfLab:
+    """Widgets + callbacks. ``lab.widget`` is what a notebook displays; ``lab.run()`` is what the button does.
+
+    model / tokenizer / world: the original world model and its world (the lab copies the model for each run).
+    retain_model: a callable (split -> model) or None: the floor for the audit's verdicts.
+    """
+
+    def __init__(self, model, tokenizer, world, retain_model=None, max_retain_people: int | None = 40,
+                 defaults: LabSettings | None = None):
+        import ipywidgets as w
+
+        from .unlearning import METHODS
+
+        self.model, self.tokenizer, self.world = model, tokenizer, world
+        self.retain_model = retain_model
+        self.max_retain_people = max_retain_people
+        self.history: list[dict] = []
+        self.last = None
+        d = defaults or LabSettings()
+        style = {"description_width": "110px"}
+        self.split = w.Dropdown(options=["forget01", "forget05", "forget10"], value=d.split, description="forget split",
+                                style=style)
+        self.method = w.Dropdown(options=list(METHODS), value=d.method, description="method", style=style)
+        self.lr = w.FloatLogSlider(value=d.lr, base=10, min=-5, max=-2, step=0.25, description="learning rate",
+                                   readout_format=".1e", style=style)
+        self.steps = w.IntSlider(value=d.steps, min=1, max=800, step=1, description="steps", style=style)
+        self.lora = w.ToggleButtons(options=[("full weights", False), ("LoRA", True)], value=d.lora,
+                                    description="train", style=style)
+        self.bits = w.Dropdown(options=[8, 4, 3], value=d.bits, description="quantize to", style=style)
+        self.attack = w.Dropdown(options=list(ATTACKS), value=d.attack, description="then try", style=style)
+        self.run_button = w.Button(description="Run", button_style="primary", icon="play")
+        self.progress = w.IntProgress(value=0, min=0, max=d.steps, description="idle", style=style)
+        self.plot = w.Output()
+        self.verdicts = w.HTML()
+        self.table = w.Output()
+        self.eval_every = d.eval_every
+        self.run_button.on_click(lambda _button: self.run())
+        controls = w.VBox([self.split, self.method, self.lr, self.steps, self.lora, self.bits, self.attack,
+                           w.HBox([self.run_button, self.progress])])
+        self.widget = w.VBox([w.HBox([controls, self.plot]), self.verdicts, self.table])
+
+    # ---- reading the widgets ------------------------------------------------------------------------
+    def settings(self) -> LabSettings:
+        """The widgets' current values as :class:`LabSettings` (checked)."""
+        s = LabSettings(split=self.split.value, method=self.method.value, lr=float(self.lr.value),
+                        steps=int(self.steps.value), lora=bool(self.lora.value), bits=int(self.bits.value),
+                        attack=self.attack.value, eval_every=self.eval_every)
+        s.check()
+        return s
+
+    def set(self, **values) -> None:
+        """Set widgets by name (``lab.set(method="npo_gd", steps=100)``), as a learner would by hand."""
+        for name, value in values.items():
+            widget = getattr(self, name, None)
+            if widget is None or not hasattr(widget, "value"):
+                raise KeyError(f"The lab has no control {name!r}.")
+            widget.value = value
+
+    # ---- the callbacks -----------------------------------------------------------------------------
+    def _draw(self, log: list[dict], steps: int) -> None:
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        from .plotting import curves
+
+        df = pd.DataFrame(log)
+        fig = curves({"forget accuracy": (df.step, df.forget_accuracy), "retain accuracy": (df.step, df.retain_accuracy)},
+                     title="while unlearning", xlabel="step", ylabel="accuracy", ylim=(-0.03, 1.03))
+        fig.axes[0].set_xlim(-steps * 0.02, steps * 1.02)
+        with self.plot:
+            self.plot.clear_output(wait=True)
+            display(fig)
+        plt.close(fig)
+
+    def run(self, settings: LabSettings | None = None) -> dict:
+        """Unlearn with the chosen settings (trajectory drawn live), audit the result, show and return the run.
+
+        A failure (bad settings, a crash in training) is shown in the verdict panel and raised; earlier runs in
+        ``history`` are kept.
+        """
+        from .unlearning import unlearn
+
+        try:
+            s = settings or self.settings()
+            s.check()
+        except Exception as e:
+            self.verdicts.value = f"<b style='color:#b00'>Cannot run: {e}</b>"
+            raise
+        self.run_button.disabled = True
+        self.progress.max, self.progress.value, self.progress.description = s.steps, 0, "unlearning"
+        self.verdicts.value = ""
+        data = eval_data(self.world, s.split, max_retain_people=self.max_retain_people)
+        log: list[dict] = []
+
+        def eval_fn(m):
+            step = min(len(log) * s.eval_every, s.steps)  # evaluated every eval_every steps and after the last
+            row = {"step": step, "forget_accuracy": accuracy(m, self.tokenizer, data.forget),
+                   "retain_accuracy": accuracy(m, self.tokenizer, data.retain)}
+            log.append(row)
+            self.progress.value = min(row["step"], s.steps)
+            self._draw(log, s.steps)
+            return row
+
+        start = time.time()
+        try:
+            forget = self.world.facts(s.split, "trained")
+            retain = self.world.facts("retain", "trained", s.split)
+            unlearned, _ = unlearn(self.model, self.tokenizer, forget, retain, s.method, lr=s.lr, steps=s.steps,
+                                   lora=s.lora, eval_fn=eval_fn, eval_every=min(s.eval_every, s.steps),
+                                   progress=True)
+            if hasattr(unlearned, "merge_and_unload"):
+                unlearned = unlearned.merge_and_unload()
+                for p in unlearned.parameters():  # peft froze the base weights; a merged model is a plain model
+                    p.requires_grad_(True)
+            unlearned.eval()
+            train_seconds = time.time() - start
+            self.progress.value, self.progress.description = s.steps, "auditing"
+            report = None
+            probes = ATTACKS[s.attack]
+            if probes:
+                retain_model = self.retain_model(s.split) if callable(self.retain_model) else self.retain_model
+                report = audit(self.model, unlearned, self.tokenizer, self.world, split=s.split,
+                               retain_model=retain_model, config=AuditConfig(probes=probes, bits=(s.bits,)))
+        except Exception as e:
+            self.verdicts.value = f"<b style='color:#b00'>The run failed: {type(e).__name__}: {e}</b>"
+            self.progress.description = "failed"
+            raise
+        finally:
+            self.run_button.disabled = False
+        final = log[-1] if log else {}
+        record = {**dataclasses.asdict(s), "forget_accuracy": final.get("forget_accuracy"),
+                  "retain_accuracy": final.get("retain_accuracy"), "train_seconds": round(train_seconds, 1)}
+        if report is not None:
+            for r in report.verdicts.itertuples():
+                record[f"{r.probe} {r.setting}: back"] = r.share_back
+        self.history.append(record)
+        self.last = {"settings": s, "model": unlearned, "trajectory": pd.DataFrame(log), "audit": report,
+                     "record": record}
+        self.progress.description = "done"
+        self._show(report)
+        return self.last
+
+    def _show(self, report) -> None:
+        import html
+
+        from IPython.display import display
+
+        lines = [f"<li>{html.escape(line)}</li>" for line in (report.lines() if report is not None else [])]
+        self.verdicts.value = ("<b>Audit</b><ul>" + "".join(lines) + "</ul>") if lines else "<i>no attack chosen</i>"
+        with self.table:
+            self.table.clear_output(wait=True)
+            display(self.history_table())
+
+    def history_table(self) -> pd.DataFrame:
+        """Every run of this session, one row each: settings, final forget / retain accuracy, what came back."""
+        return pd.DataFrame(self.history)
