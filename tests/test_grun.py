@@ -228,3 +228,29 @@ def test_sequential_unlearning_table(tiny):
     assert {"forget set 1", "forget set 2", "retain", "seconds"} <= set(table.columns)
     with pytest.raises(ValueError, match="at least one forget set"):
         grun.sequential_unlearning(model, tok, [], world.facts("retain", "trained"))
+
+
+def test_cached_module_is_reused_only_for_the_same_data(tiny, tiny_config, monkeypatch):
+    from unlearn_utils.evaluate import eval_data, trajectory_metrics
+
+    world, model, tok = tiny
+    forget, retain = world.facts("forget05", "trained"), world.facts("retain", "trained")
+    metrics = trajectory_metrics(tok, eval_data(world, "forget05"))
+    kw = dict(model_key=tiny_config.key(), steps=6, eval_fn=metrics, eval_every=3, log_name="e3", progress=False)
+    first, log = grun.cached_train_grun(model, tok, forget, retain, **kw)
+    assert list(log.dropna(subset=["forget_accuracy"]).step) == [0, 3, 6] and log.attrs["seconds"] > 0
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(grun, "train_grun", no_training)
+    again, log2 = grun.cached_train_grun(model, tok, forget, retain, **kw)
+    assert log2.attrs["seconds"] == pytest.approx(log.attrs["seconds"])
+    assert log2.attrs["trainable_parameters"] == first.grun[0].n_parameters()
+    prompts = list(forget["prompt"])[:8]
+    assert (grun.gate_values(first, tok, prompts)["gate"] == grun.gate_values(again, tok, prompts)["gate"]).all()
+    # without a trajectory, any cached run of the same module will do
+    grun.cached_train_grun(model, tok, forget, retain, model_key=tiny_config.key(), steps=6, progress=False)
+    with pytest.raises(AssertionError, match="trained again"):   # other retain data: another module
+        grun.cached_train_grun(model, tok, forget, retain.select(range(50)), model_key=tiny_config.key(), steps=6,
+                               progress=False)

@@ -14,6 +14,7 @@ def _results(quant_gain=0.0, rtt_recovery=0.9, patch=0.7, restore=0.1):
             "grad_diff": {"max patch mlp": patch, "max restore down_proj": restore, "best site": "patch both @ layer 4",
                           "best recovered acc": 0.5}}},
         "03_concept_vectors": {"smoke": False, "topic": "railways", "causal_ratio": 7.9, "table": {
+            "original": {"cosine": 1.0, "target topic acc": 1.0, "unrelated topics acc": 0.96},  # not a method
             "grad_diff": {"cosine": 0.998, "target topic acc": 0.0, "unrelated topics acc": 0.1},
             "needle (noise)": {"cosine": 0.1, "target topic acc": 0.0, "unrelated topics acc": 0.8}},
             "verdicts": {"Needle forgets as much as the best fine-tuning method and keeps unrelated topics better": True}},

@@ -402,6 +402,59 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
     return gm, log
 
 
+def data_fingerprint(*datasets_) -> str:
+    """A short hash of the prompt/answer (or text) rows of some data sets: part of a cache key."""
+    import hashlib
+
+    from .unlearning.methods import _rows
+
+    h = hashlib.sha256()
+    for ds in datasets_:
+        for r in _rows(ds):
+            h.update(json.dumps([r.get("prompt"), r.get("answer"), r.get("text")]).encode())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+def cached_train_grun(model, tokenizer, forget, retain, model_key: str | None = None, *, eval_fn=None,
+                      eval_every: int = 0, log_name: str | None = None, progress: bool = True, **settings):
+    """:func:`train_grun`, reusing a cached module (and trajectory) when the same model, data and settings were
+    trained before. Without ``model_key`` nothing is cached. Returns ``(GatedModel, log)``; ``log.attrs`` holds
+    ``seconds`` (training time without evaluation, measured when it was trained) and ``trainable_parameters``.
+    """
+    from .models import CorruptCacheError, cache_entry, set_aside
+    from .training import TimedEval
+
+    config = dataclasses.replace(GRUNConfig(), **settings)
+    if eval_fn is not None and not log_name:
+        raise ValueError("Name the trajectory (log_name=...) so that its cached copy can be found again.")
+    log_file = f"log-{log_name}.csv" if eval_fn is not None else "log.csv"
+    folder = None
+    if model_key is not None:
+        folder = cache_entry("grun", {"model": model_key, "config": dataclasses.asdict(config),
+                                      "data": data_fingerprint(forget, retain)})
+        found = folder / log_file if eval_fn is not None else next(iter(sorted(folder.glob("log*.csv"))), None)
+        if found is not None and found.exists():  # without eval_fn any cached run of this module will do
+            try:
+                gm = load_grun(folder, base=model)
+                log = pd.read_csv(found)
+                log.attrs.update(json.loads((folder / "train.json").read_text()))
+                return gm, log
+            except (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError) as e:
+                set_aside(folder, e)
+    timer = TimedEval(eval_fn) if eval_fn is not None else None
+    t0 = time.perf_counter()
+    gm, log = train_grun(model, tokenizer, forget, retain, config, eval_fn=timer, eval_every=eval_every,
+                         progress=progress)
+    log.attrs["seconds"] = time.perf_counter() - t0 - (timer.seconds if timer else 0.0)
+    if folder is not None:
+        files = {p.name: p.read_bytes() for p in folder.glob("log*.csv")} if folder.exists() else {}
+        files[log_file] = log.to_csv(index=False).encode()
+        files["train.json"] = json.dumps(dict(log.attrs)).encode()
+        save_grun(gm, folder, files)
+    return gm, log
+
+
 def sequential_unlearning(model, tokenizer, forget_sets: list, retain, eval_sets: dict | None = None,
                           progress: bool = True, **settings):
     """Train one module per forget set, one after another; earlier modules stay applied and frozen.
@@ -436,8 +489,10 @@ def _modules_of(obj) -> list[GRUN]:
     return [obj] if isinstance(obj, GRUN) else list(obj)
 
 
-def save_grun(obj, folder: str | os.PathLike) -> Path:
-    """Save GRUN module(s) (a GatedModel, a GRUN or a list) as safetensors + JSON, atomically, with checksums."""
+def save_grun(obj, folder: str | os.PathLike, files: dict[str, bytes] | None = None) -> Path:
+    """Save GRUN module(s) (a GatedModel, a GRUN or a list) as safetensors + JSON, atomically, with checksums.
+
+    files: small companions (e.g. a training log) written and checksummed with the module."""
     from safetensors.torch import save_file
 
     from .models import publish_folder, staging_folder
@@ -449,6 +504,8 @@ def save_grun(obj, folder: str | os.PathLike) -> Path:
     save_file(tensors, tmp / "grun.safetensors")
     meta = [{"config": dataclasses.asdict(m.config), **m.signature()} for m in modules]
     (tmp / "grun.json").write_text(json.dumps(meta, indent=2))
+    for name, data in (files or {}).items():
+        (tmp / name).write_bytes(data)
     return publish_folder(tmp, folder)
 
 

@@ -134,7 +134,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checked(model, tokenizer, folder: str | os.PathLike, settings: dict | None = None) -> Path:
+def save_checked(model, tokenizer, folder: str | os.PathLike, settings: dict | None = None,
+                 files: dict[str, bytes] | None = None) -> Path:
     """Save model (safetensors) + tokenizer + settings atomically, with a manifest of SHA-256 sums.
 
     Writes into a temporary sibling folder and renames it into place, so a crash never leaves a
@@ -145,6 +146,8 @@ def save_checked(model, tokenizer, folder: str | os.PathLike, settings: dict | N
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     (tmp / "settings.json").write_text(json.dumps(settings or {}, indent=2, sort_keys=True, default=str))
+    for name, data in (files or {}).items():  # small companions (e.g. a training log), checksummed with the rest
+        (tmp / name).write_bytes(data)
     return publish_folder(tmp, folder)
 
 
@@ -170,6 +173,20 @@ def publish_folder(tmp: Path, folder: str | os.PathLike) -> Path:
     else:
         os.replace(tmp, folder)
     return folder
+
+
+def cache_entry(kind: str, key: dict) -> Path:
+    """The cache folder for a result of ``kind`` ("unlearned", "grun", ...) identified by every setting in ``key``."""
+    blob = json.dumps(key, sort_keys=True, default=str)
+    return cache_dir() / kind / hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def set_aside(folder: Path, error: Exception) -> None:
+    """Move an unusable cache entry out of the way (kept for inspection, never used) and say so."""
+    aside = folder.parent / f"{folder.name}.corrupt"
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(folder, aside)
+    warnings.warn(f"Cached result {folder} is unusable ({error}); moved aside, computing it again.")
 
 
 class CorruptCacheError(RuntimeError):

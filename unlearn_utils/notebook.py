@@ -49,12 +49,21 @@ class Session:
     def unlearned(self, method: str, **settings):
         """The original model unlearned on this session's forget split with ``method`` (cached on disk).
 
-        Notebooks 02-05 reuse the same unlearned models, so each is trained once per setting.
+        Notebook 01 trains them (with their trajectories, see ``cached_unlearn``); notebooks 02-06 reuse them, so
+        each is trained once per setting.
         """
         from .unlearning import cached_unlearn
 
         return cached_unlearn(self.model, self.tokenizer, self.world, self.split, method,
                               model_key=self.config.key() if self.model_name == "world" else None, **settings)
+
+    def train_grun(self, forget, retain, **settings):
+        """:func:`unlearn_utils.grun.train_grun` on this session's model, cached on disk like :meth:`unlearned`;
+        returns ``(GatedModel, log)``."""
+        from .grun import cached_train_grun
+
+        return cached_train_grun(self.model, self.tokenizer, forget, retain,
+                                 model_key=self.config.key() if self.model_name == "world" else None, **settings)
 
     def save_fig(self, fig, name: str) -> None:
         """Save a figure under REPORT_DIR/figures/<notebook>_<name>.png when a report folder is set."""

@@ -35,7 +35,7 @@ def _patching(r: dict) -> tuple[str, bool]:
 
 
 def _concept_unchanged(r: dict) -> tuple[str, bool]:
-    rows = {k: v for k, v in r["table"].items() if not k.startswith("needle")}
+    rows = {k: v for k, v in r["table"].items() if not k.startswith("needle") and k != "original"}  # methods only
     cos = [v["cosine"] for v in rows.values()]
     target = [v["target topic acc"] for v in rows.values()]
     text = (f"topic '{r['topic']}': cosine of its vector to the original {min(cos):.3f}-{max(cos):.3f} after "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from typing import Callable, Iterable
 
 import torch
@@ -138,3 +139,17 @@ def epoch_batches(seqs: list[list[int]], batch_size: int, pad_id: int, seed: int
         return pad_batch([seqs[i] for i in idx], pad_id, [label_masks[i] for i in idx] if label_masks else None)
 
     return get
+
+
+class TimedEval:
+    """Wraps an ``eval_fn`` and adds up the seconds it takes, so training time can be reported without evaluation."""
+
+    def __init__(self, eval_fn):
+        self.eval_fn, self.seconds = eval_fn, 0.0
+
+    def __call__(self, model):
+        start = time.perf_counter()
+        try:
+            return self.eval_fn(model)
+        finally:
+            self.seconds += time.perf_counter() - start

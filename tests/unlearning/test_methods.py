@@ -93,3 +93,56 @@ def test_bad_input(tiny, splits):
         unlearn(model, tok, forget, retain, "ga", learning_rate=1e-3)
     with pytest.raises(IndexError, match="out of range"):
         unlearn(model, tok, forget, retain, "rmu", layer=99, steps=1)
+
+
+def test_cached_unlearn_keeps_model_and_trajectory(tiny, tiny_config, monkeypatch):
+    import pandas as pd
+
+    from unlearn_utils.evaluate import eval_data, trajectory_metrics
+    from unlearn_utils.unlearning import methods
+
+    world, model, tok = tiny
+    traj = trajectory_metrics(tok, eval_data(world, "forget05"))
+    kw = dict(model_key=tiny_config.key(), progress=False, steps=6, lr=1e-3, seed=3)
+    first = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", eval_fn=traj, eval_every=3,
+                                   log_name="t3", **kw)
+    evals = first.unlearn_log.dropna(subset=["forget_accuracy"])
+    assert list(evals.step) == [0, 3, 6] and first.unlearn_seconds > first.unlearn_eval_seconds > 0
+    # evaluating during training does not change training: the same settings without a trajectory give the same model
+    plain = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", progress=False, steps=6, lr=1e-3, seed=3)
+    for (n, a), (_, b) in zip(first.named_parameters(), plain.named_parameters()):
+        assert torch.equal(a, b), n
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached model and trajectory must not be trained again")
+
+    monkeypatch.setattr(methods, "unlearn", no_training)
+    again = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", eval_fn=traj, eval_every=3,
+                                   log_name="t3", **kw)
+    pd.testing.assert_frame_equal(again.unlearn_log, first.unlearn_log, check_dtype=False)
+    assert again.unlearn_seconds == pytest.approx(first.unlearn_seconds)
+    for (n, a), (_, b) in zip(first.named_parameters(), again.named_parameters()):
+        assert torch.equal(a, b), n
+    with pytest.raises(ValueError, match="log_name"):
+        methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", eval_fn=traj, eval_every=3, **kw)
+    with pytest.raises(AssertionError, match="must not be trained"):   # another trajectory is not in the cache
+        methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", eval_fn=traj, eval_every=2,
+                               log_name="t2", **kw)
+
+
+def test_cached_trajectory_that_was_modified_is_not_used(tiny, tiny_config):
+    from unlearn_utils.evaluate import eval_data, trajectory_metrics
+    from unlearn_utils.models import cache_dir
+    from unlearn_utils.unlearning import methods
+
+    world, model, tok = tiny
+    traj = trajectory_metrics(tok, eval_data(world, "forget05"))
+    kw = dict(model_key=tiny_config.key(), progress=False, steps=4, lr=1e-3, seed=5, eval_fn=traj, eval_every=2,
+              log_name="t2")
+    first = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", **kw)
+    target = next(p for p in (cache_dir() / "unlearned").glob("*/log-t2.csv")
+                  if '"seed": 5' in (p.parent / "settings.json").read_text())
+    target.write_text(target.read_text().replace("0", "9"))      # tampered with
+    with pytest.warns(UserWarning, match="unusable"):
+        again = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", **kw)
+    assert list(again.unlearn_log.dropna(subset=["forget_accuracy"]).step) == [0, 2, 4]

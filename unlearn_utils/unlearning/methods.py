@@ -340,7 +340,7 @@ class _RMU:
 # ----------------------------------------------------------------------------------------------
 # Saving and loading unlearned models
 # ----------------------------------------------------------------------------------------------
-def save_unlearned(model, tokenizer, folder, extra: dict | None = None) -> Path:
+def save_unlearned(model, tokenizer, folder, extra: dict | None = None, files: dict[str, bytes] | None = None) -> Path:
     """Save an unlearned model (LoRA merged into the weights) as safetensors with its settings."""
     cfg = getattr(model, "unlearn_config", None)
     to_save = model
@@ -348,7 +348,7 @@ def save_unlearned(model, tokenizer, folder, extra: dict | None = None) -> Path:
         to_save = copy.deepcopy(model).merge_and_unload()
     settings = {"kind": "unlearned_model", "unlearn_config": dataclasses.asdict(cfg) if cfg else None,
                 **(extra or {})}
-    return save_checked(to_save, tokenizer, folder, settings)
+    return save_checked(to_save, tokenizer, folder, settings, files)
 
 
 def load_unlearned(folder, device=None, dtype=None):
@@ -363,39 +363,61 @@ def load_unlearned(folder, device=None, dtype=None):
 
 
 def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: str | None = None,
-                   progress: bool = True, **settings):
+                   progress: bool = True, eval_fn: Callable | None = None, eval_every: int = 0,
+                   log_name: str | None = None, **settings):
     """Unlearn ``world``'s ``split`` (trained phrasings) from a world model, reusing a cached result when one exists.
 
     The cache key is the world model's key + split + every unlearning setting. Without ``model_key`` (a model that
-    is not a cached world model) nothing is cached. Returns the unlearned model.
-    """
-    import hashlib
-    import warnings
+    is not a cached world model) nothing is cached. Returns the unlearned model with ``unlearn_seconds`` (wall time
+    of its training, measured when it was trained), ``unlearn_eval_seconds`` (the part spent evaluating) and, when
+    ``eval_fn`` is given, ``unlearn_log`` (the trajectory).
 
-    from ..models import CorruptCacheError, _load_checked, cache_dir
+    eval_fn / eval_every / log_name: evaluate during training as :func:`unlearn` does; the trajectory is cached
+    next to the model under ``log_name`` (name it after what eval_fn measures and how often). Evaluation does not
+    change training, so a model cached without a trajectory is the same model; it is trained again only when the
+    requested trajectory is missing.
+    """
+    import time
+
+    from ..models import CorruptCacheError, _load_checked, cache_entry, set_aside
+    from ..training import TimedEval
 
     cfg = UnlearnConfig.for_method(method, **settings)
     forget, retain = world.facts(split, "trained"), world.facts("retain", "trained", split)
-    if model_key is None:
-        return unlearn(model, tokenizer, forget, retain, method, progress=progress, **settings)[0]
-    conf = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "only_modules" and v is None)}  # stable keys
-    blob = json.dumps({"model": model_key, "split": split, "config": conf}, sort_keys=True)
-    folder = cache_dir() / "unlearned" / hashlib.sha256(blob.encode()).hexdigest()[:16]
-    device = next(model.parameters()).device
-    if folder.exists():
-        try:
-            out, _ = _load_checked(folder, device=device)
-            out.unlearn_config = cfg
-            return out
-        except (CorruptCacheError, OSError, ValueError, RuntimeError) as e:
-            aside = folder.parent / f"{folder.name}.corrupt"
-            shutil.rmtree(aside, ignore_errors=True)
-            os.replace(folder, aside)
-            warnings.warn(f"Cached unlearned model {folder} is unusable ({e}); moved aside, unlearning again.")
-    out, log = unlearn(model, tokenizer, forget, retain, method, progress=progress, **settings)
-    save_unlearned(out, tokenizer, folder, {"model_key": model_key, "split": split,
-                                            "final_loss": float(log["loss"].iloc[-1])})
+    if eval_fn is not None and not log_name:
+        raise ValueError("Name the trajectory (log_name=...) so that its cached copy can be found again.")
+    log_file = f"log-{log_name}.csv" if eval_fn is not None else None
+
+    def finish(out, log, seconds, eval_seconds):
+        out.unlearn_config = cfg
+        out.unlearn_seconds, out.unlearn_eval_seconds, out.unlearn_log = seconds, eval_seconds, log
+        return out
+
+    folder = None
+    if model_key is not None:
+        conf = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "only_modules" and v is None)}
+        folder = cache_entry("unlearned", {"model": model_key, "split": split, "config": conf})
+        if folder.exists() and (log_file is None or (folder / log_file).exists()):
+            try:
+                out, _ = _load_checked(folder, device=next(model.parameters()).device)
+                meta = json.loads((folder / "settings.json").read_text())
+                return finish(out, pd.read_csv(folder / log_file) if log_file else None,
+                              meta.get("train_seconds", float("nan")), meta.get("eval_seconds", float("nan")))
+            except (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError) as e:
+                set_aside(folder, e)
+    timer = TimedEval(eval_fn) if eval_fn is not None else None
+    start = time.time()
+    out, log = unlearn(model, tokenizer, forget, retain, method, progress=progress, eval_fn=timer,
+                       eval_every=eval_every, **settings)
+    seconds, eval_seconds = time.time() - start, (timer.seconds if timer else 0.0)
+    if folder is not None:
+        # keep the trajectories cached earlier for the same model, add this one
+        logs = {p.name: p.read_bytes() for p in folder.glob("log-*.csv")} if folder.exists() else {}
+        if log_file:
+            logs[log_file] = log.to_csv(index=False).encode()
+        save_unlearned(out, tokenizer, folder, {"model_key": model_key, "split": split, "train_seconds": seconds,
+                                                "eval_seconds": eval_seconds,
+                                                "final_loss": float(log["loss"].iloc[-1])}, files=logs)
     if hasattr(out, "merge_and_unload"):
         out = out.merge_and_unload()
-    out.unlearn_config = cfg
-    return out
+    return finish(out, log if log_file else None, seconds, eval_seconds)
