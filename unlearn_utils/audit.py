@@ -294,27 +294,19 @@ def quantized(model, bits: int, group_size: int | str | None = "auto"):
     return quantize_model(model, bits, group_size)
 
 
-def _acc(model, tok, ds) -> float:
-    with torch.no_grad():
-        return accuracy(model, tok, ds)
-
-
-def _group_label(model, cfg) -> str:
-    g = auto_group_size(model) if cfg.group_size == "auto" else cfg.group_size
-    return "per channel" if g is None else str(g)
-
-
 def _probe_quantization(models, tok, data, cfg, rows, verdicts):
+    group = auto_group_size(models["unlearned"]) if cfg.group_size == "auto" else cfg.group_size
+    label = "per channel" if group is None else f"group size {group}"
     for bits in cfg.bits:
         accs = {}
         for name, m in models.items():
-            q = quantized(m, bits, cfg.group_size)
-            accs[name] = (_acc(q, tok, data.forget), _acc(q, tok, data.retain))
+            q = quantized(m, bits, group)
+            accs[name] = (accuracy(q, tok, data.forget), accuracy(q, tok, data.retain))
             del q
         for i, measure in enumerate(("forget accuracy", "retain accuracy")):
             rows.append({"probe": "quantization", "setting": f"{bits}-bit RTN", "measure": measure,
                          **{n: a[i] for n, a in accs.items()}})
-        v = recovery_verdict(f"under {bits}-bit quantization (group size {_group_label(models['unlearned'], cfg)})", accs["unlearned"][0], rows[0]["unlearned"],
+        v = recovery_verdict(f"under {bits}-bit quantization ({label})", accs["unlearned"][0], rows[0]["unlearned"],
                              rows[0]["original"], cfg.came_back_at, accs.get("retain_model", (None,))[0])
         verdicts.append({"probe": "quantization", "setting": f"{bits}-bit", **v})
 
@@ -448,7 +440,7 @@ def _probe_variant(name, label, ds, models, tok, data, cfg, rows, verdicts):
         verdicts.append({"probe": name, "setting": label, "verdict": f"not run: the data has no {label} questions",
                          "share_back": float("nan"), "still_there": None})
         return
-    accs = {n: _acc(m, tok, ds) for n, m in models.items()}
+    accs = {n: accuracy(m, tok, ds) for n, m in models.items()}
     rows.append({"probe": name, "setting": label, "measure": "forget accuracy", **accs})
     v = recovery_verdict(f"with {label}", accs["unlearned"], rows[0]["unlearned"], accs["original"],
                          cfg.came_back_at, accs.get("retain_model"))
@@ -465,7 +457,7 @@ def audit(original, unlearned, tokenizer, data, split: str = "forget05", retain_
     retain_model: a model never trained on the forget set (the floor); optional but recommended.
     settings: any :class:`AuditConfig` field, e.g. ``bits=(4,)`` or ``probes=("quantization",)``.
     """
-    cfg = dataclasses.replace(config or AuditConfig(), **settings) if settings else (config or AuditConfig())
+    cfg = dataclasses.replace(config or AuditConfig(), **settings)
     d = audit_data(data, split, cfg.seed)
     from .patching import check_compatible
 
@@ -476,9 +468,9 @@ def audit(original, unlearned, tokenizer, data, split: str = "forget05", retain_
         check_compatible(original, retain_model)
         models["retain_model"] = retain_model
     rows = [{"probe": "baseline", "setting": "full precision", "measure": "forget accuracy",
-             **{n: _acc(m, tokenizer, d.forget) for n, m in models.items()}},
+             **{n: accuracy(m, tokenizer, d.forget) for n, m in models.items()}},
             {"probe": "baseline", "setting": "full precision", "measure": "retain accuracy",
-             **{n: _acc(m, tokenizer, d.retain) for n, m in models.items()}}]
+             **{n: accuracy(m, tokenizer, d.retain) for n, m in models.items()}}]
     verdicts, seconds = [], {}
     patching = vectors = None
     bar = tqdm(cfg.probes, desc="audit", disable=not progress)

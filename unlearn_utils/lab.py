@@ -166,8 +166,6 @@ class WhatIfLab:
                                    progress=True)
             if hasattr(unlearned, "merge_and_unload"):
                 unlearned = unlearned.merge_and_unload()
-                for p in unlearned.parameters():  # peft froze the base weights; a merged model is a plain model
-                    p.requires_grad_(True)
             unlearned.eval()
             train_seconds = time.time() - start
             self.progress.value, self.progress.description = s.steps, "auditing"

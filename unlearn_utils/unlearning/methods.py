@@ -383,7 +383,6 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
     from ..training import TimedEval
 
     cfg = UnlearnConfig.for_method(method, **settings)
-    forget, retain = world.facts(split, "trained"), world.facts("retain", "trained", split)
     if eval_fn is not None and not log_name:
         raise ValueError("Name the trajectory (log_name=...) so that its cached copy can be found again.")
     log_file = f"log-{log_name}.csv" if eval_fn is not None else None
@@ -405,6 +404,7 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
                               meta.get("train_seconds", float("nan")), meta.get("eval_seconds", float("nan")))
             except (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError) as e:
                 set_aside(folder, e)
+    forget, retain = world.facts(split, "trained"), world.facts("retain", "trained", split)
     timer = TimedEval(eval_fn) if eval_fn is not None else None
     start = time.time()
     out, log = unlearn(model, tokenizer, forget, retain, method, progress=progress, eval_fn=timer,
