@@ -103,3 +103,49 @@ def test_qa_splits():
     data = load_qa_splits(FIX / "qa_small.jsonl")
     assert len(data["forget"]) == 2 and len(data["retain"]) == 4
     assert data["forget"][0]["prompt"] == "What is fact 0?"
+
+
+def test_load_data_reads_each_source_and_names_bad_ones(tmp_path):
+    from unlearn_utils.benchmark_data import load_data
+
+    assert load_data("world") is None
+    tofu = load_data(f"tofu:{FIX / 'tofu'}", split="forget01")
+    assert tofu["name"].startswith("tofu:") and len(tofu["forget"]) == 40 and "prompt" in tofu["retain"].column_names
+    qa = load_data(f"qa:{FIX / 'qa_small.jsonl'}")
+    assert (len(qa["forget"]), len(qa["retain"])) == (2, 4)
+    mmlu = tmp_path / "mmlu.jsonl"
+    mmlu.write_text('{"question": "2 + 2 =", "choices": ["3", "4"], "answer": 1}\n'
+                    '{"question": "Water is", "choices": ["wet", "dry"], "answer": 0}\n')
+    wmdp = load_data(f"wmdp:{FIX / 'wmdp_small.json'},{mmlu}", max_retain=1)
+    assert wmdp["forget"][0]["answer"] in "ABCD" and len(wmdp["retain"]) == 1
+    with pytest.raises(ValueError, match="overlap"):
+        load_data(f"wmdp:{FIX / 'wmdp_small.json'},{FIX / 'wmdp_small.json'}")
+    with pytest.raises(ValueError, match="forget file and a retain file"):
+        load_data(f"wmdp:{FIX / 'wmdp_small.json'}")
+    with pytest.raises(ValueError, match="Unknown data source 'squad'"):
+        load_data("squad:x.json")
+    with pytest.raises(ValueError, match="not a data source"):
+        load_data("tofu")
+    with pytest.raises(ValueError, match="load_conceptvectors"):
+        load_data(f"conceptvectors:{FIX / 'conceptvectors_small.json'}")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_data(f"tofu:{tmp_path / 'nowhere'}")
+    overlapping = tmp_path / "overlap.jsonl"
+    overlapping.write_text('{"split": "forget", "prompt": "Q?", "answer": "a"}\n{"split": "retain", "prompt": "Q?", "answer": "a"}\n')
+    with pytest.raises(ValueError, match="overlap"):
+        load_data(f"qa:{overlapping}")
+
+
+def test_report_card_leaves_out_what_a_file_lacks(tiny):
+    from unlearn_utils import evaluate as ev
+
+    world, model, tok = tiny
+    data = {"forget": world.facts("forget05", "trained").remove_columns("perturbed"),
+            "retain": world.facts("retain", "trained", "forget05").select(range(40))}
+    card = ev.report_card(model, tok, ev.eval_data_from(data)).set_index("metric")["value"]
+    assert {"forget_accuracy", "retain_accuracy", "forget_answer_prob"} <= set(card.index)
+    assert not {"topic_accuracy", "forget_truth_ratio", "forget_quality", "mia_auc_loss"} & set(card.index)
+    full = ev.report_card(model, tok, world, "forget05").set_index("metric")["value"]
+    assert card["forget_accuracy"] == full["forget_accuracy"]
+    with pytest.raises(ValueError, match="no retain questions"):
+        ev.eval_data_from({"forget": data["forget"], "retain": []})

@@ -81,6 +81,26 @@ def test_answer_scores_and_truth_ratio_by_hand():
         ev.answer_scores(model, tok, [], [])
 
 
+def test_batching_does_not_change_scores(knowing):
+    """Length-sorted batches and the one-forward truth ratio give the numbers of scoring one question at a time."""
+    world, model, tok = knowing
+    facts = world.facts("trained", "trained").select(range(0, 400, 7))
+    prompts, answers = list(facts["prompt"]), list(facts["answer"])
+    batched = ev.answer_scores(model, tok, prompts, answers, batch_size=16)
+    alone = ev.answer_scores(model, tok, prompts, answers, batch_size=1)
+    assert batched["correct"].tolist() == alone["correct"].tolist()
+    np.testing.assert_allclose(batched["logprob"], alone["logprob"], atol=1e-5)
+    # the truth ratio from one forward of each prompt against one forward per candidate answer
+    fast = ev.truth_ratios(model, tok, facts, batch_size=16)
+    true = alone["prob"].to_numpy()
+    wrong = np.array([[ev.answer_scores(model, tok, [p], [w], batch_size=1)["prob"][0] for w in ws]
+                      for p, ws in zip(prompts, facts["perturbed"])])
+    np.testing.assert_allclose(fast, wrong.mean(1) / true, rtol=1e-4)
+    texts = [p + " " + a for p, a in zip(prompts, answers)]
+    for a, b in zip(ev.token_logprobs(model, tok, texts, batch_size=16), ev.token_logprobs(model, tok, texts, batch_size=1)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_report_card_on_tiny_model(tiny):
     world, model, tok = tiny
     card = ev.report_card(model, tok, world, "forget05", retain_model=model)

@@ -67,3 +67,17 @@ def test_every_attack_names_known_probes():
 
     for probes in ATTACKS.values():
         assert set(probes) <= set(PROBES)
+
+
+def test_a_run_trained_before_is_loaded_from_the_cache(knowing, knowing_config):
+    world, model, tok = knowing
+    cached_lab = WhatIfLab(model, tok, world, model_key=knowing_config.key(),
+                           defaults=LabSettings(split="forget10", eval_every=4))
+    cached_lab.set(method="grad_diff", steps=8, lr=1e-3, lora=False, attack="none")
+    first = cached_lab.run()
+    again = cached_lab.run()
+    assert [r["cached"] for r in cached_lab.history] == [False, True]
+    assert list(again["trajectory"].step) == [0, 4, 8]  # the cached trajectory, drawn at once
+    assert again["trajectory"].equals(first["trajectory"][again["trajectory"].columns])
+    for a, b in zip(first["model"].parameters(), again["model"].parameters()):
+        assert (a == b).all()

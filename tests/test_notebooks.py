@@ -36,3 +36,31 @@ def test_runs_in_smoke_mode(path, tmp_path, cache):
     results = json.loads((report / "results" / f"{path.stem}.json").read_text())
     assert results["smoke"] is True
     assert list((report / "figures").glob("*.png")), "the notebook saved its figures"
+
+
+ON_FILES = [p for p in NOTEBOOKS if p.stem.startswith(("01_", "05_", "06_"))]
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", ON_FILES, ids=lambda p: p.stem)
+def test_runs_on_a_question_file(path, tmp_path, cache):
+    """DATA = "qa:FILE": the notebooks that take a data file run on questions read from disk (here the smoke world's
+    own forget05 / retain facts, written as JSON lines), without the world's retain model."""
+    from unlearn_utils.models import SMOKE_CONFIG, WorldModelConfig
+
+    world = WorldModelConfig(**SMOKE_CONFIG).world()
+    rows = [{"split": "forget", **{k: r[k] for k in ("prompt", "answer", "person")}}
+            for r in world.facts("forget05", "trained")]
+    retain = world.facts("retain", "trained", "forget05")
+    rows += [{"split": "retain", **{k: r[k] for k in ("prompt", "answer", "person")}}
+             for r in retain.select(range(0, len(retain), 8))]
+    qa = tmp_path / "questions.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = tmp_path / "report"
+    solution = tmp_path / "solution" / path.name
+    solution.parent.mkdir()
+    nbformat.write(make_edition(nbformat.read(path, as_version=4), "solution"), solution)
+    run_notebook(solution, tmp_path / path.name, {"SMOKE": True, "REPORT_DIR": str(report), "DATA": f"qa:{qa}",
+                                                  "RETAIN_MODEL": None}, timeout=600, cwd=path.parent)
+    results = json.loads((report / "results" / f"{path.stem}.json").read_text())
+    assert results["smoke"] is True

@@ -49,3 +49,25 @@ def test_relearning_fits_t_and_logs_every_epoch(tiny):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     RL.relearn(model, tok, T, epochs=1, progress=False)
     assert all((before[k] == v).all() for k, v in model.state_dict().items())  # input model untouched
+
+
+def test_rtt_runs_the_same_attack_on_the_same_weights_once(tiny, monkeypatch):
+    import copy
+
+    import torch
+
+    world, model, tok = tiny
+    T, V = world.tv_split("forget10")
+    first = RL.rtt({"a": model}, tok, T, V, epochs=1, lr=3e-3, progress=False)
+    calls = []
+    real = RL.relearn
+    monkeypatch.setattr(RL, "relearn", lambda *a, **k: calls.append(1) or real(*a, **k))
+    twin = copy.deepcopy(model)  # same weights, another object: the attack is not run again
+    again = RL.rtt({"b": twin}, tok, T, V, epochs=1, lr=3e-3, progress=False)
+    assert calls == [] and again.drop(columns="model").equals(first.drop(columns="model"))
+    with torch.no_grad():
+        next(twin.parameters()).add_(1e-3)  # other weights: a new attack
+    RL.rtt({"b": twin}, tok, T, V, epochs=1, lr=3e-3, progress=False)
+    RL.rtt({"a": model}, tok, T, V, epochs=1, lr=1e-3, progress=False)  # another attack on the first weights
+    assert calls == [1, 1]
+    assert RL.weights_fingerprint(model) != RL.weights_fingerprint(twin)

@@ -11,6 +11,9 @@ locuslab/TOFU --repo-type dataset --local-dir TOFU``) and pass the folder or fil
 * **Any question set** (``load_qa_splits``): JSON lines with ``split`` (forget / retain), ``prompt`` (or
   ``question``) and ``answer``.
 * ConceptVectors files are read by :func:`unlearn_utils.concepts.load_conceptvectors`.
+
+:func:`load_data` reads a notebook's ``DATA`` parameter (``"world"``, ``"tofu:FOLDER"``, ``"qa:FILE"``,
+``"wmdp:FORGET_FILE,RETAIN_FILE"``) into forget / retain question sets.
 """
 
 from __future__ import annotations
@@ -164,3 +167,48 @@ def load_qa_splits(path: str | Path) -> dict:
         if not v:
             raise ValueError(f"{path} has no {k} questions; mark some rows with split '{k}'.")
     return {k: datasets.Dataset.from_list(v) for k, v in out.items()}
+
+
+DATA_KINDS = ("world", "tofu:FOLDER", "qa:FILE.jsonl", "wmdp:FORGET_FILE,RETAIN_FILE")
+
+
+def load_data(spec: str, split: str = "forget05", max_retain: int | None = 400, seed: int = 0) -> dict | None:
+    """The question sets a notebook's ``DATA`` parameter names; ``None`` for ``"world"`` (the world's own splits).
+
+    * ``tofu:FOLDER``: TOFU's ``split`` (forget01 / forget05 / forget10) and its retain file;
+    * ``qa:FILE.jsonl``: any questions marked forget / retain (:func:`load_qa_splits`);
+    * ``wmdp:FORGET_FILE,RETAIN_FILE``: multiple-choice questions to forget (e.g. WMDP-bio) and to keep (e.g.
+      MMLU), asked as prompts whose answer is the right letter.
+
+    Returns ``{"forget": Dataset, "retain": Dataset, "name": spec}`` with ``prompt`` and ``answer`` columns.
+    """
+    import random
+
+    from .world import check_splits
+
+    if spec is None or spec == "world":
+        return None
+    kind, sep, where = str(spec).partition(":")
+    if not sep or not where:
+        raise ValueError(f"DATA={spec!r} is not a data source: use one of {', '.join(DATA_KINDS)}.")
+    if kind == "tofu":
+        out = load_tofu(where, forget=split, max_retain=max_retain, seed=seed)
+    elif kind == "qa":
+        out = load_qa_splits(where)
+    elif kind == "wmdp":
+        files = [f for f in where.split(",") if f]
+        if len(files) != 2:
+            raise ValueError(f"DATA={spec!r}: WMDP-style data needs a forget file and a retain file, "
+                             "e.g. wmdp:wmdp_bio.json,mmlu.json.")
+        out = {"forget": load_multiple_choice(files[0]), "retain": load_multiple_choice(files[1])}
+        if max_retain and len(out["retain"]) > max_retain:
+            out["retain"] = out["retain"].select(sorted(random.Random(seed).sample(range(len(out["retain"])),
+                                                                                   max_retain)))
+    elif kind == "conceptvectors":
+        raise ValueError("A ConceptVectors file holds concepts and their value vectors, not forget / retain answers: "
+                         "read it with unlearn_utils.concepts.load_conceptvectors (notebook 03 shows the method on "
+                         "the world's topics).")
+    else:
+        raise ValueError(f"Unknown data source {kind!r} in DATA={spec!r}: use one of {', '.join(DATA_KINDS)}.")
+    check_splits(forget=out["forget"], retain=out["retain"])
+    return {**out, "name": str(spec)}

@@ -44,16 +44,31 @@ def encode_qa(tokenizer, prompts: list[str], answers: list[str]) -> list[tuple[l
     return out
 
 
-def _batches(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield i, items[i: i + size]
-
-
 def _device_of(model) -> torch.device:
     try:
         return next(model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
+
+
+def _length_sorted_batches(lengths: list[int], size: int) -> list[list[int]]:
+    """Indices in batches of similar length (longest first), so that little of each batch is padding.
+
+    Scores do not depend on which batch a sequence is in; callers put results back at the original indices.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i: i + size] for i in range(0, len(order), size)]
+
+
+def _forward_prompts(model, seqs: list[list[int]], prompt_lens: list[int], pad: int, dev) -> torch.Tensor:
+    """Float logits [batch, seq, vocab] of right-padded sequences; gated models (GRUN) also get the last prompt
+    position, where they apply their edit."""
+    batch = pad_batch(seqs, pad)
+    extra = {}
+    if getattr(model, "uses_prompt_positions", False):
+        extra["prompt_positions"] = torch.tensor([n - 1 for n in prompt_lens])
+    return model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
+                 **extra).logits.float()
 
 
 def greedy_match(logits: torch.Tensor, prompt_len: int, answer_ids: list[int]) -> bool:
@@ -89,21 +104,18 @@ def answer_scores(model, tokenizer, prompts: list[str], answers: list[str], batc
     pairs = encode_qa(tokenizer, prompts, answers)
     dev = _device_of(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    correct, logprob, ntok = [], [], []
-    for _, chunk in _batches(pairs, batch_size):
-        batch = pad_batch([p + a for p, a in chunk], pad)
-        ids, att = batch["input_ids"], batch["attention_mask"]
-        extra = {}
-        if getattr(model, "uses_prompt_positions", False):  # e.g. GRUN edits the last prompt token
-            extra["prompt_positions"] = torch.tensor([len(p) - 1 for p, _ in chunk])
-        logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev), **extra).logits.float()
+    n = len(pairs)
+    correct, logprob, ntok = [False] * n, [0.0] * n, [0] * n
+    for idx in _length_sorted_batches([len(p) + len(a) for p, a in pairs], batch_size):
+        chunk = [pairs[j] for j in idx]
+        logits = _forward_prompts(model, [p + a for p, a in chunk], [len(p) for p, _ in chunk], pad, dev)
         logp = logits.log_softmax(-1)
-        for i, (p, a) in enumerate(chunk):
+        for i, (j, (p, a)) in enumerate(zip(idx, chunk)):
             pos = torch.arange(len(p) - 1, len(p) - 1 + len(a), device=logits.device)
             tgt = torch.tensor(a, device=logits.device)
-            correct.append(greedy_match(logits[i], len(p), a))
-            logprob.append(float(logp[i, pos, tgt].sum()))
-            ntok.append(len(a))
+            correct[j] = greedy_match(logits[i], len(p), a)
+            logprob[j] = float(logp[i, pos, tgt].sum())
+            ntok[j] = len(a)
     df = pd.DataFrame({"correct": correct, "logprob": logprob, "n_tokens": ntok})
     df["prob"] = np.exp(df["logprob"] / df["n_tokens"])
     return df
@@ -112,6 +124,25 @@ def answer_scores(model, tokenizer, prompts: list[str], answers: list[str], batc
 def accuracy(model, tokenizer, data, batch_size: int = 128) -> float:
     """Share of questions answered exactly by greedy decoding (higher = knows more). ``data`` has prompt/answer."""
     return float(answer_scores(model, tokenizer, list(data["prompt"]), list(data["answer"]), batch_size)["correct"].mean())
+
+
+def _single_token_candidates(tokenizer, prompts, answers, perturbed):
+    """(prompt ids, [true id, wrong ids...]) per question when every candidate answer is a single token after its
+    prompt (as on the default world), else None."""
+    flat_p = [p for p, ws in zip(prompts, perturbed) for _ in [None, *ws]]
+    flat_a = [w for a, ws in zip(answers, perturbed) for w in [a, *ws]]
+    pairs = encode_qa(tokenizer, flat_p, flat_a)
+    if any(len(a) != 1 for _, a in pairs):
+        return None
+    k = len(perturbed[0]) + 1
+    prompt_ids, candidates = [], []
+    for i in range(len(prompts)):
+        group = pairs[i * k: (i + 1) * k]
+        if any(p != group[0][0] for p, _ in group):
+            return None
+        prompt_ids.append(group[0][0])
+        candidates.append([a[0] for _, a in group])
+    return prompt_ids, candidates
 
 
 @torch.no_grad()
@@ -123,6 +154,21 @@ def truth_ratios(model, tokenizer, data, batch_size: int = 128) -> np.ndarray:
     prompts, answers = list(data["prompt"]), list(data["answer"])
     perturbed = list(data["perturbed"])
     k = len(perturbed[0])
+    if any(len(ws) != k for ws in perturbed):
+        raise ValueError("Every question needs the same number of perturbed (wrong) answers.")
+    single = _single_token_candidates(tokenizer, prompts, answers, perturbed)
+    if single is not None:  # one forward of the prompt scores every candidate: its probability at the last prompt token
+        prompt_ids, candidates = single
+        dev = _device_of(model)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        probs = np.zeros((len(prompts), k + 1))
+        for idx in _length_sorted_batches([len(p) for p in prompt_ids], batch_size):
+            logits = _forward_prompts(model, [prompt_ids[j] for j in idx], [len(prompt_ids[j]) for j in idx], pad, dev)
+            last = torch.tensor([len(prompt_ids[j]) - 1 for j in idx], device=logits.device)
+            p = logits[torch.arange(len(idx), device=logits.device), last].log_softmax(-1).exp()
+            cand = torch.tensor([candidates[j] for j in idx], device=logits.device)
+            probs[idx] = p.gather(1, cand).double().cpu().numpy()
+        return probs[:, 1:].mean(1) / np.maximum(probs[:, 0], 1e-30)
     true = answer_scores(model, tokenizer, prompts, answers, batch_size)["prob"].to_numpy()
     flat_p = [p for p, ws in zip(prompts, perturbed) for _ in ws]
     flat_w = [w for ws in perturbed for w in ws]
@@ -142,12 +188,13 @@ def token_logprobs(model, tokenizer, texts: list[str], batch_size: int = 64, wit
     enc = [bos + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     dev = _device_of(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = []
-    for _, chunk in _batches(enc, batch_size):
+    out = [None] * len(enc)
+    for idx in _length_sorted_batches([len(e) for e in enc], batch_size):
+        chunk = [enc[j] for j in idx]
         batch = pad_batch(chunk, pad)
         ids, att = batch["input_ids"], batch["attention_mask"]
         logp = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.float().log_softmax(-1)
-        for i, s in enumerate(chunk):
+        for i, (j, s) in enumerate(zip(idx, chunk)):
             lp = logp[i, : len(s) - 1]
             tgt = torch.tensor(s[1:], device=lp.device)
             tok_lp = lp.gather(-1, tgt[:, None])[:, 0]
@@ -155,9 +202,9 @@ def token_logprobs(model, tokenizer, texts: list[str], batch_size: int = 64, wit
                 p = lp.exp()
                 mu = (p * lp).sum(-1)
                 sigma = ((p * lp.pow(2)).sum(-1) - mu.pow(2)).clamp_min(1e-12).sqrt()
-                out.append((tok_lp.cpu().numpy(), mu.cpu().numpy(), sigma.cpu().numpy()))
+                out[j] = (tok_lp.cpu().numpy(), mu.cpu().numpy(), sigma.cpu().numpy())
             else:
-                out.append(tok_lp.cpu().numpy())
+                out[j] = tok_lp.cpu().numpy()
     return out
 
 
@@ -239,17 +286,18 @@ METRICS = {
 
 @dataclass
 class EvalData:
-    """The question sets a report card uses, built once per world and split."""
+    """The question sets a report card uses, built once per world and split (:func:`eval_data`) or from a data
+    file's forget / retain questions (:func:`eval_data_from`, where the sets a file lacks are None)."""
 
     forget: object
-    forget_para: object
     retain: object
-    retain_para: object
-    holdout: object
-    topics: object
-    utility: list[str]
-    forget_texts: list[str]
-    holdout_texts: list[str]
+    forget_para: object = None
+    retain_para: object = None
+    holdout: object = None
+    topics: object = None
+    utility: list[str] | None = None
+    forget_texts: list[str] | None = None
+    holdout_texts: list[str] | None = None
 
 
 def eval_data(world: World, split: str = "forget05", max_retain_people: int | None = 40, seed: int = 0) -> EvalData:
@@ -282,6 +330,21 @@ def eval_data(world: World, split: str = "forget05", max_retain_people: int | No
         forget_texts=forget_texts, holdout_texts=hold_texts)
 
 
+def eval_data_from(data: dict) -> EvalData:
+    """An :class:`EvalData` from ``{"forget": ..., "retain": ...}`` question sets (e.g.
+    :func:`unlearn_utils.benchmark_data.load_data`); optional ``forget_para``, ``retain_para``, ``holdout``,
+    ``topics`` and ``utility`` are used when present. Metrics without their data are left out of report cards."""
+    missing = [k for k in ("forget", "retain") if data.get(k) is None or len(data[k]) == 0]
+    if missing:
+        raise ValueError(f"The data has no {' or '.join(missing)} questions: a report card needs both.")
+    holdout = data.get("holdout")
+    texts = (lambda ds: [p + " " + a for p, a in zip(ds["prompt"], ds["answer"])])
+    return EvalData(forget=data["forget"], retain=data["retain"], forget_para=data.get("forget_para"),
+                    retain_para=data.get("retain_para"), holdout=holdout, topics=data.get("topics"),
+                    utility=data.get("utility"), forget_texts=texts(data["forget"]) if holdout is not None else None,
+                    holdout_texts=texts(holdout) if holdout is not None else None)
+
+
 def report_card(model, tokenizer, world: World | EvalData, split: str = "forget05", retain_model=None,
                 retain_truth_ratios=None, mia: bool = True, batch_size: int = 128) -> pd.DataFrame:
     """Evaluate a model on a world split; one row per metric with its value and what higher means.
@@ -293,25 +356,34 @@ def report_card(model, tokenizer, world: World | EvalData, split: str = "forget0
     f = answer_scores(model, tokenizer, list(data.forget["prompt"]), list(data.forget["answer"]), batch_size)
     r = answer_scores(model, tokenizer, list(data.retain["prompt"]), list(data.retain["answer"]), batch_size)
     values["forget_accuracy"] = float(f["correct"].mean())
-    values["forget_paraphrase_accuracy"] = accuracy(model, tokenizer, data.forget_para, batch_size)
+    if data.forget_para is not None:
+        values["forget_paraphrase_accuracy"] = accuracy(model, tokenizer, data.forget_para, batch_size)
     values["retain_accuracy"] = float(r["correct"].mean())
-    values["retain_paraphrase_accuracy"] = accuracy(model, tokenizer, data.retain_para, batch_size)
-    values["holdout_accuracy"] = accuracy(model, tokenizer, data.holdout, batch_size)
-    values["topic_accuracy"] = accuracy(model, tokenizer, data.topics, batch_size)
+    if data.retain_para is not None:
+        values["retain_paraphrase_accuracy"] = accuracy(model, tokenizer, data.retain_para, batch_size)
+    if data.holdout is not None:
+        values["holdout_accuracy"] = accuracy(model, tokenizer, data.holdout, batch_size)
+    if data.topics is not None:
+        values["topic_accuracy"] = accuracy(model, tokenizer, data.topics, batch_size)
     values["forget_answer_prob"] = float(f["prob"].mean())
     values["retain_answer_prob"] = float(r["prob"].mean())
-    tr_forget = truth_ratios(model, tokenizer, data.forget, batch_size)
-    values["forget_truth_ratio"] = float(np.clip(1 - tr_forget, 0, None).mean())
-    values["retain_truth_ratio"] = float(np.clip(1 - truth_ratios(model, tokenizer, data.retain, batch_size), 0, None).mean())
-    values["utility_perplexity"] = perplexity(model, tokenizer, data.utility)
-    if mia:
+    tr_forget = None
+    if "perturbed" in data.forget.column_names:  # truth ratios need wrong answers to compare with
+        tr_forget = truth_ratios(model, tokenizer, data.forget, batch_size)
+        values["forget_truth_ratio"] = float(np.clip(1 - tr_forget, 0, None).mean())
+    if "perturbed" in data.retain.column_names:
+        tr_retain = truth_ratios(model, tokenizer, data.retain, batch_size)
+        values["retain_truth_ratio"] = float(np.clip(1 - tr_retain, 0, None).mean())
+    if data.utility:
+        values["utility_perplexity"] = perplexity(model, tokenizer, data.utility)
+    if mia and data.forget_texts and data.holdout_texts:
         fm = mia_scores(model, tokenizer, data.forget_texts)
         hm = mia_scores(model, tokenizer, data.holdout_texts)
         for col in fm.columns:
             values[f"mia_auc_{col}"] = auc(fm[col], hm[col])
-    if retain_truth_ratios is None and retain_model is not None:
+    if tr_forget is not None and retain_truth_ratios is None and retain_model is not None:
         retain_truth_ratios = truth_ratios(retain_model, tokenizer, data.forget, batch_size)
-    if retain_truth_ratios is not None:
+    if tr_forget is not None and retain_truth_ratios is not None:
         values["forget_quality"] = forget_quality(tr_forget, retain_truth_ratios)
     return pd.DataFrame([{"metric": k, "value": v, "higher_means": METRICS[k]} for k, v in values.items()])
 
@@ -333,10 +405,11 @@ def trajectory_metrics(tokenizer, data: EvalData, topics: bool = False):
     (and, with ``topics=True``, accuracy on the topic questions, a utility set no method trains on)."""
 
     def eval_fn(model) -> dict:
-        out = {"forget_accuracy": accuracy(model, tokenizer, data.forget),
-               "forget_paraphrase_accuracy": accuracy(model, tokenizer, data.forget_para),
-               "retain_accuracy": accuracy(model, tokenizer, data.retain)}
-        if topics:
+        out = {"forget_accuracy": accuracy(model, tokenizer, data.forget)}
+        if data.forget_para is not None:
+            out["forget_paraphrase_accuracy"] = accuracy(model, tokenizer, data.forget_para)
+        out["retain_accuracy"] = accuracy(model, tokenizer, data.retain)
+        if topics and data.topics is not None:
             out["topic_accuracy"] = accuracy(model, tokenizer, data.topics)
         return out
 

@@ -4,6 +4,8 @@ All logic is here, so it can be tested without a browser: :class:`WhatIfLab` hol
 callbacks (:meth:`WhatIfLab.run`, bound to the Run button) read the widgets into :class:`LabSettings`, unlearn with
 :func:`unlearn_utils.unlearning.unlearn` while the forget / retain trajectory is redrawn live, then run the chosen
 probes of :func:`unlearn_utils.audit.audit` and show their verdict lines. Every run is kept in ``lab.history``.
+Given the world model's cache key, a run with settings already trained (here or in notebook 01) is loaded from the
+cache with its trajectory instead of being trained again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .audit import AuditConfig, audit
-from .evaluate import accuracy, eval_data
+from .evaluate import eval_data, eval_data_from, trajectory_metrics
 
 ATTACKS = {
     "quantization": ("quantization",),
@@ -59,10 +61,14 @@ class WhatIfLab:
 
     model / tokenizer / world: the original world model and its world (the lab copies the model for each run).
     retain_model: a callable (split -> model) or None: the floor for the audit's verdicts.
+    model_key: the world model's cache key (``S.config.key()``): runs are then cached on disk like notebook 01's,
+    and a run whose settings were trained before is loaded (its trajectory drawn at once). None: always train.
+    data: forget / retain questions from a file (``S.data``, see :func:`unlearn_utils.benchmark_data.load_data`)
+    to use instead of the world's splits; the split control is then disabled.
     """
 
     def __init__(self, model, tokenizer, world, retain_model=None, max_retain_people: int | None = 40,
-                 defaults: LabSettings | None = None):
+                 defaults: LabSettings | None = None, model_key: str | None = None, data: dict | None = None):
         import ipywidgets as w
 
         from .unlearning import METHODS
@@ -70,12 +76,14 @@ class WhatIfLab:
         self.model, self.tokenizer, self.world = model, tokenizer, world
         self.retain_model = retain_model
         self.max_retain_people = max_retain_people
+        self.model_key = model_key
+        self.data = data
         self.history: list[dict] = []
         self.last = None
         d = defaults or LabSettings()
         style = {"description_width": "110px"}
         self.split = w.Dropdown(options=["forget01", "forget05", "forget10"], value=d.split, description="forget split",
-                                style=style)
+                                style=style, disabled=data is not None)
         self.method = w.Dropdown(options=list(METHODS), value=d.method, description="method", style=style)
         self.lr = w.FloatLogSlider(value=d.lr, base=10, min=-5, max=-2, step=0.25, description="learning rate",
                                    readout_format=".1e", style=style)
@@ -134,8 +142,6 @@ class WhatIfLab:
         A failure (bad settings, a crash in training) is shown in the verdict panel and raised; earlier runs in
         ``history`` are kept.
         """
-        from .unlearning import unlearn
-
         try:
             s = settings or self.settings()
             s.check()
@@ -145,13 +151,17 @@ class WhatIfLab:
         self.run_button.disabled = True
         self.progress.max, self.progress.value, self.progress.description = s.steps, 0, "unlearning"
         self.verdicts.value = ""
-        data = eval_data(self.world, s.split, max_retain_people=self.max_retain_people)
+        if self.data is None:
+            data = eval_data(self.world, s.split, max_retain_people=self.max_retain_people)
+        else:
+            data = eval_data_from(self.data)
+        metrics = trajectory_metrics(self.tokenizer, data, topics=True)  # notebook 01's trajectory
+        every = min(s.eval_every, s.steps)
         log: list[dict] = []
 
         def eval_fn(m):
-            step = min(len(log) * s.eval_every, s.steps)  # evaluated every eval_every steps and after the last
-            row = {"step": step, "forget_accuracy": accuracy(m, self.tokenizer, data.forget),
-                   "retain_accuracy": accuracy(m, self.tokenizer, data.retain)}
+            step = min(len(log) * every, s.steps)  # evaluated every eval_every steps and after the last
+            row = {"step": step, **metrics(m)}
             log.append(row)
             self.progress.value = min(row["step"], s.steps)
             self._draw(log, s.steps)
@@ -159,21 +169,28 @@ class WhatIfLab:
 
         start = time.time()
         try:
-            forget = self.world.facts(s.split, "trained")
-            retain = self.world.facts("retain", "trained", s.split)
-            unlearned, _ = unlearn(self.model, self.tokenizer, forget, retain, s.method, lr=s.lr, steps=s.steps,
-                                   lora=s.lora, eval_fn=eval_fn, eval_every=min(s.eval_every, s.steps),
-                                   progress=True)
-            if hasattr(unlearned, "merge_and_unload"):
-                unlearned = unlearned.merge_and_unload()
+            from .unlearning import cached_unlearn
+
+            retain_note = "" if self.max_retain_people == 40 else f"-retain{self.max_retain_people}"
+            unlearned = cached_unlearn(self.model, self.tokenizer, self.world, s.split, s.method,
+                                       model_key=self.model_key, eval_fn=eval_fn, eval_every=every,
+                                       log_name=f"topics{retain_note}-every{every}", lr=s.lr, steps=s.steps,
+                                       lora=s.lora, data=self.data, progress=True)
+            cached = not log  # loaded: nothing was evaluated live, draw the cached trajectory
+            if cached:
+                log = unlearned.unlearn_log.dropna(subset=["forget_accuracy"]).drop(columns=["loss", "lr"],
+                                                                                   errors="ignore")
+                log = log.to_dict(orient="records")
+                self._draw(log, s.steps)
             unlearned.eval()
-            train_seconds = time.time() - start
+            train_seconds = unlearned.unlearn_seconds if cached else time.time() - start
             self.progress.value, self.progress.description = s.steps, "auditing"
             report = None
             probes = ATTACKS[s.attack]
             if probes:
                 retain_model = self.retain_model(s.split) if callable(self.retain_model) else self.retain_model
-                report = audit(self.model, unlearned, self.tokenizer, self.world, split=s.split,
+                report = audit(self.model, unlearned, self.tokenizer, self.world if self.data is None else self.data,
+                               split=s.split,
                                retain_model=retain_model, config=AuditConfig(probes=probes, bits=(s.bits,)))
         except Exception as e:
             self.verdicts.value = f"<b style='color:#b00'>The run failed: {type(e).__name__}: {e}</b>"
@@ -183,7 +200,8 @@ class WhatIfLab:
             self.run_button.disabled = False
         final = log[-1] if log else {}
         record = {**dataclasses.asdict(s), "forget_accuracy": final.get("forget_accuracy"),
-                  "retain_accuracy": final.get("retain_accuracy"), "train_seconds": round(train_seconds, 1)}
+                  "retain_accuracy": final.get("retain_accuracy"), "train_seconds": round(train_seconds, 1),
+                  "cached": cached}
         if report is not None:
             for r in report.verdicts.itertuples():
                 record[f"{r.probe} {r.setting}: back"] = r.share_back

@@ -1,7 +1,8 @@
 """What every notebook does first: read its parameters, fix the seed, get the world and the models.
 
 ``S = start(SMOKE, ...)`` returns a :class:`Session` holding the world, the original model, the retain
-model (built on first use) and helpers to save figures and headline numbers for the report.
+model (built on first use), the data to forget and keep (the world's split, or a benchmark file named by the
+``DATA`` parameter) and helpers to save figures and headline numbers for the report.
 """
 
 from __future__ import annotations
@@ -31,14 +32,61 @@ class Session:
     notebook: str = "notebook"
     model_name: str = "world"
     results: dict = field(default_factory=dict)
+    data: dict | None = None          # forget / retain questions from a file (DATA); None: the world's split
+    retain_model_name: str | None = "world"
     _retain: object = None
+    _eval: object = None
+
+    @property
+    def on_world(self) -> bool:
+        """True when the forget / retain sets are the world's (DATA = "world")."""
+        return self.data is None
+
+    @property
+    def forget_set(self):
+        """The questions to forget: the world split's trained phrasings, or the data file's forget questions."""
+        return self.world.facts(self.split, "trained") if self.on_world else self.data["forget"]
+
+    @property
+    def retain_set(self):
+        """The questions to keep (everyone else's facts on the world)."""
+        return self.world.facts("retain", "trained", self.split) if self.on_world else self.data["retain"]
+
+    @property
+    def eval_data(self):
+        """The report card's question sets (:class:`unlearn_utils.evaluate.EvalData`), built once."""
+        from . import evaluate as ev
+
+        if self._eval is None:
+            self._eval = ev.eval_data(self.world, self.split) if self.on_world else ev.eval_data_from(self.data)
+        return self._eval
+
+    def tv_split(self):
+        """RTT's T and V: on the world, each forget person's attributes split in two (trained phrasings); for a
+        file, :func:`unlearn_utils.audit.split_tv` (whole people apart when rows name them)."""
+        if self.on_world:
+            t, v = self.world.tv_split(self.split)
+            return t.filter(lambda r: r["trained_phrasing"]), v.filter(lambda r: r["trained_phrasing"])
+        from .audit import split_tv
+
+        return split_tv(self.data["forget"], seed=0)
+
+    def need_world(self, what: str) -> None:
+        """Stop with a clear message when a part of a notebook only exists on the default world."""
+        if not self.on_world:
+            raise RuntimeError(f"{what} needs the world's own data (DATA = 'world'); DATA = {self.data['name']!r} "
+                               "has only forget / retain questions. Run this notebook with DATA = 'world'.")
 
     @property
     def retain_model(self):
-        """The model trained without the forget split's people (built and cached on first use)."""
+        """The model that never saw the forget set: on the world, trained without the split's people (built and
+        cached on first use); otherwise the model named by ``retain_model=`` in :func:`start` (None if not given)."""
         if self._retain is None:
-            self._retain, _ = build_world_model(self.config, exclude_split=self.split, device=self.device,
-                                                dtype=self.dtype)
+            if self.on_world and self.model_name == "world":
+                self._retain, _ = build_world_model(self.config, exclude_split=self.split, device=self.device,
+                                                    dtype=self.dtype)
+            elif self.retain_model_name not in (None, "world"):
+                self._retain, _ = load_model(self.retain_model_name, device=self.device, dtype=self.dtype)
         return self._retain
 
     def fresh_model(self):
@@ -46,16 +94,22 @@ class Session:
         model, _ = build_world_model(self.config, device=self.device, dtype=self.dtype)
         return model
 
-    def unlearned(self, method: str, **settings):
+    @property
+    def model_key(self) -> str | None:
+        """Cache key of the world model (None for other models, whose unlearned versions are not cached)."""
+        return self.config.key() if self.model_name == "world" else None
+
+    def unlearned(self, method: str, data: dict | None = None, **settings):
         """The original model unlearned on this session's forget split with ``method`` (cached on disk).
 
         Notebook 01 trains them (with their trajectories, see ``cached_unlearn``); notebooks 02-06 reuse them, so
-        each is trained once per setting.
+        each is trained once per setting. data: other ``{"forget": ..., "retain": ...}`` sets to unlearn (e.g. a
+        topic's texts in notebook 03); default: the session's.
         """
         from .unlearning import cached_unlearn
 
         return cached_unlearn(self.model, self.tokenizer, self.world, self.split, method,
-                              model_key=self.config.key() if self.model_name == "world" else None, **settings)
+                              model_key=self.model_key, data=data if data is not None else self.data, **settings)
 
     def train_grun(self, forget, retain, **settings):
         """:func:`unlearn_utils.grun.train_grun` on this session's model, cached on disk like :meth:`unlearned`;
@@ -63,7 +117,7 @@ class Session:
         from .grun import cached_train_grun
 
         return cached_train_grun(self.model, self.tokenizer, forget, retain,
-                                 model_key=self.config.key() if self.model_name == "world" else None, **settings)
+                                 model_key=self.model_key, **settings)
 
     def save_fig(self, fig, name: str) -> None:
         """Save a figure under REPORT_DIR/figures/<notebook>_<name>.png when a report folder is set."""
@@ -85,10 +139,14 @@ class Session:
 
 def start(smoke: bool = False, model: str = "world", device=None, dtype=None, seed: int = 0,
           report_dir: str | None = None, split: str = "forget05", notebook: str = "notebook",
-          **config_overrides) -> Session:
+          data: str = "world", retain_model: str | None = "world", **config_overrides) -> Session:
     """Set the seed, pick the device, build (or load from cache) the world model.
 
     smoke=True uses a tiny world and model that train in seconds (for CI); numbers are then not meaningful.
+    data: ``"world"`` or a benchmark file (``"tofu:FOLDER"``, ``"qa:FILE.jsonl"``, ``"wmdp:FORGET,RETAIN"``;
+    see :func:`unlearn_utils.benchmark_data.load_data`); ``split`` then names the TOFU split.
+    retain_model: with a file, a model (hub id or path) fine-tuned without the forget set (e.g. TOFU's retain
+    model), the floor of RTT and forget quality; ``"world"`` builds the world's retain model.
     """
     set_seed(seed)
     torch.set_grad_enabled(True)
@@ -96,9 +154,13 @@ def start(smoke: bool = False, model: str = "world", device=None, dtype=None, se
     config = dataclasses.replace(base, **config_overrides)
     world = config.world()
     dev = get_device(device)
+    from .benchmark_data import load_data
+
+    loaded = load_data(data, split=split, seed=seed)  # read (and checked) before any model is built
     if model == "world":
         m, tok = build_world_model(config, device=dev, dtype=dtype)
     else:
         m, tok = load_model(model, device=dev, dtype=dtype)
     return Session(world=world, config=config, model=m, tokenizer=tok, split=split, smoke=smoke, device=dev,
-                   dtype=dtype, report_dir=report_dir, notebook=notebook, model_name=model)
+                   dtype=dtype, report_dir=report_dir, notebook=notebook, model_name=model, data=loaded,
+                   retain_model_name=retain_model)

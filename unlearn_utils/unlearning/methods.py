@@ -364,8 +364,11 @@ def load_unlearned(folder, device=None, dtype=None):
 
 def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: str | None = None,
                    progress: bool = True, eval_fn: Callable | None = None, eval_every: int = 0,
-                   log_name: str | None = None, **settings):
+                   log_name: str | None = None, data: dict | None = None, **settings):
     """Unlearn ``world``'s ``split`` (trained phrasings) from a world model, reusing a cached result when one exists.
+
+    data: ``{"forget": ..., "retain": ...}`` question sets to use instead of the world's split (e.g. from
+    :func:`unlearn_utils.benchmark_data.load_data`); their contents are then part of the cache key.
 
     The cache key is the world model's key + split + every unlearning setting. Without ``model_key`` (a model that
     is not a cached world model) nothing is cached. Returns the unlearned model with ``unlearn_seconds`` (wall time
@@ -395,7 +398,12 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
     folder = None
     if model_key is not None:
         conf = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "only_modules" and v is None)}
-        folder = cache_entry("unlearned", {"model": model_key, "split": split, "config": conf})
+        key = {"model": model_key, "split": split, "config": conf}
+        if data is not None:
+            from ..grun import data_fingerprint
+
+            key["data"] = data_fingerprint(data["forget"], data["retain"])
+        folder = cache_entry("unlearned", key)
         if folder.exists() and (log_file is None or (folder / log_file).exists()):
             try:
                 out, _ = _load_checked(folder, device=next(model.parameters()).device)
@@ -404,7 +412,10 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
                               meta.get("train_seconds", float("nan")), meta.get("eval_seconds", float("nan")))
             except (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError) as e:
                 set_aside(folder, e)
-    forget, retain = world.facts(split, "trained"), world.facts("retain", "trained", split)
+    if data is not None:
+        forget, retain = data["forget"], data["retain"]
+    else:
+        forget, retain = world.facts(split, "trained"), world.facts("retain", "trained", split)
     timer = TimedEval(eval_fn) if eval_fn is not None else None
     start = time.time()
     out, log = unlearn(model, tokenizer, forget, retain, method, progress=progress, eval_fn=timer,
