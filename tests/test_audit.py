@@ -143,6 +143,8 @@ def test_audit_command_line_on_saved_models(knowing, unlearned_pair, tmp_path):
                      "--out", str(out)]) == 0
         verdicts = pd.read_csv(out / "verdicts.csv")
         assert list(verdicts.probe) == ["quantization", "relearning"]
+    with pytest.raises(SystemExit, match="--data: Unknown data source 'squad'"):  # named before any model loads
+        main(["audit", str(tmp_path / "npo"), "--data", "squad:questions.json"])
 
 
 def test_audit_runs_on_tofu_files_with_a_random_real_architecture():

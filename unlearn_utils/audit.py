@@ -201,9 +201,7 @@ def audit_data(data, split: str = "forget05", seed: int = 0) -> AuditData:
         from .evaluate import eval_data
 
         ev = eval_data(data, split, seed=seed)
-        t, v = data.tv_split(split)
-        t = t.filter(lambda r: r["trained_phrasing"])
-        v = v.filter(lambda r: r["trained_phrasing"])
+        t, v = data.tv_split(split, "trained")
         out = AuditData(forget=ev.forget, retain=ev.retain, forget_para=ev.forget_para, t_facts=t, v_facts=v,
                         in_context=datasets.Dataset.from_list(in_context_rows(data, split, seed=seed)))
     elif isinstance(data, dict):

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a model never trained on the forget set (the floor): world-retain, a folder, or none. "
                         "Default: world-retain when --original is world, else none")
     a.add_argument("--data", default="world",
-                   help="world (default), or tofu:FOLDER_OR_FILE / qa:FILE.jsonl with forget and retain questions")
+                   help="world (default), tofu:FOLDER, qa:FILE.jsonl or wmdp:FORGET_FILE,RETAIN_FILE")
     a.add_argument("--split", default="forget05")
     a.add_argument("--probes", nargs="*", default=None, help="which probes (default: all)")
     a.add_argument("--bits", nargs="*", type=int, default=None, help="quantization bit widths (default: 8 4)")
@@ -69,6 +69,14 @@ def _audit(args) -> int:
     from .models import SMOKE_CONFIG, WorldModelConfig, load_model
 
     cfg = WorldModelConfig(**SMOKE_CONFIG) if args.smoke else WorldModelConfig()
+    from .benchmark_data import load_data
+
+    try:  # read and checked before any model is loaded
+        data = load_data(args.data, split=args.split)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise SystemExit(f"--data: {e}") from None
+    if data is None:
+        data = cfg.world()
     if args.original == "world":
         original, tok = load_model("world", device=args.device, config=cfg)
     else:
@@ -85,18 +93,6 @@ def _audit(args) -> int:
         unlearned = load_grun(args.unlearned, base=original)
     else:
         unlearned, _ = load_model(args.unlearned, device=args.device)
-    if args.data == "world":
-        data = cfg.world()
-    else:
-        from .benchmark_data import load_qa_splits, load_tofu
-
-        kind, _, path = args.data.partition(":")
-        if kind == "tofu":
-            data = load_tofu(path, forget=args.split)
-        elif kind == "qa":
-            data = load_qa_splits(path)
-        else:
-            raise SystemExit(f"Unknown --data {args.data!r}: use world, tofu:PATH or qa:FILE.jsonl.")
     settings = {}
     if args.probes:
         settings["probes"] = tuple(args.probes)

@@ -65,8 +65,7 @@ class Session:
         """RTT's T and V: on the world, each forget person's attributes split in two (trained phrasings); for a
         file, :func:`unlearn_utils.audit.split_tv` (whole people apart when rows name them)."""
         if self.on_world:
-            t, v = self.world.tv_split(self.split)
-            return t.filter(lambda r: r["trained_phrasing"]), v.filter(lambda r: r["trained_phrasing"])
+            return self.world.tv_split(self.split, "trained")
         from .audit import split_tv
 
         return split_tv(self.data["forget"], seed=0)

@@ -294,13 +294,13 @@ class World:
             raise KeyError(f"Unknown general-text part {part!r}: choose 'train' or 'eval'.")
         return datasets.Dataset.from_dict({"text": texts})
 
-    def tv_split(self, forget_split: str = "forget05") -> tuple[datasets.Dataset, datasets.Dataset]:
+    def tv_split(self, forget_split: str = "forget05", phrasings: str = "all") -> tuple[datasets.Dataset, datasets.Dataset]:
         """Split a forget set's facts into T (to fine-tune on) and V (to test) for the relearning attack.
 
         Each person's attributes are divided between T and V, so T and V never share a (person, attribute)
-        fact; attributes are drawn independently, so T says nothing about V.
+        fact; attributes are drawn independently, so T says nothing about V. phrasings: as in :meth:`facts`.
         """
-        forget = self.facts(forget_split)
+        forget = self.facts(forget_split, phrasings)
         tv = forget["tv"]
         return (forget.select([i for i, x in enumerate(tv) if x == "T"]),
                 forget.select([i for i, x in enumerate(tv) if x == "V"]))
