@@ -209,3 +209,60 @@ def test_conceptvectors_loader_errors(tmp_path):
     bad.write_text("not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         C.load_conceptvectors(bad)
+
+
+def _as_conceptvectors(world, path, vectors):
+    """The world's topics written as a ConceptVectors file, with the given (layer, dim) per topic."""
+    import json
+
+    rows = [{"Concept": t["name"], "Layer": int(vectors[t["name"]][0]), "Dim": int(vectors[t["name"]][1]), "QA": [],
+             "text_completion": [{"First_half": r["prompt"], "Second_half": r["answer"]} for r in world.topic_rows()
+                                 if r["topic"] == t["name"] and r["kind"] == "completion"],
+             "unrelated_QA": [], "wikipedia_content": " ".join(t["sentences"])} for t in world.topics]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_a_conceptvectors_file_gives_the_worlds_numbers(topic_model, tmp_path):
+    """The world's topics written as a ConceptVectors file: scores, located-vector overlap and the causal effect
+    computed through the file equal those computed on the world (completions only, the file has no answered QA)."""
+    world, model, tok = topic_model
+    loc = C.locate_concept_vectors(model, tok, world, k=20)
+    path = _as_conceptvectors(world, tmp_path / "cv.json", {r.topic: (r.layer, r.column) for r in loc.itertuples()})
+    source = C.concept_source(f"conceptvectors:{path}", tok)
+    assert isinstance(source, C.ConceptSet) and [t["name"] for t in source.topics] == [t["name"] for t in world.topics]
+    on_world = C.topic_scores(model, tok, world, kinds=("completion",))
+    on_file = C.topic_scores(model, tok, source)
+    assert on_file.accuracy.tolist() == on_world.accuracy.tolist()
+    assert on_file.logprob.to_numpy() == pytest.approx(on_world.logprob.to_numpy(), abs=1e-5)
+    given = C.given_vectors(model, tok, source, k=20).set_index("topic")
+    assert (given.layer == loc.set_index("topic").layer).all() and (given.column == loc.set_index("topic").column).all()
+    # the file's words come from its article, so the overlap is measured against those (a superset of the cluster)
+    assert (given.hits >= 0).all() and given.overlap.between(0, 1).all()
+    r = loc.iloc[0]
+    a = C.causal_effect(model, tok, source, r.topic, r.layer, r.column, scale=10.0)
+    clean = C.topic_scores(model, tok, world, kinds=("completion",))
+    with C.noised_vector(model, r.layer, r.column, 10.0, seed=0):
+        noisy = C.topic_scores(model, tok, world, kinds=("completion",))
+    assert a["target_logprob_drop"] == pytest.approx(clean.loc[r.topic, "logprob"] - noisy.loc[r.topic, "logprob"], abs=1e-5)
+    forget, retain, kept = C.topic_forget_retain(source, r.topic, n_retain_topics=1)
+    assert forget and retain and len(kept) == 1 and r.topic not in kept  # no people facts in a concept file
+    probes = C.probe_scores(model, tok, source, r.topic)
+    assert list(probes.index) == ["plain", "in_context"]
+    with pytest.raises(KeyError, match="paraphrase and role-play need the world"):
+        C.probe_rows(source, "role_play")
+
+
+def test_concept_source_errors(tiny, tmp_path):
+    world, model, tok = tiny
+    assert C.concept_source("world", tok, world) is world
+    with pytest.raises(ValueError, match="notebook 03 studies concepts"):
+        C.concept_source("qa:questions.jsonl", tok, world)
+    with pytest.raises(FileNotFoundError, match="No ConceptVectors file"):
+        C.concept_source(f"conceptvectors:{tmp_path / 'missing.json'}", tok)
+    path = _as_conceptvectors(world, tmp_path / "cv.json", {t["name"]: (99, 0) for t in world.topics})
+    with pytest.raises((IndexError, ValueError), match="layer"):
+        C.given_vectors(model, tok, C.concept_source(f"conceptvectors:{path}", tok))
+    twice = C.load_conceptvectors(path)
+    with pytest.raises(ValueError, match="repeat"):
+        C.ConceptSet(twice + twice[:1], tok)

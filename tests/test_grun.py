@@ -2,6 +2,7 @@
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 
@@ -254,3 +255,26 @@ def test_cached_module_is_reused_only_for_the_same_data(tiny, tiny_config, monke
     with pytest.raises(AssertionError, match="trained again"):   # other retain data: another module
         grun.cached_train_grun(model, tok, forget, retain.select(range(50)), model_key=tiny_config.key(), steps=6,
                                progress=False)
+
+
+def test_sequential_unlearning_is_cached_per_model_data_and_settings(tiny, tiny_config, monkeypatch):
+    world, model, tok = tiny
+    facts = world.facts("forget10", "trained")
+    sets = [facts.filter(lambda r, p=p: r["person"] == p) for p in world.forget_people("forget10")[:2]]
+    retain = world.facts("retain", "trained", "forget10")
+    kw = dict(eval_sets={"retain": retain}, model_key=tiny_config.key(), steps=4, progress=False)
+    gm, table = grun.sequential_unlearning(model, tok, sets, retain, **kw)
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(grun, "train_grun", no_training)
+    again, table2 = grun.sequential_unlearning(model, tok, sets, retain, **kw)
+    pd.testing.assert_frame_equal(table, table2)
+    prompts = list(sets[0]["prompt"])
+    assert len(again.grun) == 2
+    assert (grun.gate_values(gm, tok, prompts)["gate"] == grun.gate_values(again, tok, prompts)["gate"]).all()
+    with pytest.raises(AssertionError, match="trained again"):  # other settings: trained anew
+        grun.sequential_unlearning(model, tok, sets, retain, **{**kw, "steps": 5})
+    with pytest.raises(AssertionError, match="trained again"):  # other forget sets: trained anew
+        grun.sequential_unlearning(model, tok, sets[::-1], retain, **kw)

@@ -38,7 +38,7 @@ def test_runs_in_smoke_mode(path, tmp_path, cache):
     assert list((report / "figures").glob("*.png")), "the notebook saved its figures"
 
 
-ON_FILES = [p for p in NOTEBOOKS if p.stem.startswith(("01_", "05_", "06_"))]
+ON_FILES = [p for p in NOTEBOOKS if not p.stem.startswith("03_")]  # 03 reads ConceptVectors files (below)
 
 
 @pytest.mark.notebook
@@ -64,3 +64,33 @@ def test_runs_on_a_question_file(path, tmp_path, cache):
                                                   "RETAIN_MODEL": None}, timeout=600, cwd=path.parent)
     results = json.loads((report / "results" / f"{path.stem}.json").read_text())
     assert results["smoke"] is True
+
+
+def world_as_conceptvectors(world, path, layer: int = 1) -> None:
+    """Write the world's topics in the ConceptVectors format: the test knows the right answer to every completion."""
+    rows = []
+    for i, t in enumerate(world.topics):
+        comps = [{"First_half": r["prompt"], "Second_half": r["answer"]} for r in world.topic_rows()
+                 if r["topic"] == t["name"] and r["kind"] == "completion"]
+        rows.append({"Concept": t["name"], "Layer": layer, "Dim": i, "QA": [], "text_completion": comps,
+                     "unrelated_QA": [], "wikipedia_content": " ".join(t["sentences"])})
+    path.write_text(json.dumps(rows))
+
+
+@pytest.mark.notebook
+def test_concept_notebook_runs_on_a_conceptvectors_file(tmp_path, cache):
+    """DATA = "conceptvectors:FILE": notebook 03 takes the concepts, their vectors and their texts from the file."""
+    from unlearn_utils.models import SMOKE_CONFIG, WorldModelConfig
+
+    path = next(p for p in NOTEBOOKS if p.stem.startswith("03_"))
+    cv = tmp_path / "concepts.json"
+    world_as_conceptvectors(WorldModelConfig(**SMOKE_CONFIG).world(), cv)
+    report = tmp_path / "report"
+    solution = tmp_path / "solution" / path.name
+    solution.parent.mkdir()
+    nbformat.write(make_edition(nbformat.read(path, as_version=4), "solution"), solution)
+    run_notebook(solution, tmp_path / path.name, {"SMOKE": True, "REPORT_DIR": str(report),
+                                                  "DATA": f"conceptvectors:{cv}"}, timeout=600, cwd=path.parent)
+    results = json.loads((report / "results" / f"{path.stem}.json").read_text())
+    assert results["smoke"] is True and results["topic"] in {r["Concept"] for r in json.loads(cv.read_text())}
+    assert set(results["probes"]) >= {"original"} and "people facts acc" in results["table"]["original"]

@@ -145,3 +145,21 @@ def test_sweep_runs_on_every_family(tiny, family):
     last = P.patch_sweep(a, b, tok, tfi, components=["block"], layers=[cfg.num_hidden_layers - 1])
     assert last["krs"].iloc[0] == pytest.approx(1.0, abs=1e-5)
     assert len(P.restoration_sweep(a, b, tok, tfi, parts=("down", "up", "attn"))) == cfg.num_hidden_layers
+
+
+def test_side_effects_on_world_and_on_a_file(pair, tiny):
+    """Side effects read whatever sets the data has: by attribute on the world; overall on a file's retain questions."""
+    from unlearn_utils import evaluate as ev
+
+    model, other, tok, _ = pair
+    world = tiny[0]
+    on_world = P.side_effects(model, other, tok, ev.eval_data(world, "forget05")).set_index("measure")
+    assert any(m.startswith("retain accuracy: ") for m in on_world.index)
+    assert {"topic accuracy", "utility perplexity", "retain paraphrase accuracy"} <= set(on_world.index)
+    retain = world.facts("retain", "trained", "forget05").select_columns(["prompt", "answer"])
+    data = ev.eval_data_from({"forget": world.facts("forget05", "trained").select_columns(["prompt", "answer"]),
+                              "retain": retain})
+    on_file = P.side_effects(model, other, tok, data).set_index("measure")
+    assert list(on_file.index) == ["retain accuracy"]
+    row = on_file.loc["retain accuracy"]
+    assert row.original == ev.accuracy(model, tok, retain) and row.change == row.unlearned - row.original

@@ -152,7 +152,7 @@ def locate_concept_vectors(model, tokenizer, world_or_topics, k: int = 20, layer
     world_or_topics: a :class:`World` or a dict ``{topic: [words]}``. Returns one row per topic (``top`` rows
     with top > 1): topic, layer, column, hits, overlap, and the vector's top tokens.
     """
-    topics = ({t["name"]: t["words"] for t in world_or_topics.topics} if isinstance(world_or_topics, World)
+    topics = ({t["name"]: t["words"] for t in world_or_topics.topics} if hasattr(world_or_topics, "topics")
               else dict(world_or_topics))
     if not topics:
         raise ValueError("No topics given: pass a World or a non-empty {topic: [words]} dict.")
@@ -229,6 +229,104 @@ above below to from up down in out on off over under again further then once her
 both each few more most other some such no nor not only own same so than too very s t can will just don should now is
 are was were be been being have has had having do does did doing i me my we our you your he him his she her it its
 they them their what which who whom this that these those am as until while""".split())
+
+
+class ConceptSet:
+    """The concepts of a ConceptVectors file, shaped like the world's topics so that every topic function here
+    (:func:`topic_scores`, :func:`causal_effect`, :func:`topic_forget_retain`, :func:`probe_scores`) reads either.
+
+    topics: name, words (the article's tokens minus stopwords) and sentences (the article); topic_rows(): each
+    text completion, First_half as the prompt and the first ``answer_words`` words of Second_half as the answer
+    (the file's QA questions carry no answers, so they are not scored); vectors: the file's (layer, dim) per concept.
+    """
+
+    def __init__(self, records: list[ConceptRecord], tokenizer, answer_words: int = 3):
+        if not records:
+            raise ValueError("The ConceptVectors file holds no concepts.")
+        names = [r.concept for r in records]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Concept names repeat in the file ({sorted(n for n in set(names) if names.count(n) > 1)}); "
+                             "each concept needs one row.")
+        self.records = records
+        self.vectors = {r.concept: (r.layer, r.dim) for r in records}
+        self.topics = [{"name": r.concept, "words": concept_words(r, tokenizer),
+                        "sentences": _sentences(r.wikipedia_content)} for r in records]
+        self.answer_words = answer_words
+        self.name = "ConceptVectors file"
+
+    def topic_rows(self) -> list[dict]:
+        rows = []
+        for r in self.records:
+            for c in r.completions:
+                answer = " ".join(str(c["Second_half"]).split()[: self.answer_words])
+                if answer:
+                    rows.append({"topic": r.concept, "kind": "completion", "word": "",
+                                 "prompt": str(c["First_half"]).strip(), "answer": answer})
+        return rows
+
+    def fact_rows(self) -> list[dict]:
+        return []  # a ConceptVectors file has no people
+
+    def probe_rows(self, probe: str = "plain", seed: int = 0) -> list[dict]:
+        """plain: the completions; in_context: two sentences of the concept's article first."""
+        if probe not in FILE_PROBES:
+            raise KeyError(f"Unknown probe {probe!r} for a ConceptVectors file: choose one of {FILE_PROBES} "
+                           "(paraphrase and role-play need the world's templates).")
+        rng = np.random.default_rng(seed)
+        rows = []
+        for r in self.topic_rows():
+            prompt = r["prompt"]
+            if probe == "in_context":
+                sents = next(t["sentences"] for t in self.topics if t["name"] == r["topic"])
+                picks = rng.choice(len(sents), size=min(2, len(sents)), replace=False) if sents else []
+                prompt = " ".join(sents[i] for i in picks) + " " + prompt
+            rows.append({**r, "prompt": prompt.strip(), "probe": probe})
+        return rows
+
+
+FILE_PROBES = ("plain", "in_context")
+
+
+def _sentences(text: str) -> list[str]:
+    import re
+
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+
+
+def concept_source(data, tokenizer, world: World | None = None):
+    """What notebook 03 studies: ``"world"`` (the world's topics) or ``"conceptvectors:FILE"`` (a :class:`ConceptSet`).
+
+    Other data kinds (TOFU, question files, WMDP) hold no concepts: a clear error says so.
+    """
+    if data is None or data == "world":
+        if world is None:
+            raise ValueError("data='world' needs the world (pass world=S.world).")
+        return world
+    kind, sep, where = str(data).partition(":")
+    if kind != "conceptvectors" or not where:
+        raise ValueError(f"DATA={data!r}: notebook 03 studies concepts, so it takes 'world' or "
+                         "'conceptvectors:FILE.json' (a ConceptVectors file); question files belong to notebooks "
+                         "00-02 and 04-06.")
+    return ConceptSet(load_conceptvectors(where), tokenizer)
+
+
+@torch.no_grad()
+def given_vectors(model, tokenizer, concepts: ConceptSet, k: int = 20, final_norm: bool = False) -> pd.DataFrame:
+    """The file's vector per concept, scored like :func:`locate_concept_vectors`'s rows: hits and overlap of its
+    top-``k`` tokens with the concept's words, and the tokens (a check that the file matches this model)."""
+    rows = []
+    vocab = get_adapter(model).unembedding(model).shape[0]
+    _check_k(k, vocab)
+    for t in concepts.topics:
+        layer, column = concepts.vectors[t["name"]]
+        _check_column(model, layer, column)
+        top_ids = project_to_vocab(model, value_vector(model, layer, column), final_norm).topk(k).indices.tolist()
+        ids = set(_word_ids(tokenizer, t["words"]))
+        tokens = tokenizer.convert_ids_to_tokens(top_ids)
+        hits = len(ids & set(top_ids))
+        rows.append({"topic": t["name"], "layer": layer, "column": column, "hits": hits,
+                     "overlap": hits / max(1, min(k, len(ids))), "tokens": tokens})
+    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -440,7 +538,7 @@ def topic_forget_retain(world: World, topic: str, n_retain_topics: int | None = 
         elif r["topic"] in others:
             retain.append({"text": r["prompt"] + " " + r["answer"]})
     facts = [r for r in world.fact_rows() if r["trained_phrasing"] and not r["holdout_person"]]
-    for i in rng.choice(len(facts), size=min(n_retain_facts, len(facts)), replace=False):
+    for i in (rng.choice(len(facts), size=min(n_retain_facts, len(facts)), replace=False) if facts else []):
         r = facts[i]
         retain.append({"text": r["prompt"] + " " + r["answer"] + ("" if r["is_question"] else " .")})
     return forget, retain, others
@@ -456,6 +554,8 @@ def probe_rows(world: World, probe: str = "plain", seed: int = 0) -> list[dict]:
     plain: the trained question; paraphrase: an unseen wording; in_context: two of the topic's sentences first
     (the topic's text given in context); role_play: a "people who love <topic>" framing first.
     """
+    if hasattr(world, "probe_rows"):  # a ConceptSet has its own (plain, in_context)
+        return world.probe_rows(probe, seed)
     probes = ("plain", "paraphrase", "in_context", "role_play")
     if probe not in probes:
         raise KeyError(f"Unknown probe {probe!r}: choose one of {probes}.")
@@ -480,10 +580,12 @@ def probe_rows(world: World, probe: str = "plain", seed: int = 0) -> list[dict]:
     return rows
 
 
-def probe_scores(model, tokenizer, world: World, topic: str, probes=("plain", "paraphrase", "in_context", "role_play"),
-                 seed: int = 0) -> pd.DataFrame:
-    """Accuracy on the target topic's questions and on the other topics', under each probe."""
+def probe_scores(model, tokenizer, world: World, topic: str, probes=None, seed: int = 0) -> pd.DataFrame:
+    """Accuracy on the target topic's questions and on the other topics', under each probe (default: all the
+    source has: plain, paraphrase, in_context, role_play on the world; plain, in_context for a ConceptSet)."""
     topic_words(world, topic)
+    if probes is None:
+        probes = FILE_PROBES if isinstance(world, ConceptSet) else ("plain", "paraphrase", "in_context", "role_play")
     out = []
     for probe in probes:
         df = pd.DataFrame(probe_rows(world, probe, seed))

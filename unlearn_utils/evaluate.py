@@ -101,7 +101,16 @@ def answer_scores(model, tokenizer, prompts: list[str], answers: list[str], batc
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers.")
     if not prompts:
         raise ValueError("No questions to score: the prompt list is empty.")
-    pairs = encode_qa(tokenizer, prompts, answers)
+    return score_pairs(model, tokenizer, encode_qa(tokenizer, prompts, answers), batch_size)
+
+
+@torch.no_grad()
+def score_pairs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], batch_size: int = 128,
+                logprobs: bool = True) -> pd.DataFrame:
+    """:func:`answer_scores` on pairs already encoded by :func:`encode_qa` (encode once, score many checkpoints).
+
+    logprobs=False scores greedy correctness only (``correct`` column), skipping the log-softmax.
+    """
     dev = _device_of(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n = len(pairs)
@@ -109,13 +118,16 @@ def answer_scores(model, tokenizer, prompts: list[str], answers: list[str], batc
     for idx in _length_sorted_batches([len(p) + len(a) for p, a in pairs], batch_size):
         chunk = [pairs[j] for j in idx]
         logits = _forward_prompts(model, [p + a for p, a in chunk], [len(p) for p, _ in chunk], pad, dev)
-        logp = logits.log_softmax(-1)
+        logp = logits.log_softmax(-1) if logprobs else None
+        greedy = logits.argmax(-1).tolist()  # one arg-max per position; the answer is right if greedy writes it
         for i, (j, (p, a)) in enumerate(zip(idx, chunk)):
-            pos = torch.arange(len(p) - 1, len(p) - 1 + len(a), device=logits.device)
-            tgt = torch.tensor(a, device=logits.device)
-            correct[j] = greedy_match(logits[i], len(p), a)
-            logprob[j] = float(logp[i, pos, tgt].sum())
+            correct[j] = greedy[i][len(p) - 1: len(p) - 1 + len(a)] == list(a)
             ntok[j] = len(a)
+            if logprobs:
+                pos = torch.arange(len(p) - 1, len(p) - 1 + len(a), device=logits.device)
+                logprob[j] = float(logp[i, pos, torch.tensor(a, device=logits.device)].sum())
+    if not logprobs:
+        return pd.DataFrame({"correct": correct, "n_tokens": ntok})
     df = pd.DataFrame({"correct": correct, "logprob": logprob, "n_tokens": ntok})
     df["prob"] = np.exp(df["logprob"] / df["n_tokens"])
     return df
@@ -404,14 +416,16 @@ def trajectory_metrics(tokenizer, data: EvalData, topics: bool = False):
     """A fast ``eval_fn`` for :func:`unlearn_utils.unlearning.unlearn`: forget / retain / paraphrase accuracy
     (and, with ``topics=True``, accuracy on the topic questions, a utility set no method trains on)."""
 
+    sets = {"forget_accuracy": data.forget, "forget_paraphrase_accuracy": data.forget_para,
+            "retain_accuracy": data.retain, "topic_accuracy": data.topics if topics else None}
+    encoded: dict = {}  # each set is tokenized once, on the first call, and scored at every checkpoint
+
     def eval_fn(model) -> dict:
-        out = {"forget_accuracy": accuracy(model, tokenizer, data.forget)}
-        if data.forget_para is not None:
-            out["forget_paraphrase_accuracy"] = accuracy(model, tokenizer, data.forget_para)
-        out["retain_accuracy"] = accuracy(model, tokenizer, data.retain)
-        if topics and data.topics is not None:
-            out["topic_accuracy"] = accuracy(model, tokenizer, data.topics)
-        return out
+        if not encoded:
+            encoded.update({name: encode_qa(tokenizer, list(d["prompt"]), list(d["answer"]))
+                            for name, d in sets.items() if d is not None})
+        return {name: float(score_pairs(model, tokenizer, pairs, logprobs=False)["correct"].mean())
+                for name, pairs in encoded.items()}
 
     return eval_fn
 

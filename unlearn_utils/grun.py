@@ -456,16 +456,33 @@ def cached_train_grun(model, tokenizer, forget, retain, model_key: str | None = 
 
 
 def sequential_unlearning(model, tokenizer, forget_sets: list, retain, eval_sets: dict | None = None,
-                          progress: bool = True, **settings):
+                          progress: bool = True, model_key: str | None = None, **settings):
     """Train one module per forget set, one after another; earlier modules stay applied and frozen.
 
     Returns (GatedModel with every module, table): after each stage, the accuracy on every forget set and on each
-    of ``eval_sets`` (name -> prompt/answer rows), and the stage's training time.
+    of ``eval_sets`` (name -> prompt/answer rows), and the stage's training time (measured when it was trained).
+    model_key: the cache key of ``model`` (a cached world model); the modules and the table are then cached like
+    :func:`cached_train_grun`'s and reused when the same model, data and settings come again.
     """
     from .evaluate import accuracy
+    from .models import CorruptCacheError, cache_entry, set_aside
 
     if not forget_sets:
         raise ValueError("sequential unlearning needs at least one forget set.")
+    folder = None
+    if model_key is not None:
+        names = sorted(eval_sets or {})
+        key = {"kind": "sequential", "model": model_key, "config": dataclasses.asdict(
+                   dataclasses.replace(GRUNConfig(), **{k: v for k, v in settings.items() if k != "seed"})),
+               "seed": settings.get("seed"), "data": data_fingerprint(*forget_sets, retain),
+               "eval_sets": names, "eval_data": data_fingerprint(*[(eval_sets or {})[n] for n in names])}
+        folder = cache_entry("grun", key)
+        if (folder / "table.csv").exists():
+            try:
+                gm = load_grun(folder, base=model)
+                return gm, pd.read_csv(folder / "table.csv").set_index("stage")
+            except (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError) as e:
+                set_aside(folder, e)
     modules, rows, gm = [], [], None
     for k, forget in enumerate(forget_sets, 1):
         gm, log = train_grun(model, tokenizer, forget, retain, modules=modules, progress=progress,
@@ -477,7 +494,10 @@ def sequential_unlearning(model, tokenizer, forget_sets: list, retain, eval_sets
         for name, data in (eval_sets or {}).items():
             row[name] = accuracy(gm, tokenizer, data)
         rows.append(row)
-    return gm, pd.DataFrame(rows).set_index("stage")
+    table = pd.DataFrame(rows).set_index("stage")
+    if folder is not None:
+        save_grun(gm, folder, {"table.csv": table.to_csv().encode()})
+    return gm, table
 
 
 # ----------------------------------------------------------------------------------------------

@@ -53,6 +53,14 @@ class Session:
         return self.world.facts("retain", "trained", self.split) if self.on_world else self.data["retain"]
 
     @property
+    def forget_questions(self) -> list[str]:
+        """The forget set's prompts that are questions (the world also states facts as sentences to complete)."""
+        rows = self.forget_set
+        if "is_question" not in rows.column_names:
+            return list(rows["prompt"])
+        return [p for p, q in zip(rows["prompt"], rows["is_question"]) if q]
+
+    @property
     def eval_data(self):
         """The report card's question sets (:class:`unlearn_utils.evaluate.EvalData`), built once."""
         from . import evaluate as ev

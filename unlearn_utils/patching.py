@@ -350,23 +350,30 @@ def restoration_sweep(original, unlearned, tokenizer, tf: TeacherForced, parts=(
 
 
 def side_effects(original, unlearned, tokenizer, data) -> pd.DataFrame:
-    """How unlearning changed things it was not asked to change: retain accuracy by attribute, topics, utility text.
+    """How unlearning changed things it was not asked to change: retain accuracy (by attribute when the questions
+    name one), paraphrased retain questions, topics and utility text, as far as ``data`` has them.
 
-    ``data`` is an :class:`unlearn_utils.evaluate.EvalData`. One row per measure: original, unlearned, change.
+    ``data`` is an :class:`unlearn_utils.evaluate.EvalData` (the world's, or one built from a data file, where the
+    sets a file lacks are None and left out). One row per measure: original, unlearned, change.
     """
     from . import evaluate as ev
 
     rows = []
-    by_o = ev.accuracy_by(original, tokenizer, data.retain, "attribute")
-    by_u = ev.accuracy_by(unlearned, tokenizer, data.retain, "attribute")
-    for attr in by_o.index:
-        rows.append({"measure": f"retain accuracy: {attr}", "original": by_o[attr], "unlearned": by_u[attr]})
-    rows.append({"measure": "retain paraphrase accuracy", "original": ev.accuracy(original, tokenizer, data.retain_para),
-                 "unlearned": ev.accuracy(unlearned, tokenizer, data.retain_para)})
-    rows.append({"measure": "topic accuracy", "original": ev.accuracy(original, tokenizer, data.topics),
-                 "unlearned": ev.accuracy(unlearned, tokenizer, data.topics)})
-    rows.append({"measure": "utility perplexity", "original": ev.perplexity(original, tokenizer, data.utility),
-                 "unlearned": ev.perplexity(unlearned, tokenizer, data.utility)})
+    if "attribute" in data.retain.column_names:
+        by_o = ev.accuracy_by(original, tokenizer, data.retain, "attribute")
+        by_u = ev.accuracy_by(unlearned, tokenizer, data.retain, "attribute")
+        for attr in by_o.index:
+            rows.append({"measure": f"retain accuracy: {attr}", "original": by_o[attr], "unlearned": by_u[attr]})
+    else:
+        rows.append({"measure": "retain accuracy", "original": ev.accuracy(original, tokenizer, data.retain),
+                     "unlearned": ev.accuracy(unlearned, tokenizer, data.retain)})
+    for label, questions in (("retain paraphrase accuracy", data.retain_para), ("topic accuracy", data.topics)):
+        if questions is not None:
+            rows.append({"measure": label, "original": ev.accuracy(original, tokenizer, questions),
+                         "unlearned": ev.accuracy(unlearned, tokenizer, questions)})
+    if data.utility:
+        rows.append({"measure": "utility perplexity", "original": ev.perplexity(original, tokenizer, data.utility),
+                     "unlearned": ev.perplexity(unlearned, tokenizer, data.utility)})
     df = pd.DataFrame(rows)
     df["change"] = df["unlearned"] - df["original"]
     return df

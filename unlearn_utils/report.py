@@ -161,7 +161,8 @@ def summary_markdown(results: dict[str, dict], timings: dict[str, float]) -> str
     lines += ["", "## Every verdict the notebooks computed", ""]
     for nb, r in results.items():
         for claim, ok in (r.get("verdicts") or {}).items():
-            lines.append(f"- `{nb}`: {'holds' if ok else 'does not hold'}: {claim}")
+            said = "not measured (the data has no such set)" if ok is None else "holds" if ok else "does not hold"
+            lines.append(f"- `{nb}`: {said}: {claim}")
     audits = {nb: r["audit_verdicts"] for nb, r in results.items() if r.get("audit_verdicts") and not r.get("smoke")}
     for nb, by_model in audits.items():
         lines += ["", f"## The unlearning audit ({nb})", ""]
