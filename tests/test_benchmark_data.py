@@ -126,7 +126,7 @@ def test_load_data_reads_each_source_and_names_bad_ones(tmp_path):
         load_data("squad:x.json")
     with pytest.raises(ValueError, match="not a data source"):
         load_data("tofu")
-    with pytest.raises(ValueError, match="load_conceptvectors"):
+    with pytest.raises(ValueError, match="conceptvectors:FILE.json"):
         load_data(f"conceptvectors:{FIX / 'conceptvectors_small.json'}")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_data(f"tofu:{tmp_path / 'nowhere'}")

@@ -266,3 +266,19 @@ def test_concept_source_errors(tiny, tmp_path):
     twice = C.load_conceptvectors(path)
     with pytest.raises(ValueError, match="repeat"):
         C.ConceptSet(twice + twice[:1], tok)
+
+
+def test_concept_file_limit_keep_and_in_context_without_the_answer(tiny, tmp_path):
+    world, model, tok = tiny
+    names = [t["name"] for t in world.topics]
+    path = _as_conceptvectors(world, tmp_path / "cv.json", {n: (0, i) for i, n in enumerate(names)})
+    some = C.concept_source(f"conceptvectors:{path}", tok, limit=2, keep=[names[-1], None])
+    assert [t["name"] for t in some.topics] == [names[0], names[1], names[-1]]
+    with pytest.raises(KeyError, match="not in"):
+        C.concept_source(f"conceptvectors:{path}", tok, keep=["no such concept"])
+    plain, in_context = C.probe_rows(some, "plain"), C.probe_rows(some, "in_context")
+    assert len(plain) == len(in_context) > 0
+    for p, r in zip(plain, in_context):  # context sentences come first and never contain the answer itself
+        assert r["prompt"].endswith(p["prompt"])
+        assert r["answer"].lower() not in r["prompt"][: -len(p["prompt"])].lower()
+    assert any(len(r["prompt"]) > len(p["prompt"]) for p, r in zip(plain, in_context))

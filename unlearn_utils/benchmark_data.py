@@ -206,8 +206,8 @@ def load_data(spec: str, split: str = "forget05", max_retain: int | None = 400, 
                                                                                    max_retain)))
     elif kind == "conceptvectors":
         raise ValueError("A ConceptVectors file holds concepts and their value vectors, not forget / retain answers: "
-                         "read it with unlearn_utils.concepts.load_conceptvectors (notebook 03 shows the method on "
-                         "the world's topics).")
+                         "notebook 03 reads it (DATA = 'conceptvectors:FILE.json'), and so does "
+                         "unlearn_utils.concepts.concept_source / load_conceptvectors.")
     else:
         raise ValueError(f"Unknown data source {kind!r} in DATA={spec!r}: use one of {', '.join(DATA_KINDS)}.")
     check_splits(forget=out["forget"], retain=out["retain"])

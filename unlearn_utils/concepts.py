@@ -276,8 +276,9 @@ class ConceptSet:
         rows = []
         for r in self.topic_rows():
             prompt = r["prompt"]
-            if probe == "in_context":
-                sents = next(t["sentences"] for t in self.topics if t["name"] == r["topic"])
+            if probe == "in_context":  # sentences that contain the answer would give it away: left out
+                sents = [x for x in next(t["sentences"] for t in self.topics if t["name"] == r["topic"])
+                         if r["answer"].lower() not in x.lower()]
                 picks = rng.choice(len(sents), size=min(2, len(sents)), replace=False) if sents else []
                 prompt = " ".join(sents[i] for i in picks) + " " + prompt
             rows.append({**r, "prompt": prompt.strip(), "probe": probe})
@@ -293,9 +294,12 @@ def _sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
 
 
-def concept_source(data, tokenizer, world: World | None = None):
+def concept_source(data, tokenizer, world: World | None = None, limit: int | None = None,
+                   keep: list[str] | None = None):
     """What notebook 03 studies: ``"world"`` (the world's topics) or ``"conceptvectors:FILE"`` (a :class:`ConceptSet`).
 
+    limit / keep (files only; a real file has hundreds of concepts, each validated with several forward passes
+    over every concept's completions): the first ``limit`` concepts of the file, plus those named in ``keep``.
     Other data kinds (TOFU, question files, WMDP) hold no concepts: a clear error says so.
     """
     if data is None or data == "world":
@@ -307,7 +311,15 @@ def concept_source(data, tokenizer, world: World | None = None):
         raise ValueError(f"DATA={data!r}: notebook 03 studies concepts, so it takes 'world' or "
                          "'conceptvectors:FILE.json' (a ConceptVectors file); question files belong to notebooks "
                          "00-02 and 04-06.")
-    return ConceptSet(load_conceptvectors(where), tokenizer)
+    records = load_conceptvectors(where)
+    wanted = [k for k in (keep or []) if k]
+    unknown = sorted(set(wanted) - {r.concept for r in records})
+    if unknown:
+        raise KeyError(f"Concept(s) {unknown} are not in {where}; it has e.g. {[r.concept for r in records[:5]]}.")
+    if limit is not None:
+        chosen = {r.concept for r in records[:limit]} | set(wanted)
+        records = [r for r in records if r.concept in chosen]
+    return ConceptSet(records, tokenizer)
 
 
 @torch.no_grad()

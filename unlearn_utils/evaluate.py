@@ -109,7 +109,7 @@ def score_pairs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], batc
                 logprobs: bool = True) -> pd.DataFrame:
     """:func:`answer_scores` on pairs already encoded by :func:`encode_qa` (encode once, score many checkpoints).
 
-    logprobs=False scores greedy correctness only (``correct`` column), skipping the log-softmax.
+    logprobs=False scores greedy correctness only (``correct`` and ``n_tokens`` columns), skipping the log-softmax.
     """
     dev = _device_of(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -480,7 +480,7 @@ def sequential_unlearning(model, tokenizer, forget_sets: list, retain, eval_sets
         if (folder / "table.csv").exists():
             try:
                 gm = load_grun(folder, base=model)
-                return gm, pd.read_csv(folder / "table.csv").set_index("stage")
+                return gm, pd.read_csv(folder / "table.csv", float_precision="round_trip").set_index("stage")
             except (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError) as e:
                 set_aside(folder, e)
     modules, rows, gm = [], [], None

@@ -52,13 +52,18 @@ class Session:
         """The questions to keep (everyone else's facts on the world)."""
         return self.world.facts("retain", "trained", self.split) if self.on_world else self.data["retain"]
 
-    @property
-    def forget_questions(self) -> list[str]:
-        """The forget set's prompts that are questions (the world also states facts as sentences to complete)."""
+    def forget_questions(self, limit: int | None = None, seed: int = 0) -> list[str]:
+        """The forget set's prompts that are questions (the world also states facts as sentences to complete);
+        with ``limit``, a fixed random sample of at most that many, in their original order."""
+        import random
+
         rows = self.forget_set
-        if "is_question" not in rows.column_names:
-            return list(rows["prompt"])
-        return [p for p, q in zip(rows["prompt"], rows["is_question"]) if q]
+        prompts = (list(rows["prompt"]) if "is_question" not in rows.column_names
+                   else [p for p, q in zip(rows["prompt"], rows["is_question"]) if q])
+        if limit is not None and len(prompts) > limit:
+            keep = sorted(random.Random(seed).sample(range(len(prompts)), limit))
+            prompts = [prompts[i] for i in keep]
+        return prompts
 
     @property
     def eval_data(self):
