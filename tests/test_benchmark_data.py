@@ -149,3 +149,27 @@ def test_report_card_leaves_out_what_a_file_lacks(tiny):
     assert card["forget_accuracy"] == full["forget_accuracy"]
     with pytest.raises(ValueError, match="no retain questions"):
         ev.eval_data_from({"forget": data["forget"], "retain": []})
+
+
+def test_a_model_that_does_not_know_the_file_is_warned_about(monkeypatch, cache):
+    """Unlearning facts a model never knew measures nothing: start() says so for a data file (chance counts for
+    multiple-choice rows)."""
+    import types
+    import warnings
+
+    import datasets
+
+    from unlearn_utils import evaluate, notebook
+    from unlearn_utils.notebook import start
+
+    with pytest.warns(UserWarning, match="does not know them"):  # the smoke world model and TOFU's fictitious authors
+        S = start(True, data=f"tofu:{FIX / 'tofu'}", split="forget01")
+    assert S.forget_questions(limit=3) == [p for p in S.forget_set["prompt"] if p in S.forget_questions(limit=3)]
+    mc = datasets.Dataset.from_list([{"prompt": "Q?", "answer": "A", "choices": ["x", "y", "z", "w"]}] * 4)
+    fake = types.SimpleNamespace(data={"forget": mc, "name": "wmdp:f,r"}, model=None, tokenizer=None)
+    for acc, warns in ((0.40, True), (0.50, False)):  # chance 25 %: warn below 45 %
+        monkeypatch.setattr(evaluate, "accuracy", lambda *a, acc=acc: acc)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            assert notebook.warn_if_unknown(fake) == acc
+        assert bool(seen) == warns, (acc, [str(w.message) for w in seen])

@@ -173,6 +173,27 @@ def start(smoke: bool = False, model: str = "world", device=None, dtype=None, se
         m, tok = build_world_model(config, device=dev, dtype=dtype)
     else:
         m, tok = load_model(model, device=dev, dtype=dtype)
-    return Session(world=world, config=config, model=m, tokenizer=tok, split=split, smoke=smoke, device=dev,
-                   dtype=dtype, report_dir=report_dir, notebook=notebook, model_name=model, data=loaded,
-                   retain_model_name=retain_model)
+    session = Session(world=world, config=config, model=m, tokenizer=tok, split=split, smoke=smoke, device=dev,
+                      dtype=dtype, report_dir=report_dir, notebook=notebook, model_name=model, data=loaded,
+                      retain_model_name=retain_model)
+    if loaded is not None:
+        warn_if_unknown(session)
+    return session
+
+
+def warn_if_unknown(session: Session, margin: float = 0.2) -> float:
+    """Warn when the original model barely knows the data file's forget questions (accuracy below chance + margin):
+    unlearning what a model never knew measures nothing, and "it stays forgotten" verdicts then hold vacuously.
+    Returns the forget accuracy. Chance is 1 / number of choices for multiple-choice rows, else 0."""
+    import warnings
+
+    from .evaluate import accuracy
+
+    forget = session.data["forget"]
+    acc = accuracy(session.model, session.tokenizer, forget)
+    chance = (sum(1 / len(c) for c in forget["choices"]) / len(forget)) if "choices" in forget.column_names else 0.0
+    if acc < chance + margin:
+        warnings.warn(f"The model answers {acc:.0%} of the forget questions of {session.data['name']} before any "
+                      f"unlearning (chance: {chance:.0%}): it does not know them, so unlearning them measures little. "
+                      "Use a model fine-tuned on this data (e.g. TOFU's fine-tuned model) as MODEL.", stacklevel=2)
+    return acc
