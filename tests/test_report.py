@@ -67,3 +67,10 @@ def test_reproduce_with_no_matching_notebook(tmp_path, capsys):
     assert reproduce_main(["--only", "99_nothing", "--out", str(tmp_path)]) == 1
     with pytest.raises(SystemExit):
         reproduce_main(["--no-such-option"])
+
+
+def test_a_topic_the_original_never_knew_is_not_measured():
+    res = _results()
+    res["03_concept_vectors"]["table"]["original"]["target topic acc"] = 0.1
+    res["03_concept_vectors"]["verdicts"] = {k: None for k in res["03_concept_vectors"]["verdicts"]}
+    assert _holds(report.claims_table(res), "ConceptVectors") == ["not measured (see the notebook)"] * 2

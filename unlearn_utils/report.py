@@ -40,6 +40,8 @@ def _concept_unchanged(r: dict) -> tuple[str, bool]:
     target = [v["target topic acc"] for v in rows.values()]
     text = (f"topic '{r['topic']}': cosine of its vector to the original {min(cos):.3f}-{max(cos):.3f} after "
             f"fine-tuning unlearning, while topic accuracy fell to at most {max(target):.0%}")
+    if r["table"]["original"]["target topic acc"] < 0.5:  # the original never knew the topic: nothing to forget
+        return text + " (the original did not know the topic)", None
     return text, bool(min(cos) >= 0.95 and max(target) <= 0.1)
 
 
@@ -50,7 +52,8 @@ def _concept_ablation(r: dict) -> tuple[str, bool]:
     text = (f"causal check: noise on a topic's vector drops its answers' log-prob {r['causal_ratio']:.1f}x more than "
             f"other topics'; {best[0]}: topic accuracy {best[1]['target topic acc']:.0%}, unrelated topics "
             f"{best[1]['unrelated topics acc']:.0%}")
-    return text, bool(r["verdicts"][key])
+    ok = r["verdicts"][key]
+    return text, None if ok is None else bool(ok)
 
 
 def _quantization(r: dict) -> tuple[str, bool]:
@@ -126,7 +129,7 @@ def claims_table(results: dict[str, dict]) -> list[dict]:
         else:
             try:
                 measured, ok = c.measure(r)
-                holds = "yes" if ok else "no"
+                holds = "not measured (see the notebook)" if ok is None else "yes" if ok else "no"
             except (KeyError, TypeError, ValueError) as e:
                 measured, holds = f"result missing from the notebook's numbers ({type(e).__name__}: {e})", "unknown"
         rows.append({"paper": c.paper, "claim": c.claim, "measured": measured, "holds": holds, "rule": c.rule,
@@ -161,7 +164,7 @@ def summary_markdown(results: dict[str, dict], timings: dict[str, float]) -> str
     lines += ["", "## Every verdict the notebooks computed", ""]
     for nb, r in results.items():
         for claim, ok in (r.get("verdicts") or {}).items():
-            said = "not measured (the data has no such set)" if ok is None else "holds" if ok else "does not hold"
+            said = "not measured (see the notebook)" if ok is None else "holds" if ok else "does not hold"
             lines.append(f"- `{nb}`: {said}: {claim}")
     audits = {nb: r["audit_verdicts"] for nb, r in results.items() if r.get("audit_verdicts") and not r.get("smoke")}
     for nb, by_model in audits.items():
