@@ -215,10 +215,12 @@ def _as_conceptvectors(world, path, vectors):
     """The world's topics written as a ConceptVectors file, with the given (layer, dim) per topic."""
     import json
 
-    rows = [{"Concept": t["name"], "Layer": int(vectors[t["name"]][0]), "Dim": int(vectors[t["name"]][1]), "QA": [],
+    rows = [{"Concept": t["name"], "Layer": int(vectors[t["name"]][0]), "Dim": int(vectors[t["name"]][1]),
              "text_completion": [{"First_half": r["prompt"], "Second_half": r["answer"]} for r in world.topic_rows()
                                  if r["topic"] == t["name"] and r["kind"] == "completion"],
-             "unrelated_QA": [], "wikipedia_content": " ".join(t["sentences"])} for t in world.topics]
+             "unrelated_QA": [], "wikipedia_content": " ".join(t["sentences"]),
+             "QA": [r["prompt"].replace("Question:", "").replace("Answer:", "").strip() for r in world.topic_rows()
+                    if r["topic"] == t["name"] and r["kind"] == "question"]} for t in world.topics]
     path.write_text(json.dumps(rows))
     return path
 
@@ -282,3 +284,20 @@ def test_concept_file_limit_keep_and_in_context_without_the_answer(tiny, tmp_pat
         assert r["prompt"].endswith(p["prompt"])
         assert r["answer"].lower() not in r["prompt"][: -len(p["prompt"])].lower()
     assert any(len(r["prompt"]) > len(p["prompt"]) for p, r in zip(plain, in_context))
+
+
+def test_concept_file_scored_against_the_original_own_answers(topic_model, tmp_path):
+    """With a reference model, completions and QA questions are answered by its own greedy continuation: the
+    reference then scores (nearly) 100 %, and a model with that concept's vector noised scores less on it."""
+    world, model, tok = topic_model
+    loc = C.locate_concept_vectors(model, tok, world, k=20)
+    path = _as_conceptvectors(world, tmp_path / "cv.json", {r.topic: (r.layer, r.column) for r in loc.itertuples()})
+    source = C.concept_source(f"conceptvectors:{path}", tok, reference=model)
+    kinds = {r["kind"] for r in source.topic_rows()}
+    assert kinds == {"completion", "question"}
+    assert C.topic_scores(model, tok, source).accuracy.min() >= 0.95
+    effects = [C.causal_effect(model, tok, source, r.topic, r.layer, r.column, scale=10.0) for r in loc.itertuples()]
+    target = sum(e["target_logprob_drop"] for e in effects) / len(effects)
+    unrelated = sum(e["unrelated_logprob_drop"] for e in effects) / len(effects)
+    assert target > 0 and target > unrelated, (target, unrelated)
+    assert C.concept_source("world", tok, world, reference=model) is world  # the world has its own answers

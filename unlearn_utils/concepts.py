@@ -235,12 +235,18 @@ class ConceptSet:
     """The concepts of a ConceptVectors file, shaped like the world's topics so that every topic function here
     (:func:`topic_scores`, :func:`causal_effect`, :func:`topic_forget_retain`, :func:`probe_scores`) reads either.
 
-    topics: name, words (the article's tokens minus stopwords) and sentences (the article); topic_rows(): each
-    text completion, First_half as the prompt and the first ``answer_words`` words of Second_half as the answer
-    (the file's QA questions carry no answers, so they are not scored); vectors: the file's (layer, dim) per concept.
+    topics: name, words (the article's tokens minus stopwords) and sentences (the article); vectors: the file's
+    (layer, dim) per concept. topic_rows(): what "knowing the concept" is scored on:
+
+    * with ``reference`` (the original model, as the paper does: it compares the unlearned model's answers with the
+      original's), every text completion (First_half) and every QA question, each answered by the reference's own
+      greedy continuation (``answer_tokens`` tokens), so the question is "does the model still say what it said?";
+    * without it, the completions only, answered by the first ``answer_words`` words of Second_half (the file's
+      QA questions carry no answers).
     """
 
-    def __init__(self, records: list[ConceptRecord], tokenizer, answer_words: int = 3):
+    def __init__(self, records: list[ConceptRecord], tokenizer, answer_words: int = 3, reference=None,
+                 answer_tokens: int = 4, batch_size: int = 32):
         if not records:
             raise ValueError("The ConceptVectors file holds no concepts.")
         names = [r.concept for r in records]
@@ -253,8 +259,10 @@ class ConceptSet:
                         "sentences": _sentences(r.wikipedia_content)} for r in records]
         self.answer_words = answer_words
         self.name = "ConceptVectors file"
+        self._rows = self._reference_rows(reference, tokenizer, answer_tokens, batch_size) if reference is not None \
+            else self._file_rows()
 
-    def topic_rows(self) -> list[dict]:
+    def _file_rows(self) -> list[dict]:
         rows = []
         for r in self.records:
             for c in r.completions:
@@ -264,11 +272,31 @@ class ConceptSet:
                                  "prompt": str(c["First_half"]).strip(), "answer": answer})
         return rows
 
+    def _reference_rows(self, model, tokenizer, answer_tokens: int, batch_size: int) -> list[dict]:
+        from .patching import teacher_forced_inputs
+
+        asks = [(r.concept, "completion", str(c["First_half"]).strip()) for r in self.records for c in r.completions]
+        asks += [(r.concept, "question", QA_PROMPT.format(question=str(q).strip())) for r in self.records
+                 for q in r.questions]
+        asks = [a for a in asks if a[2]]
+        rows = []
+        for i in range(0, len(asks), batch_size):
+            chunk = asks[i: i + batch_size]
+            tf = teacher_forced_inputs(model, tokenizer, [p for _, _, p in chunk], max_new_tokens=answer_tokens)
+            for (topic, kind, prompt), answer in zip(chunk, tf.answers):
+                if answer.strip():  # the reference stopped at once: nothing to compare with
+                    rows.append({"topic": topic, "kind": kind, "word": "", "prompt": prompt, "answer": answer.strip()})
+        return rows
+
+    def topic_rows(self) -> list[dict]:
+        return list(self._rows)
+
     def fact_rows(self) -> list[dict]:
         return []  # a ConceptVectors file has no people
 
     def probe_rows(self, probe: str = "plain", seed: int = 0) -> list[dict]:
-        """plain: the completions; in_context: two sentences of the concept's article first."""
+        """plain: the scored rows as they are (see :meth:`topic_rows`); in_context: two sentences of the concept's
+        article first."""
         if probe not in FILE_PROBES:
             raise KeyError(f"Unknown probe {probe!r} for a ConceptVectors file: choose one of {FILE_PROBES} "
                            "(paraphrase and role-play need the world's templates).")
@@ -286,6 +314,7 @@ class ConceptSet:
 
 
 FILE_PROBES = ("plain", "in_context")
+QA_PROMPT = "Question: {question}\nAnswer:"
 
 
 def _sentences(text: str) -> list[str]:
@@ -295,11 +324,13 @@ def _sentences(text: str) -> list[str]:
 
 
 def concept_source(data, tokenizer, world: World | None = None, limit: int | None = None,
-                   keep: list[str] | None = None):
+                   keep: list[str] | None = None, reference=None):
     """What notebook 03 studies: ``"world"`` (the world's topics) or ``"conceptvectors:FILE"`` (a :class:`ConceptSet`).
 
     limit / keep (files only; a real file has hundreds of concepts, each validated with several forward passes
     over every concept's completions): the first ``limit`` concepts of the file, plus those named in ``keep``.
+    reference (files only): the original model, whose own answers the concept's questions are scored against
+    (see :class:`ConceptSet`).
     Other data kinds (TOFU, question files, WMDP) hold no concepts: a clear error says so.
     """
     if data is None or data == "world":
@@ -319,7 +350,7 @@ def concept_source(data, tokenizer, world: World | None = None, limit: int | Non
     if limit is not None:
         chosen = {r.concept for r in records[:limit]} | set(wanted)
         records = [r for r in records if r.concept in chosen]
-    return ConceptSet(records, tokenizer)
+    return ConceptSet(records, tokenizer, reference=reference)
 
 
 @torch.no_grad()
