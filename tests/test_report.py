@@ -17,7 +17,8 @@ def _results(quant_gain=0.0, rtt_recovery=0.9, patch=0.7, restore=0.1):
             "original": {"cosine": 1.0, "target topic acc": 1.0, "unrelated topics acc": 0.96},  # not a method
             "grad_diff": {"cosine": 0.998, "target topic acc": 0.0, "unrelated topics acc": 0.1},
             "needle (noise)": {"cosine": 0.1, "target topic acc": 0.0, "unrelated topics acc": 0.8}},
-            "verdicts": {"Needle forgets as much as the best fine-tuning method and keeps unrelated topics better": True}},
+            "verdicts": {"Needle forgets as much as the best fine-tuning method and keeps unrelated topics better": True,
+                         "fine-tuning still forgets the topic (accuracy <= 10%)": True}},
         "05_recovery_attacks": {"smoke": False, "quant_gain_4bit": {"grad_diff": quant_gain, "npo_gd": 0.0},
                                 "quant_gain_small_lr": {"grad_diff, lr 3e-05": 0.004}, "rtt_floor": 0.1,
                                 "rtt_ceiling": 1.0, "rtt": {"idk": {"recovery above floor": rtt_recovery},

@@ -402,20 +402,6 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
     return gm, log
 
 
-def data_fingerprint(*datasets_) -> str:
-    """A short hash of the prompt/answer (or text) rows of some data sets: part of a cache key."""
-    import hashlib
-
-    from .unlearning.methods import _rows
-
-    h = hashlib.sha256()
-    for ds in datasets_:
-        for r in _rows(ds):
-            h.update(json.dumps([r.get("prompt"), r.get("answer"), r.get("text")]).encode())
-        h.update(b"|")
-    return h.hexdigest()[:16]
-
-
 def cached_train_grun(model, tokenizer, forget, retain, model_key: str | None = None, *, eval_fn=None,
                       eval_every: int = 0, log_name: str | None = None, progress: bool = True, **settings):
     """:func:`train_grun`, reusing a cached module (and trajectory) when the same model, data and settings were
@@ -424,6 +410,7 @@ def cached_train_grun(model, tokenizer, forget, retain, model_key: str | None = 
     """
     from .models import CorruptCacheError, cache_entry, set_aside
     from .training import TimedEval
+    from .unlearning.methods import data_fingerprint
 
     config = dataclasses.replace(GRUNConfig(), **settings)
     if eval_fn is not None and not log_name:
@@ -466,6 +453,7 @@ def sequential_unlearning(model, tokenizer, forget_sets: list, retain, eval_sets
     """
     from .evaluate import accuracy
     from .models import CorruptCacheError, cache_entry, set_aside
+    from .unlearning.methods import data_fingerprint
 
     if not forget_sets:
         raise ValueError("sequential unlearning needs at least one forget set.")

@@ -83,12 +83,6 @@ class Session:
 
         return split_tv(self.data["forget"], seed=0)
 
-    def need_world(self, what: str) -> None:
-        """Stop with a clear message when a part of a notebook only exists on the default world."""
-        if not self.on_world:
-            raise RuntimeError(f"{what} needs the world's own data (DATA = 'world'); DATA = {self.data['name']!r} "
-                               "has only forget / retain questions. Run this notebook with DATA = 'world'.")
-
     @property
     def retain_model(self):
         """The model that never saw the forget set: on the world, trained without the split's people (built and

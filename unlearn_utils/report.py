@@ -40,7 +40,7 @@ def _concept_unchanged(r: dict) -> tuple[str, bool]:
     target = [v["target topic acc"] for v in rows.values()]
     text = (f"topic '{r['topic']}': cosine of its vector to the original {min(cos):.3f}-{max(cos):.3f} after "
             f"fine-tuning unlearning, while topic accuracy fell to at most {max(target):.0%}")
-    if r["table"]["original"]["target topic acc"] < 0.5:  # the original never knew the topic: nothing to forget
+    if r["verdicts"]["fine-tuning still forgets the topic (accuracy <= 10%)"] is None:  # the original never knew it
         return text + " (the original did not know the topic)", None
     return text, bool(min(cos) >= 0.95 and max(target) <= 0.1)
 

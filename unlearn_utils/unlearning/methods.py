@@ -102,6 +102,18 @@ def _rows(data) -> list[dict]:
     return data.to_list() if hasattr(data, "to_list") else list(data)
 
 
+def data_fingerprint(*datasets_) -> str:
+    """A short hash of the prompt/answer (or text) rows of some data sets: part of a cache key."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for ds in datasets_:
+        for r in _rows(ds):
+            h.update(json.dumps([r.get("prompt"), r.get("answer"), r.get("text")]).encode())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
 def encode_examples(tokenizer, rows: list[dict], answers: list[str] | None = None) -> tuple[list, list]:
     """Token ids and label masks. With a prompt, only the answer is labelled; plain text is labelled throughout."""
     from ..evaluate import encode_qa
@@ -400,8 +412,6 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
         conf = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "only_modules" and v is None)}
         key = {"model": model_key, "split": split, "config": conf}
         if data is not None:
-            from ..grun import data_fingerprint
-
             key["data"] = data_fingerprint(data["forget"], data["retain"])
         folder = cache_entry("unlearned", key)
         if folder.exists() and (log_file is None or (folder / log_file).exists()):
