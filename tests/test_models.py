@@ -102,3 +102,30 @@ def test_load_model_from_folder_and_errors(tmp_path, tiny):
 def test_build_tokenizer_is_deterministic(tiny):
     world, _, tok = tiny
     assert build_tokenizer(world).get_vocab() == tok.get_vocab()
+
+
+def test_cache_lock_lets_one_builder_in_at_a_time(tmp_path):
+    """Two builders of one entry: the second waits for the first, then finds the entry built."""
+    import threading
+    import time
+
+    from unlearn_utils.models import cache_lock
+
+    folder, built, inside = tmp_path / "kind" / "entry", [], []
+
+    def build(who):
+        with cache_lock(folder):
+            inside.append(who)
+            assert len(inside) == 1, "two builders held the lock at once"
+            if not folder.exists():
+                time.sleep(0.2)
+                folder.mkdir()
+                built.append(who)
+            inside.remove(who)
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and folder.exists()

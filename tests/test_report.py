@@ -59,7 +59,7 @@ def test_write_summary(tmp_path):
         (tmp_path / "results" / f"{nb}.json").write_text(json.dumps(r))
     (tmp_path / "timings.json").write_text(json.dumps({"00_world_and_model": 60.0, "04_grun": 300.0}))
     md = report.write_summary(tmp_path).read_text()
-    assert "| paper | claim | what this run measured | holds? |" in md and "**360**" in md
+    assert "| paper | claim | what this run measured | holds? |" in md and "**360**" in md  # the sum of the notebooks' times
     html = (tmp_path / "summary.html").read_text()
     assert "<table>" in html and "Deeb &amp; Roger" in html
 

@@ -408,7 +408,7 @@ def cached_train_grun(model, tokenizer, forget, retain, model_key: str | None = 
     trained before. Without ``model_key`` nothing is cached. Returns ``(GatedModel, log)``; ``log.attrs`` holds
     ``seconds`` (training time without evaluation, measured when it was trained) and ``trainable_parameters``.
     """
-    from .models import CorruptCacheError, cache_entry, set_aside
+    from .models import CorruptCacheError, cache_entry, cache_lock, set_aside
     from .training import TimedEval
     from .unlearning.methods import data_fingerprint
 
@@ -420,25 +420,27 @@ def cached_train_grun(model, tokenizer, forget, retain, model_key: str | None = 
     if model_key is not None:
         folder = cache_entry("grun", {"model": model_key, "config": dataclasses.asdict(config),
                                       "data": data_fingerprint(forget, retain)})
-        found = folder / log_file if eval_fn is not None else next(iter(sorted(folder.glob("log*.csv"))), None)
-        if found is not None and found.exists():  # without eval_fn any cached run of this module will do
-            try:
-                gm = load_grun(folder, base=model)
-                log = pd.read_csv(found)
-                log.attrs.update(json.loads((folder / "train.json").read_text()))
-                return gm, log
-            except (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError) as e:
-                set_aside(folder, e)
-    timer = TimedEval(eval_fn) if eval_fn is not None else None
-    t0 = time.perf_counter()
-    gm, log = train_grun(model, tokenizer, forget, retain, config, eval_fn=timer, eval_every=eval_every,
-                         progress=progress)
-    log.attrs["seconds"] = time.perf_counter() - t0 - (timer.seconds if timer else 0.0)
-    if folder is not None:
-        files = {p.name: p.read_bytes() for p in folder.glob("log*.csv")} if folder.exists() else {}
-        files[log_file] = log.to_csv(index=False).encode()
-        files["train.json"] = json.dumps(dict(log.attrs)).encode()
-        save_grun(gm, folder, files)
+    with cache_lock(folder) if folder is not None else contextlib.nullcontext():  # one process trains, others wait
+        if folder is not None:
+            found = folder / log_file if eval_fn is not None else next(iter(sorted(folder.glob("log*.csv"))), None)
+            if found is not None and found.exists():  # without eval_fn any cached run of this module will do
+                try:
+                    gm = load_grun(folder, base=model)
+                    log = pd.read_csv(found)
+                    log.attrs.update(json.loads((folder / "train.json").read_text()))
+                    return gm, log
+                except (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError) as e:
+                    set_aside(folder, e)
+        timer = TimedEval(eval_fn) if eval_fn is not None else None
+        t0 = time.perf_counter()
+        gm, log = train_grun(model, tokenizer, forget, retain, config, eval_fn=timer, eval_every=eval_every,
+                             progress=progress)
+        log.attrs["seconds"] = time.perf_counter() - t0 - (timer.seconds if timer else 0.0)
+        if folder is not None:
+            files = {p.name: p.read_bytes() for p in folder.glob("log*.csv")} if folder.exists() else {}
+            files[log_file] = log.to_csv(index=False).encode()
+            files["train.json"] = json.dumps(dict(log.attrs)).encode()
+            save_grun(gm, folder, files)
     return gm, log
 
 
@@ -452,7 +454,7 @@ def sequential_unlearning(model, tokenizer, forget_sets: list, retain, eval_sets
     :func:`cached_train_grun`'s and reused when the same model, data and settings come again.
     """
     from .evaluate import accuracy
-    from .models import CorruptCacheError, cache_entry, set_aside
+    from .models import CorruptCacheError, cache_entry, cache_lock, set_aside
     from .unlearning.methods import data_fingerprint
 
     if not forget_sets:
@@ -465,26 +467,27 @@ def sequential_unlearning(model, tokenizer, forget_sets: list, retain, eval_sets
                "seed": settings.get("seed"), "data": data_fingerprint(*forget_sets, retain),
                "eval_sets": names, "eval_data": data_fingerprint(*[(eval_sets or {})[n] for n in names])}
         folder = cache_entry("grun", key)
-        if (folder / "table.csv").exists():
+    with cache_lock(folder) if folder is not None else contextlib.nullcontext():  # one process trains, others wait
+        if folder is not None and (folder / "table.csv").exists():
             try:
                 gm = load_grun(folder, base=model)
                 return gm, pd.read_csv(folder / "table.csv", float_precision="round_trip").set_index("stage")
             except (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError) as e:
                 set_aside(folder, e)
-    modules, rows, gm = [], [], None
-    for k, forget in enumerate(forget_sets, 1):
-        gm, log = train_grun(model, tokenizer, forget, retain, modules=modules, progress=progress,
-                             **{"seed": k, **settings})
-        modules = list(gm.grun)
-        row = {"stage": k, "seconds": round(log.attrs["seconds"], 2)}
-        for j, fs in enumerate(forget_sets, 1):
-            row[f"forget set {j}"] = accuracy(gm, tokenizer, fs)
-        for name, data in (eval_sets or {}).items():
-            row[name] = accuracy(gm, tokenizer, data)
-        rows.append(row)
-    table = pd.DataFrame(rows).set_index("stage")
-    if folder is not None:
-        save_grun(gm, folder, {"table.csv": table.to_csv().encode()})
+        modules, rows, gm = [], [], None
+        for k, forget in enumerate(forget_sets, 1):
+            gm, log = train_grun(model, tokenizer, forget, retain, modules=modules, progress=progress,
+                                 **{"seed": k, **settings})
+            modules = list(gm.grun)
+            row = {"stage": k, "seconds": round(log.attrs["seconds"], 2)}
+            for j, fs in enumerate(forget_sets, 1):
+                row[f"forget set {j}"] = accuracy(gm, tokenizer, fs)
+            for name, data in (eval_sets or {}).items():
+                row[name] = accuracy(gm, tokenizer, data)
+            rows.append(row)
+        table = pd.DataFrame(rows).set_index("stage")
+        if folder is not None:
+            save_grun(gm, folder, {"table.csv": table.to_csv().encode()})
     return gm, table
 
 

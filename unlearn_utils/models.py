@@ -5,11 +5,13 @@
 * :func:`build_world_model` trains a small Llama on the synthetic world, or loads it from the cache.
 * The cache stores safetensors keyed by a hash of every setting that shapes the model; writes are atomic
   and every file is checked against its SHA-256 on load, so a truncated file is rebuilt, never used.
+  An entry is built under a lock (:func:`cache_lock`): two notebooks that need the same model train it once.
 * :func:`get_device` / :func:`get_dtype` are the one place that decides where models run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -181,6 +183,30 @@ def cache_entry(kind: str, key: dict) -> Path:
     return cache_dir() / kind / hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def cache_lock(folder: str | os.PathLike):
+    """Hold an exclusive lock on a cache entry while it is looked up, built and saved.
+
+    Two processes that need the same entry (two notebooks open at once, ``make reproduce`` running two notebooks
+    side by side) then build it once: the second waits here and finds it built. The lock is a hidden
+    ``.<name>.lock`` file beside the entry. Where ``fcntl`` is missing (Windows) nothing is locked; the atomic
+    writes still keep the cache sound, at worst the work is done twice.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(folder.parent / f".{folder.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def set_aside(folder: Path, error: Exception) -> None:
     """Move an unusable cache entry out of the way (kept for inspection, never used) and say so."""
     aside = folder.parent / f"{folder.name}.corrupt"
@@ -262,19 +288,20 @@ def build_world_model(config: WorldModelConfig | None = None, rebuild: bool = Fa
     """
     config = dataclasses.replace(config or WorldModelConfig(), **overrides)
     folder = cache_dir() / "world_models" / config.key()
-    if folder.exists() and not rebuild:
-        try:
-            return _load_checked(folder, device, dtype)
-        except (CorruptCacheError, OSError, ValueError, RuntimeError) as e:
-            aside = folder.parent / f"{folder.name}.corrupt-{time.time_ns()}"
-            os.replace(folder, aside)
-            warnings.warn(f"Cached world model {folder} is unusable ({e}); moved it to {aside} and rebuilding.")
-    start = time.time()
-    model, tok, log = train_world_model(config, progress=progress)
-    settings = {"kind": "world_model", "config": dataclasses.asdict(config), "cache_version": CACHE_VERSION,
-                "build_seconds": round(time.time() - start, 1), "final_loss": log[-1]["loss"],
-                "torch": torch.__version__}
-    save_checked(model, tok, folder, settings)
+    with cache_lock(folder):
+        if folder.exists() and not rebuild:
+            try:
+                return _load_checked(folder, device, dtype)
+            except (CorruptCacheError, OSError, ValueError, RuntimeError) as e:
+                aside = folder.parent / f"{folder.name}.corrupt-{time.time_ns()}"
+                os.replace(folder, aside)
+                warnings.warn(f"Cached world model {folder} is unusable ({e}); moved it to {aside} and rebuilding.")
+        start = time.time()
+        model, tok, log = train_world_model(config, progress=progress)
+        settings = {"kind": "world_model", "config": dataclasses.asdict(config), "cache_version": CACHE_VERSION,
+                    "build_seconds": round(time.time() - start, 1), "final_loss": log[-1]["loss"],
+                    "torch": torch.__version__}
+        save_checked(model, tok, folder, settings)
     model = model.to(get_device(device), dtype=get_dtype(dtype))
     return model, tok
 

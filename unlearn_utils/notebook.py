@@ -17,6 +17,10 @@ from .models import SMOKE_CONFIG, WorldModelConfig, build_world_model, get_devic
 from .training import set_seed
 from .world import World
 
+# How often notebook 01 evaluates its unlearning runs (its EVAL_EVERY; 5 in smoke mode): Session.unlearned records
+# the same trajectory, under the same name, so any notebook can train a model notebook 01 then loads.
+TRAJECTORY_EVERY, TRAJECTORY_EVERY_SMOKE = 20, 5
+
 
 @dataclass
 class Session:
@@ -36,6 +40,7 @@ class Session:
     retain_model_name: str | None = "world"
     _retain: object = None
     _eval: object = None
+    _trajectory: object = None
 
     @property
     def on_world(self) -> bool:
@@ -108,14 +113,30 @@ class Session:
     def unlearned(self, method: str, data: dict | None = None, **settings):
         """The original model unlearned on this session's forget split with ``method`` (cached on disk).
 
-        Notebook 01 trains them (with their trajectories, see ``cached_unlearn``); notebooks 02-06 reuse them, so
-        each is trained once per setting. data: other ``{"forget": ..., "retain": ...}`` sets to unlearn (e.g. a
-        topic's texts in notebook 03); default: the session's.
+        Each setting is trained once and then loaded, by any notebook. data: other ``{"forget": ..., "retain": ...}``
+        sets to unlearn (e.g. a topic's texts in notebook 03); default: the session's.
+
+        Asked for with the method's own settings (nothing but ``steps``, ``seed``, ``lora`` or ``progress``) on the
+        session's data, the model comes with notebook 01's trajectory (``unlearn_log``: forget / retain /
+        paraphrase / topic accuracy every 20 steps, every 5 in smoke mode). So whichever notebook asks first trains
+        the very model the others load, and notebooks can run side by side without training anything twice.
         """
         from .unlearning import cached_unlearn
 
+        if data is None and set(settings) <= {"steps", "seed", "lora", "progress"}:
+            every = TRAJECTORY_EVERY_SMOKE if self.smoke else TRAJECTORY_EVERY
+            settings.update(eval_fn=self.trajectory, eval_every=every, log_name=f"topics-every{every}")
         return cached_unlearn(self.model, self.tokenizer, self.world, self.split, method,
                               model_key=self.model_key, data=data if data is not None else self.data, **settings)
+
+    @property
+    def trajectory(self):
+        """Notebook 01's ``eval_fn``: accuracy on the forget, paraphrased forget, retain and topic questions."""
+        from . import evaluate as ev
+
+        if self._trajectory is None:
+            self._trajectory = ev.trajectory_metrics(self.tokenizer, self.eval_data, topics=True)
+        return self._trajectory
 
     def train_grun(self, forget, retain, **settings):
         """:func:`unlearn_utils.grun.train_grun` on this session's model, cached on disk like :meth:`unlearned`;

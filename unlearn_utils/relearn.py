@@ -93,20 +93,51 @@ def rtt(models: dict, tokenizer, t_facts, v_facts, epochs: int = 3, lr: float = 
     frames = []
     attack = json.dumps([_rows(t_facts), _rows(v_facts), epochs, lr, seed], sort_keys=True, default=str)
     for name, model in models.items():
-        # The same attack on the same weights gives the same curve (training is seeded): an audit of several
-        # unlearned models runs the original's and the retain model's attack once per session.
-        key = hashlib.sha256((weights_fingerprint(model) + attack).encode()).hexdigest()
-        if key not in _RTT_DONE:
-            _, log = relearn(model, tokenizer, t_facts, {"T": t_facts, "V": v_facts}, epochs, lr, seed=seed,
-                             progress=progress)
-            _RTT_DONE[key] = log
-            while len(_RTT_DONE) > 16:
-                _RTT_DONE.popitem(last=False)
-        frames.append(_RTT_DONE[key].assign(model=name))
+        # The same attack on the same weights gives the same curve (training is seeded): each curve is computed once
+        # and kept, in memory and on disk, so an audit and notebook 05 share the original's and the retain model's.
+        device = next(model.parameters()).device.type
+        key = hashlib.sha256((weights_fingerprint(model) + device + attack).encode()).hexdigest()
+        log = _attack_once(key, lambda m=model: relearn(m, tokenizer, t_facts, {"T": t_facts, "V": v_facts}, epochs,
+                                                        lr, seed=seed, progress=progress)[1])
+        frames.append(log.assign(model=name))
     return pd.concat(frames, ignore_index=True)
 
 
 _RTT_DONE: OrderedDict[str, pd.DataFrame] = OrderedDict()
+
+
+def _attack_once(key: str, run) -> pd.DataFrame:
+    """The RTT curve for ``key``: from memory, from the disk cache (``<cache>/rtt``, checksummed), or ``run()`` now
+    and saved atomically. A damaged cache file is reported and computed again."""
+    import os
+    import warnings
+
+    from .models import cache_dir, cache_lock
+
+    if key not in _RTT_DONE:
+        path = cache_dir() / "rtt" / f"{key[:32]}.json"
+        with cache_lock(path):
+            log = None
+            if path.exists():
+                try:
+                    blob = json.loads(path.read_text())
+                    rows = json.dumps(blob["rows"], sort_keys=True)
+                    if blob["key"] != key or hashlib.sha256(rows.encode()).hexdigest() != blob["sha256"]:
+                        raise ValueError("its key or checksum does not match")
+                    log = pd.DataFrame(blob["rows"])
+                except (ValueError, KeyError, TypeError) as e:
+                    warnings.warn(f"Cached RTT curve {path} is unusable ({e}); computing it again.")
+            if log is None:
+                log = run()
+                rows = log.to_dict(orient="records")
+                tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+                tmp.write_text(json.dumps({"key": key, "rows": rows, "sha256": hashlib.sha256(
+                    json.dumps(rows, sort_keys=True).encode()).hexdigest()}))
+                os.replace(tmp, path)
+        _RTT_DONE[key] = log
+        while len(_RTT_DONE) > 16:
+            _RTT_DONE.popitem(last=False)
+    return _RTT_DONE[key]
 
 
 def weights_fingerprint(model) -> str:

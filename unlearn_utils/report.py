@@ -153,7 +153,7 @@ def markdown_table(df, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(results: dict[str, dict], timings: dict[str, float]) -> str:
+def summary_markdown(results: dict[str, dict], timings: dict[str, float], run: dict | None = None) -> str:
     lines = ["# unlearn-kit: reproduction summary", "",
              "Each row: a seed paper's headline claim, what this run measured on the default world, and whether the "
              "claim holds by the rule in the last column (computed from the numbers, not written by hand).", "",
@@ -174,7 +174,12 @@ def summary_markdown(results: dict[str, dict], timings: dict[str, float]) -> str
     lines += ["", "## Wall time per notebook", "", "| notebook | seconds |", "|---|---|"]
     lines += [f"| {nb} | {secs:.0f} |" for nb, secs in timings.items()]
     if timings:
-        lines.append(f"| **total** | **{sum(timings.values()):.0f}** |")
+        lines.append(f"| **sum** | **{sum(timings.values()):.0f}** |")
+    if run and run.get("wall_seconds") is not None:
+        how = (f"{run['jobs']} notebooks at a time, {run.get('threads_per_notebook')} thread(s) each; a notebook's "
+               "time includes waiting for a model that another one was training" if run.get("jobs", 1) > 1
+               else "one notebook at a time")
+        lines += ["", f"The whole run took {run['wall_seconds']:.0f} s ({how})."]
     return "\n".join(lines) + "\n"
 
 
@@ -185,7 +190,9 @@ def write_summary(report_dir: str | os.PathLike) -> Path:
     report_dir = Path(report_dir)
     timings_file = report_dir / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-    text = summary_markdown(load_results(report_dir), timings)
+    run_file = report_dir / "run.json"
+    run = json.loads(run_file.read_text()) if run_file.exists() else None
+    text = summary_markdown(load_results(report_dir), timings, run)
     md = report_dir / "summary.md"
     md.write_text(text)
     body = mistune.create_markdown(plugins=["table"])(text)

@@ -130,6 +130,37 @@ def test_cached_unlearn_keeps_model_and_trajectory(tiny, tiny_config, monkeypatc
                                log_name="t2", **kw)
 
 
+def test_two_processes_asking_for_one_model_train_it_once(tiny, tiny_config, monkeypatch):
+    """Two notebooks side by side (here: two threads) that need the same unlearned model: one trains it, the other
+    waits on the cache lock and loads the same weights."""
+    import threading
+
+    from unlearn_utils.unlearning import methods
+
+    world, model, tok = tiny
+    trained, real_unlearn = [], methods.unlearn
+
+    def counting(*a, **k):
+        trained.append(1)
+        return real_unlearn(*a, **k)
+
+    monkeypatch.setattr(methods, "unlearn", counting)
+    out = {}
+
+    def ask(i):
+        out[i] = methods.cached_unlearn(model, tok, world, "forget05", "npo", model_key=tiny_config.key(),
+                                        progress=False, steps=4, lr=1e-3, seed=11)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(trained) == 1 and set(out) == {0, 1}
+    for (n, a), (_, b) in zip(out[0].named_parameters(), out[1].named_parameters()):
+        assert torch.equal(a, b), n
+
+
 def test_cached_trajectory_that_was_modified_is_not_used(tiny, tiny_config):
     from unlearn_utils.evaluate import eval_data, trajectory_metrics
     from unlearn_utils.models import cache_dir

@@ -16,6 +16,7 @@ Methods (losses in :mod:`unlearn_utils.unlearning.losses`):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -394,7 +395,7 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
     """
     import time
 
-    from ..models import CorruptCacheError, _load_checked, cache_entry, set_aside
+    from ..models import CorruptCacheError, _load_checked, cache_entry, cache_lock, set_aside
     from ..training import TimedEval
 
     cfg = UnlearnConfig.for_method(method, **settings)
@@ -414,7 +415,8 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
         if data is not None:
             key["data"] = data_fingerprint(data["forget"], data["retain"])
         folder = cache_entry("unlearned", key)
-        if folder.exists() and (log_file is None or (folder / log_file).exists()):
+    with cache_lock(folder) if folder is not None else contextlib.nullcontext():  # one process trains, others wait
+        if folder is not None and folder.exists() and (log_file is None or (folder / log_file).exists()):
             try:
                 out, _ = _load_checked(folder, device=next(model.parameters()).device)
                 meta = json.loads((folder / "settings.json").read_text())
@@ -422,23 +424,23 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
                               meta.get("train_seconds", float("nan")), meta.get("eval_seconds", float("nan")))
             except (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError) as e:
                 set_aside(folder, e)
-    if data is not None:
-        forget, retain = data["forget"], data["retain"]
-    else:
-        forget, retain = world.facts(split, "trained"), world.facts("retain", "trained", split)
-    timer = TimedEval(eval_fn) if eval_fn is not None else None
-    start = time.time()
-    out, log = unlearn(model, tokenizer, forget, retain, method, progress=progress, eval_fn=timer,
-                       eval_every=eval_every, **settings)
-    seconds, eval_seconds = time.time() - start, (timer.seconds if timer else 0.0)
-    if folder is not None:
-        # keep the trajectories cached earlier for the same model, add this one
-        logs = {p.name: p.read_bytes() for p in folder.glob("log-*.csv")} if folder.exists() else {}
-        if log_file:
-            logs[log_file] = log.to_csv(index=False).encode()
-        save_unlearned(out, tokenizer, folder, {"model_key": model_key, "split": split, "train_seconds": seconds,
-                                                "eval_seconds": eval_seconds,
-                                                "final_loss": float(log["loss"].iloc[-1])}, files=logs)
+        if data is not None:
+            forget, retain = data["forget"], data["retain"]
+        else:
+            forget, retain = world.facts(split, "trained"), world.facts("retain", "trained", split)
+        timer = TimedEval(eval_fn) if eval_fn is not None else None
+        start = time.time()
+        out, log = unlearn(model, tokenizer, forget, retain, method, progress=progress, eval_fn=timer,
+                           eval_every=eval_every, **settings)
+        seconds, eval_seconds = time.time() - start, (timer.seconds if timer else 0.0)
+        if folder is not None:
+            # keep the trajectories cached earlier for the same model, add this one
+            logs = {p.name: p.read_bytes() for p in folder.glob("log-*.csv")} if folder.exists() else {}
+            if log_file:
+                logs[log_file] = log.to_csv(index=False).encode()
+            save_unlearned(out, tokenizer, folder, {"model_key": model_key, "split": split, "train_seconds": seconds,
+                                                    "eval_seconds": eval_seconds,
+                                                    "final_loss": float(log["loss"].iloc[-1])}, files=logs)
     if hasattr(out, "merge_and_unload"):
         out = out.merge_and_unload()
     return finish(out, log if log_file else None, seconds, eval_seconds)

@@ -1,0 +1,91 @@
+"""make reproduce: notebooks run side by side in the order their shared models allow, and give the same report."""
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from unlearn_utils.reproduce import AFTER, main as reproduce_main, notebooks, run_in_order
+
+NAMES = [p.name for p in notebooks()]
+
+
+def _schedule(names, jobs, durations, after=AFTER):
+    """Run fake notebooks (sleeping ``durations[name]`` s) through run_in_order; returns their (start, end) times."""
+    spans, lock, running, peak = {}, threading.Lock(), [0], [0]
+
+    def fake(name):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        start = time.perf_counter()
+        time.sleep(durations.get(name[:2], 0.01))
+        with lock:
+            running[0] -= 1
+        return start, time.perf_counter()
+
+    with ThreadPoolExecutor(jobs) as pool:
+        for name, future in run_in_order(names, lambda n: pool.submit(fake, n), jobs, after):
+            spans[name] = future.result()
+    return spans, peak[0]
+
+
+def test_notebooks_start_after_the_ones_they_need_and_others_go_first():
+    after = {"02": ("01",), "06": ("01", "04"), **AFTER}
+    spans, peak = _schedule(NAMES, 2, {"01": 0.3, "04": 0.15}, after)
+    assert set(spans) == set(NAMES) and peak == 2
+    by = {n[:2]: s for n, s in spans.items()}
+    for nb, needs in after.items():
+        for d in needs:
+            assert by[nb][0] >= by[d][1], f"{nb} started before {d} finished"
+    assert by["03"][0] < by["01"][1], "a notebook whose prerequisite runs lets the next ready one go first"
+
+
+def test_notebook_01s_models_are_the_same_whoever_trains_them(tiny_config, monkeypatch):
+    """Session.unlearned records notebook 01's trajectory, under notebook 01's name, so that a notebook that runs
+    beside notebook 01 can train one of its models and notebook 01 then loads it instead of training it again."""
+    import re
+
+    from unlearn_utils import notebook
+    from unlearn_utils.evaluate import trajectory_metrics
+    from unlearn_utils.unlearning import methods
+
+    source = "".join("".join(c["source"]) for c in json.loads(notebooks()[1].read_text())["cells"])
+    assert int(re.search(r"EVAL_EVERY = (\d+)", source).group(1)) == notebook.TRAJECTORY_EVERY
+    assert int(re.search(r"every = (\d+) if SMOKE", source).group(1)) == notebook.TRAJECTORY_EVERY_SMOKE
+    assert 'log_name=f"topics-every{every}"' in source and "trajectory_metrics(tok, data, topics=True)" in source
+
+    S = notebook.start(True, **{f.name: getattr(tiny_config, f.name) for f in tiny_config.__dataclass_fields__.values()})
+    first = S.unlearned("npo", steps=6, seed=0)       # e.g. notebook 05, before notebook 01 got there
+    assert first.unlearn_log.dropna(subset=["forget_accuracy"]).step.tolist() == [0, 5, 6]
+    assert S.unlearned("npo", lr=1e-4, steps=6).unlearn_log is None  # other settings: no trajectory
+
+    def no_training(*a, **k):
+        raise AssertionError("notebook 01 must load the model another notebook trained")
+
+    monkeypatch.setattr(methods, "unlearn", no_training)
+    every = notebook.TRAJECTORY_EVERY_SMOKE            # notebook 01's own call, in smoke mode
+    again = S.unlearned("npo", steps=6, seed=0, eval_fn=trajectory_metrics(S.tokenizer, S.eval_data, topics=True),
+                        eval_every=every, log_name=f"topics-every{every}", progress=False)
+    assert again.unlearn_log.equals(first.unlearn_log)
+
+
+def test_one_job_runs_in_teaching_order_and_cycles_are_refused():
+    spans, peak = _schedule(NAMES, 1, {})
+    assert peak == 1 and sorted(spans, key=lambda n: spans[n][0]) == NAMES
+    with pytest.raises(RuntimeError, match="cycle"):
+        _schedule(["00_a", "01_b"], 2, {}, after={"00": ("01",), "01": ("00",)})
+
+
+@pytest.mark.notebook
+def test_two_notebooks_side_by_side_write_their_reports(tmp_path, cache):
+    out = tmp_path / "reports"
+    assert reproduce_main(["--smoke", "--only", "00", "02", "--jobs", "2", "--out", str(out)]) == 0
+    timings = json.loads((out / "timings.json").read_text())
+    assert list(timings) == [n[:-6] for n in NAMES if n[:2] in ("00", "02")]
+    run = json.loads((out / "run.json").read_text())
+    assert run["jobs"] == 2 and run["wall_seconds"] > 0
+    assert all(json.loads((out / "results" / f"{nb}.json").read_text())["smoke"] for nb in timings)
+    assert "The whole run took" in (out / "summary.md").read_text()
