@@ -123,3 +123,21 @@ def test_first_checkpoint_below():
     assert first_checkpoint_below(log, -1)["step"] == 60  # never reached: the last checkpoint
     with pytest.raises(ValueError, match="no evaluated checkpoints"):
         first_checkpoint_below(log.assign(forget_accuracy=None), 0.05)
+
+
+def test_trajectory_scores_the_same_weights_once(tiny, monkeypatch):
+    """Every unlearning run starts from the same original: its step-0 scores are computed once per trajectory."""
+    import copy
+
+    world, model, tok = tiny
+    traj = ev.trajectory_metrics(tok, ev.eval_data(world, "forget05"))
+    calls, real = [], ev.score_pairs
+    monkeypatch.setattr(ev, "score_pairs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = traj(model)
+    n = len(calls)
+    assert n > 0 and traj(copy.deepcopy(model)) == first and len(calls) == n  # same weights: not scored again
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).mul_(0.5)
+    traj(other)
+    assert len(calls) == 2 * n

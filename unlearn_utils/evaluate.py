@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .models import weights_fingerprint
 from .training import pad_batch
 from .world import World
 
@@ -419,13 +420,21 @@ def trajectory_metrics(tokenizer, data: EvalData, topics: bool = False):
     sets = {"forget_accuracy": data.forget, "forget_paraphrase_accuracy": data.forget_para,
             "retain_accuracy": data.retain, "topic_accuracy": data.topics if topics else None}
     encoded: dict = {}  # each set is tokenized once, on the first call, and scored at every checkpoint
+    seen: dict = {}     # small models: weights fingerprint -> scores (every run's step 0 is the same original)
 
     def eval_fn(model) -> dict:
         if not encoded:
             encoded.update({name: encode_qa(tokenizer, list(d["prompt"]), list(d["answer"]))
                             for name, d in sets.items() if d is not None})
-        return {name: float(score_pairs(model, tokenizer, pairs, logprobs=False)["correct"].mean())
-                for name, pairs in encoded.items()}
+        small = sum(p.numel() for p in model.parameters()) <= 50_000_000  # hashing a large model costs more
+        key = weights_fingerprint(model) if small else None
+        if key not in seen:
+            scores = {name: float(score_pairs(model, tokenizer, pairs, logprobs=False)["correct"].mean())
+                      for name, pairs in encoded.items()}
+            if key is None:
+                return scores
+            seen[key] = scores
+        return dict(seen[key])
 
     return eval_fn
 

@@ -207,6 +207,16 @@ def cache_lock(folder: str | os.PathLike):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def weights_fingerprint(model) -> str:
+    """SHA-256 of every tensor in the model's state dict (names, shapes, dtypes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def set_aside(folder: Path, error: Exception) -> None:
     """Move an unusable cache entry out of the way (kept for inspection, never used) and say so."""
     aside = folder.parent / f"{folder.name}.corrupt"

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from .evaluate import accuracy
+from .models import weights_fingerprint
 from .training import epoch_batches, set_seed, train_loop
 from .unlearning.methods import _rows, encode_examples
 
@@ -138,13 +139,3 @@ def _attack_once(key: str, run) -> pd.DataFrame:
         while len(_RTT_DONE) > 16:
             _RTT_DONE.popitem(last=False)
     return _RTT_DONE[key]
-
-
-def weights_fingerprint(model) -> str:
-    """SHA-256 of every tensor in the model's state dict (names, shapes, dtypes and bytes)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
