@@ -74,25 +74,25 @@ def test_rtt_runs_the_same_attack_on_the_same_weights_once(tiny, monkeypatch):
 
 
 def test_rtt_curves_are_kept_on_disk_for_other_processes(tiny, monkeypatch, tmp_path):
-    """Another process (cleared memory) loads the saved curve; a damaged file is said so and computed again."""
+    """Another process (cleared memory) loads the saved curve; a damaged or half-written entry is said so and
+    computed again."""
     monkeypatch.setenv("UNLEARN_KIT_CACHE", str(tmp_path))
     world, model, tok = tiny
     T, V = world.tv_split("forget10")
     first = RL.rtt({"a": model}, tok, T, V, epochs=1, lr=2e-3, progress=False)
-    (saved,) = (tmp_path / "rtt").glob("*.json")
+    (saved,) = (tmp_path / "rtt").glob("*/log.csv")
     RL._RTT_DONE.clear()
     calls, real = [], RL.relearn
     monkeypatch.setattr(RL, "relearn", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = RL.rtt({"a": model}, tok, T, V, epochs=1, lr=2e-3, progress=False)
     assert calls == [] and again.equals(first)
-    saved.write_text(saved.read_text().replace('"V": ', '"V": 0.5 + ', 1))  # no longer JSON
-    RL._RTT_DONE.clear()
-    with pytest.warns(UserWarning, match="unusable"):
-        third = RL.rtt({"a": model}, tok, T, V, epochs=1, lr=2e-3, progress=False)
-    assert calls == [1] and third.equals(first)
-    blob = saved.read_text().replace('"T": 0.', '"T": 1.', 1)  # valid JSON, wrong numbers: the checksum says so
-    saved.write_text(blob)
+    saved.write_text(saved.read_text().replace(",0.", ",1.", 1))  # other numbers: the checksum says so
     RL._RTT_DONE.clear()
     with pytest.warns(UserWarning, match="checksum"):
+        third = RL.rtt({"a": model}, tok, T, V, epochs=1, lr=2e-3, progress=False)
+    assert calls == [1] and third.equals(first)
+    (saved.parent / "manifest.json").unlink()  # a write that never finished
+    RL._RTT_DONE.clear()
+    with pytest.warns(UserWarning, match="unusable"):
         RL.rtt({"a": model}, tok, T, V, epochs=1, lr=2e-3, progress=False)
     assert calls == [1, 1]

@@ -301,12 +301,12 @@ class ConceptSet:
             raise KeyError(f"Unknown probe {probe!r} for a ConceptVectors file: choose one of {FILE_PROBES} "
                            "(paraphrase and role-play need the world's templates).")
         rng = np.random.default_rng(seed)
+        article = {t["name"]: t["sentences"] for t in self.topics}
         rows = []
         for r in self.topic_rows():
             prompt = r["prompt"]
             if probe == "in_context":  # sentences that contain the answer would give it away: left out
-                sents = [x for x in next(t["sentences"] for t in self.topics if t["name"] == r["topic"])
-                         if r["answer"].lower() not in x.lower()]
+                sents = [x for x in article[r["topic"]] if r["answer"].lower() not in x.lower()]
                 picks = rng.choice(len(sents), size=min(2, len(sents)), replace=False) if sents else []
                 prompt = " ".join(sents[i] for i in picks) + " " + prompt
             rows.append({**r, "prompt": prompt.strip(), "probe": probe})

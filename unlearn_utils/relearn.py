@@ -108,33 +108,26 @@ _RTT_DONE: OrderedDict[str, pd.DataFrame] = OrderedDict()
 
 
 def _attack_once(key: str, run) -> pd.DataFrame:
-    """The RTT curve for ``key``: from memory, from the disk cache (``<cache>/rtt``, checksummed), or ``run()`` now
-    and saved atomically. A damaged cache file is reported and computed again."""
-    import os
-    import warnings
-
-    from .models import cache_dir, cache_lock
+    """The RTT curve for ``key``: from memory, from the model cache (``<cache>/rtt``, written and checked like every
+    cache entry), or ``run()`` now and saved. A damaged entry is reported, set aside and computed again."""
+    from .models import CorruptCacheError, cache_entry, cache_lock, publish_folder, set_aside, staging_folder, \
+        verify_folder
 
     if key not in _RTT_DONE:
-        path = cache_dir() / "rtt" / f"{key[:32]}.json"
-        with cache_lock(path):
+        folder = cache_entry("rtt", {"attack": key})
+        with cache_lock(folder):
             log = None
-            if path.exists():
+            if folder.exists():
                 try:
-                    blob = json.loads(path.read_text())
-                    rows = json.dumps(blob["rows"], sort_keys=True)
-                    if blob["key"] != key or hashlib.sha256(rows.encode()).hexdigest() != blob["sha256"]:
-                        raise ValueError("its key or checksum does not match")
-                    log = pd.DataFrame(blob["rows"])
-                except (ValueError, KeyError, TypeError) as e:
-                    warnings.warn(f"Cached RTT curve {path} is unusable ({e}); computing it again.")
+                    verify_folder(folder)
+                    log = pd.read_csv(folder / "log.csv", float_precision="round_trip")
+                except (CorruptCacheError, OSError, ValueError) as e:
+                    set_aside(folder, e)
             if log is None:
                 log = run()
-                rows = log.to_dict(orient="records")
-                tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-                tmp.write_text(json.dumps({"key": key, "rows": rows, "sha256": hashlib.sha256(
-                    json.dumps(rows, sort_keys=True).encode()).hexdigest()}))
-                os.replace(tmp, path)
+                tmp = staging_folder(folder)
+                log.to_csv(tmp / "log.csv", index=False)
+                publish_folder(tmp, folder)
         _RTT_DONE[key] = log
         while len(_RTT_DONE) > 16:
             _RTT_DONE.popitem(last=False)
