@@ -158,8 +158,11 @@ class Session:
         self.results.update(numbers)
 
     def finish(self) -> dict:
+        """Write the recorded numbers (and, on a GPU, the notebook's peak GPU memory held by tensors)."""
         from .reproduce import write_results
 
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            self.results["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         write_results(self.notebook, {"smoke": self.smoke, **self.results}, self.report_dir)
         return self.results
 

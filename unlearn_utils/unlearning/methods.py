@@ -329,7 +329,7 @@ class _RMU:
             h = self.ref_hidden(model, _to(batch, device))
         mask = batch["attention_mask"].bool().to(device)
         scale = h[mask].norm(dim=-1).mean()
-        self.control = (cfg.steering_coeff * scale * u).to(device)
+        self.control = cfg.steering_coeff * scale * u.to(scale.device)  # u is drawn on the CPU (same on any device)
 
     def hidden(self, model, batch):
         out = _forward(model, batch, output_hidden_states=True)
