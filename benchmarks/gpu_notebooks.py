@@ -165,6 +165,7 @@ def bitsandbytes_check(model_dir: Path, questions: Path, device: str, dtype: str
         try:
             m = load()
             loaded = time.time() - start
+            ev.accuracy(m, tok, forget.select(range(min(8, len(forget)))))  # warm-up: first CUDA calls are slow
             start = time.time()
             acc = ev.accuracy(m, tok, forget)
             rows.append({"weights": name, "footprint_gib": round(m.get_memory_footprint() / 2**30, 2),
