@@ -176,7 +176,8 @@ def bitsandbytes_check(model_dir: Path, questions: Path, device: str, dtype: str
         print(json.dumps(rows[-1]), flush=True)
         if name.startswith("bnb"):
             del m
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     return rows
 
 

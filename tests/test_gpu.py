@@ -57,7 +57,7 @@ def test_grun_trains_and_answers_on_cuda(on_gpu, facts):
     world, model, tok = on_gpu
     forget, retain = facts
     gated, log = train_grun(model, tok, forget, retain, steps=5, progress=False)
-    assert all(p.device.type == "cuda" for p in gated.parameters())
+    assert _on_cuda(gated)
     assert 0.0 <= accuracy(gated, tok, forget) <= 1.0
 
 
