@@ -63,3 +63,33 @@ def knowing_config(cache):
 def knowing(knowing_config):
     """(world, model, tokenizer) of a small world model that answers its forget10 facts."""
     return _built(knowing_config)
+
+
+@pytest.fixture
+def reference_reuse(monkeypatch):
+    """``run(train)`` calls ``train()`` twice: once as the kit runs (reference values kept, ``ReferenceNLL``) and
+    once recomputing them at every call. Returns (kept result, recomputed result, {False: kept, True: recomputed}
+    number of reference forwards), for tests that reuse changes no number."""
+    from unlearn_utils.unlearning import methods as M
+
+    kept_class = M.ReferenceNLL
+
+    def run(train):
+        results, forwards = {}, {}
+        for recompute in (False, True):
+            forwards[recompute] = 0
+
+            class Counted(kept_class):
+                def __call__(self, batch, idx, kind="forget", recompute=recompute):
+                    if recompute:
+                        self.values.clear()
+                    known = len(self.values)
+                    out = super().__call__(batch, idx, kind)
+                    forwards[recompute] += len(self.values) > known  # new values: the reference ran
+                    return out
+
+            monkeypatch.setattr(M, "ReferenceNLL", Counted)
+            results[recompute] = train()
+        return results[False], results[True], forwards
+
+    return run

@@ -64,7 +64,9 @@ class WordTok:
     bos_token_id, pad_token_id = 0, 0
     vocab = {"<s>": 0, "a": 1, "b": 2, "c": 3}
 
-    def __call__(self, text, add_special_tokens=False):
+    def __call__(self, text, add_special_tokens=False):  # a string, or a list of them (as Hugging Face's)
+        if isinstance(text, list):
+            return {"input_ids": [self(t)["input_ids"] for t in text]}
         return {"input_ids": [self.vocab[w] for w in text.split()]}
 
 

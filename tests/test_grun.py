@@ -278,3 +278,15 @@ def test_sequential_unlearning_is_cached_per_model_data_and_settings(tiny, tiny_
         grun.sequential_unlearning(model, tok, sets, retain, **{**kw, "steps": 5})
     with pytest.raises(AssertionError, match="trained again"):  # other forget sets: trained anew
         grun.sequential_unlearning(model, tok, sets[::-1], retain, **kw)
+
+
+def test_npo_reusing_reference_values_changes_no_number(tiny, reference_reuse):
+    """GRUN with NPO keeps each forget example's reference NLL; recomputing it at every step gives the same module."""
+    world, model, tok = tiny
+    forget = world.facts("forget10", "trained").select(range(12))
+    retain = world.facts("retain", "trained", "forget10").select(range(80))
+    kept, fresh, forwards = reference_reuse(lambda: train_grun(model, tok, forget, retain, forget_loss="npo", steps=15,
+                                                               batch_size=8, progress=False)[0])
+    assert forwards[False] < forwards[True] == 15, "reference values were reused"
+    for (name, a), b in zip(kept.grun.state_dict().items(), fresh.grun.state_dict().values()):
+        assert torch.equal(a, b), name

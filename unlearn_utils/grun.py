@@ -312,7 +312,7 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
     modules: earlier GRUN modules (sequential unlearning) that stay applied and frozen while this one trains.
     eval_fn(gated_model) -> dict, run at step 0 and every ``eval_every`` steps (the log then holds a trajectory).
     """
-    from .unlearning.methods import _rows
+    from .unlearning.methods import ReferenceNLL, _rows
 
     config = dataclasses.replace(config or GRUNConfig(), **settings)
     check_splits(forget=forget, retain=retain)
@@ -342,10 +342,18 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
     def sample(seqs, masks):
         idx = rng.sample(range(len(seqs)), min(cfg.batch_size, len(seqs)))
         b = pad_batch([seqs[i] for i in idx], pad, [masks[i] for i in idx])
-        return {k: v.to(device) for k, v in b.items()}
+        return {k: v.to(device) for k, v in b.items()}, idx
 
     def batches(step):
-        return {"forget": sample(f_seqs, f_masks), "retain": sample(r_seqs, r_masks)}
+        (f, f_idx), (r, _) = sample(f_seqs, f_masks), sample(r_seqs, r_masks)
+        return {"forget": f, "retain": r, "forget_idx": f_idx}
+
+    def reference_logits(f):  # npo's reference: the model without this module (earlier modules stay on)
+        with torch.no_grad(), gm.muted(n_mod):
+            return gm(input_ids=f["input_ids"], attention_mask=f["attention_mask"],
+                      prompt_positions=gm.edit_positions(f["input_ids"], f["attention_mask"], f["labels"])).logits
+
+    ref_nll = ReferenceNLL(reference_logits)
 
     def new_gates(g: GatedModel):
         return torch.stack([v for (i, _), v in sorted(g.last_gates.items()) if i == n_mod], -1)
@@ -364,13 +372,8 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
         elif cfg.forget_loss == "idk":
             forget_term = L.mean_nll(f_logits, f["labels"])
         else:  # npo, against the model without this module
-            with torch.no_grad(), gm.muted(n_mod):
-                ref_logits = gm(input_ids=f["input_ids"], attention_mask=f["attention_mask"],
-                                prompt_positions=gm.edit_positions(f["input_ids"], f["attention_mask"],
-                                                                   f["labels"])).logits
             s, _ = L.sequence_nll(f_logits, f["labels"])
-            s_ref, _ = L.sequence_nll(ref_logits, f["labels"])
-            forget_term = L.npo_loss(s, s_ref, cfg.beta)
+            forget_term = L.npo_loss(s, ref_nll(f, b["forget_idx"]), cfg.beta)
         return gated_loss(forget_term, retain_term, f_gates, r_gates, cfg.gate_weight)
 
     evals = []

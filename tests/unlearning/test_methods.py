@@ -177,3 +177,88 @@ def test_cached_trajectory_that_was_modified_is_not_used(tiny, tiny_config):
     with pytest.warns(UserWarning, match="unusable"):
         again = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", **kw)
     assert list(again.unlearn_log.dropna(subset=["forget_accuracy"]).step) == [0, 2, 4]
+
+
+def test_reference_nll_is_reused_only_for_batches_of_the_same_shape(tiny, splits):
+    from unlearn_utils.training import pad_batch
+    from unlearn_utils.unlearning import losses as L
+    from unlearn_utils.unlearning.methods import ReferenceNLL, encode_examples
+
+    world, model, tok = tiny
+    forget, _ = splits
+    seqs, masks = encode_examples(tok, forget.to_list())
+    calls = []
+
+    def reference_logits(batch):
+        calls.append(tuple(batch["input_ids"].shape))
+        with torch.no_grad():
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def batch(idx, pad_to=None):
+        b = pad_batch([seqs[i] for i in idx], 0, [masks[i] for i in idx])
+        if pad_to is not None:  # pad further: same rows, another shape
+            extra = pad_to - b["input_ids"].shape[1]
+            b = {k: torch.nn.functional.pad(v, (0, extra), value=-100 if k == "labels" else 0) for k, v in b.items()}
+        return b
+
+    ref = ReferenceNLL(reference_logits)
+    first = ref(batch([0, 1, 2, 3]), [0, 1, 2, 3])
+    fresh = L.sequence_nll(reference_logits(batch([0, 1, 2, 3])), batch([0, 1, 2, 3])["labels"])[0]
+    assert torch.equal(first, fresh)
+    calls.clear()
+    again = ref(batch([3, 2, 1, 0]), [3, 2, 1, 0])
+    assert calls == [], "every example known, same shape: no reference forward"
+    assert torch.equal(again, first.flip(0))
+    ref(batch([0, 1, 2, 4]), [0, 1, 2, 4])
+    assert len(calls) == 1, "one new example: the reference runs on the batch"
+    longer = batch([0, 1, 2, 3], pad_to=batch([0, 1, 2, 3])["input_ids"].shape[1] + 3)
+    ref(longer, [0, 1, 2, 3])
+    assert len(calls) == 2, "another shape: computed again, not reused"
+    assert ref(batch([0]), [0], kind="refusal") is not None and len(calls) == 3, "kinds are kept apart"
+
+
+@pytest.mark.parametrize("method", ["npo_gd", "idk_dpo"])
+def test_reusing_reference_values_changes_no_number(tiny, splits, method, reference_reuse):
+    """The same run with the reference recomputed at every step gives the same weights to the bit."""
+    world, model, tok = tiny
+    forget, retain = splits
+    kept, fresh, forwards = reference_reuse(lambda: unlearn(model, tok, forget, retain, method, steps=12,
+                                                            progress=False)[0])
+    calls_per_step = 2 if method == "idk_dpo" else 1  # DPO: the refusal and the true answer
+    assert forwards[False] < forwards[True] == 12 * calls_per_step, "reference values were reused"
+    for (name, a), b in zip(kept.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_rmu_reads_the_steered_layer_without_running_the_layers_above(family):
+    import types
+
+    import transformers as tf
+
+    from unlearn_utils.arch import get_adapter
+    from unlearn_utils.unlearning.methods import _RMU
+
+    configs = {"llama": lambda: tf.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                               num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
+               "gpt2": lambda: tf.GPT2Config(vocab_size=64, n_embd=32, n_inner=48, n_layer=4, n_head=4,
+                                             n_positions=32),
+               "gpt_neox": lambda: tf.GPTNeoXConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                                    num_hidden_layers=4, num_attention_heads=4)}
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(configs[family]()).eval()
+    batch = {"input_ids": torch.randint(1, 64, (3, 7)), "attention_mask": torch.ones(3, 7, dtype=torch.long)}
+    batch["attention_mask"][0, 5:] = 0
+    with torch.no_grad():
+        expected = model(**batch, output_hidden_states=True).hidden_states
+    adapter = get_adapter(model)
+    ran = []
+    for i in range(4):
+        adapter.layer(model, i).register_forward_hook(lambda m, inp, out, i=i: ran.append(i))
+    for layer in range(4):
+        rmu = types.SimpleNamespace(adapter=adapter, layer=layer)
+        ran.clear()
+        with torch.no_grad():
+            h = _RMU.hidden(rmu, model, batch)
+        assert torch.equal(h, expected[layer + 1]), f"layer {layer}"
+        assert ran == list(range(layer + 1)), "the layers above the steered one are not run"

@@ -120,10 +120,12 @@ def encode_examples(tokenizer, rows: list[dict], answers: list[str] | None = Non
     from ..evaluate import encode_qa
 
     seqs, masks = [], []
+    asked = [i for i, r in enumerate(rows) if "prompt" in r]  # encoded together, in one tokenizer call
+    pairs = dict(zip(asked, encode_qa(tokenizer, [rows[i]["prompt"] for i in asked],
+                                      [answers[i] if answers is not None else str(rows[i]["answer"]) for i in asked])))
     for i, r in enumerate(rows):
         if "prompt" in r:
-            answer = answers[i] if answers is not None else str(r["answer"])
-            (p, a), = encode_qa(tokenizer, [r["prompt"]], [answer])
+            p, a = pairs[i]
             eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
             seqs.append(p + a + eos)
             masks.append([0] * len(p) + [1] * (len(a) + len(eos)))
@@ -154,6 +156,30 @@ class _Cycler:
             self.pos += 1
         batch = pad_batch([self.seqs[i] for i in idx], self.pad, [self.masks[i] for i in idx])
         return batch, idx
+
+
+class ReferenceNLL:
+    """S_ref(x) of each forget (or refusal) example under the frozen reference, kept after its first batch.
+
+    NPO and DPO compare every step's S_θ(x) with S_ref(x). The reference never changes, so once an example has
+    been through it its value is reused instead of running the reference on the whole batch again: after the first
+    epoch over the forget set, most steps skip the reference forward. A value is reused only in a batch of the same
+    shape: on a CPU a row's numbers can differ in the last bit with how far its batch is padded, and this way the
+    results are exactly those of running the reference every step. ``reference_logits(batch)`` gives the
+    reference's logits; ``(batch, idx, kind)``: the batch, its example indices, and which encoding of them it is.
+    """
+
+    def __init__(self, reference_logits: Callable[[dict], torch.Tensor]):
+        self.reference_logits, self.values = reference_logits, {}
+
+    def __call__(self, batch: dict, idx: list[int], kind: str = "forget") -> torch.Tensor:
+        shape = tuple(batch["input_ids"].shape)
+        keys = [(kind, i, shape) for i in idx]
+        if any(k not in self.values for k in keys):
+            s_ref, _ = L.sequence_nll(self.reference_logits(batch), batch["labels"])
+            for k, v in zip(keys, s_ref):
+                self.values.setdefault(k, v)
+        return torch.stack([self.values[k] for k in keys])
 
 
 def _forward(model, batch, **kw):
@@ -214,12 +240,13 @@ def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval
             with model.disable_adapter():
                 return _forward(model, batch).logits
 
+    ref_nll = ReferenceNLL(ref_logits)
     rmu = _RMU(model, reference, cfg, f_seqs, f_masks, pad, device) if cfg.method == "rmu" else None
 
     def batches(step):
         fb, idx = forget_batches.next()
         rb, _ = retain_batches.next()
-        out = {"forget": _to(fb, device), "retain": _to(rb, device)}
+        out = {"forget": _to(fb, device), "retain": _to(rb, device), "forget_idx": idx}
         if refusal_seqs is not None:
             out["refusal"] = _to(pad_batch([refusal_seqs[0][i] for i in idx], pad,
                                            [refusal_seqs[1][i] for i in idx]), device)
@@ -238,8 +265,7 @@ def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval
             forget_term = L.ga_loss(_forward(model, f).logits, f["labels"])
         elif m in ("npo", "npo_gd", "npo_kl"):
             s, _ = L.sequence_nll(_forward(model, f).logits, f["labels"])
-            s_ref, _ = L.sequence_nll(ref_logits(f), f["labels"])
-            forget_term = L.npo_loss(s, s_ref, cfg.beta)
+            forget_term = L.npo_loss(s, ref_nll(f, b["forget_idx"], "forget"), cfg.beta)
         elif m == "simnpo":
             s, n = L.sequence_nll(_forward(model, f).logits, f["labels"])
             forget_term = L.simnpo_loss(s, n, cfg.beta, cfg.gamma)
@@ -249,8 +275,8 @@ def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval
             c, rej = b["refusal"], f
             s_c, _ = L.sequence_nll(_forward(model, c).logits, c["labels"])
             s_r, _ = L.sequence_nll(_forward(model, rej).logits, rej["labels"])
-            forget_term = L.dpo_loss(s_c, s_r, L.sequence_nll(ref_logits(c), c["labels"])[0],
-                                     L.sequence_nll(ref_logits(rej), rej["labels"])[0], cfg.beta)
+            forget_term = L.dpo_loss(s_c, s_r, ref_nll(c, b["forget_idx"], "refusal"),
+                                     ref_nll(rej, b["forget_idx"], "forget"), cfg.beta)
         else:  # pragma: no cover - guarded by UnlearnConfig
             raise ValueError(m)
         return forget_term + retain_term
@@ -304,6 +330,10 @@ def _add_lora(model, cfg: UnlearnConfig):
     return get_peft_model(model, lcfg)
 
 
+class _StopForward(Exception):
+    """Raised by RMU's hook once the steered layer has run."""
+
+
 class _RMU:
     """State of an RMU run: the steered layer, the control vector and the parameters it may update."""
 
@@ -332,8 +362,25 @@ class _RMU:
         self.control = cfg.steering_coeff * scale * u.to(scale.device)  # u is drawn on the CPU (same on any device)
 
     def hidden(self, model, batch):
-        out = _forward(model, batch, output_hidden_states=True)
-        return out.hidden_states[self.layer + 1]  # hidden_states[0] is the embedding output
+        """The residual stream after the steered layer. The forward stops there: the loss reads nothing above it,
+        so the upper layers and the unembedding are not computed (most of a large model when the layer is low)."""
+        layer = self.adapter.layer(model, self.layer)
+        if self.layer == self.adapter.n_layers(model) - 1:  # transformers returns the last one after the final norm
+            return _forward(model, batch, output_hidden_states=True).hidden_states[-1]
+        captured = {}
+
+        def stop(_module, _inputs, output):
+            captured["h"] = output[0] if isinstance(output, tuple) else output
+            raise _StopForward
+
+        handle = layer.register_forward_hook(stop)
+        try:
+            _forward(model, batch)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return captured["h"]
 
     def ref_hidden(self, model, batch):
         with torch.no_grad():
