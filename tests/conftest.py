@@ -67,9 +67,10 @@ def knowing(knowing_config):
 
 @pytest.fixture
 def reference_reuse(monkeypatch):
-    """``run(train)`` calls ``train()`` twice: once as the kit runs (reference values kept, ``ReferenceNLL``) and
-    once recomputing them at every call. Returns (kept result, recomputed result, {False: kept, True: recomputed}
-    number of reference forwards), for tests that reuse changes no number."""
+    """``run(train)`` calls ``train()`` twice: as the kit runs (reference values kept by ``ReferenceNLL``), then
+    recomputing the reference at every call. Returns (result kept, result recomputed, forwards), where
+    ``forwards[recompute]`` counts the reference forwards of each run. Tests use it to show that reusing reference
+    values changes no number."""
     from unlearn_utils.unlearning import methods as M
 
     kept_class = M.ReferenceNLL

@@ -290,3 +290,12 @@ def test_npo_reusing_reference_values_changes_no_number(tiny, reference_reuse):
     assert forwards[False] < forwards[True] == 15, "reference values were reused"
     for (name, a), b in zip(kept.grun.state_dict().items(), fresh.grun.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_training_mode_leaves_the_frozen_base_in_eval_mode(tiny):
+    world, model, tok = tiny
+    gm = GatedModel(model, GRUN.for_model(model))
+    gm.train()
+    assert gm.grun.training and not model.training, "only the modules train; the base keeps dropout off"
+    gm.eval()
+    assert not gm.grun.training and not model.training

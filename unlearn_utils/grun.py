@@ -205,6 +205,12 @@ class GatedModel(nn.Module):
     def config(self):
         return self.base.config
 
+    def train(self, mode: bool = True):
+        """Switch the GRUN modules' mode; the frozen base stays in eval mode (no dropout): only the modules train."""
+        super().train(mode)
+        self.base.eval()
+        return self
+
     @property
     def device(self):
         return next(self.base.parameters()).device

@@ -262,3 +262,29 @@ def test_rmu_reads_the_steered_layer_without_running_the_layers_above(family):
             h = _RMU.hidden(rmu, model, batch)
         assert torch.equal(h, expected[layer + 1]), f"layer {layer}"
         assert ran == list(range(layer + 1)), "the layers above the steered one are not run"
+
+
+def test_rmu_early_exit_with_lora_keeps_gradients():
+    import types
+
+    import transformers as tf
+    from peft import LoraConfig, get_peft_model
+
+    from unlearn_utils.arch import get_adapter
+    from unlearn_utils.unlearning.methods import _RMU
+
+    torch.manual_seed(0)
+    base = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                                              num_attention_heads=4, num_key_value_heads=2))
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    batch = {"input_ids": torch.randint(1, 64, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long)}
+    rmu = types.SimpleNamespace(adapter=get_adapter(model), layer=1)
+    expected = model(**batch, output_hidden_states=True).hidden_states[2]
+    h = _RMU.hidden(rmu, model, batch)
+    assert torch.equal(h, expected)
+    h.pow(2).sum().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if "lora_" in n}
+    below = [g for n, g in grads.items() if ".layers.1." in n or ".layers.0." in n]
+    above = [g for n, g in grads.items() if ".layers.2." in n or ".layers.3." in n]
+    assert below and all(g is not None and g.abs().sum() > 0 for g in below), "adapters up to the layer get gradients"
+    assert above and all(g is None for g in above), "adapters above it are not in the graph"

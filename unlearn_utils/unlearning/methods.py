@@ -161,25 +161,41 @@ class _Cycler:
 class ReferenceNLL:
     """S_ref(x) of each forget (or refusal) example under the frozen reference, kept after its first batch.
 
-    NPO and DPO compare every step's S_θ(x) with S_ref(x). The reference never changes, so once an example has
-    been through it its value is reused instead of running the reference on the whole batch again: after the first
-    epoch over the forget set, most steps skip the reference forward. A value is reused only in a batch of the same
-    shape: on a CPU a row's numbers can differ in the last bit with how far its batch is padded, and this way the
-    results are exactly those of running the reference every step. ``reference_logits(batch)`` gives the
-    reference's logits; ``(batch, idx, kind)``: the batch, its example indices, and which encoding of them it is.
+    NPO and DPO compare every step's S_θ(x) with S_ref(x). The reference is frozen and runs without dropout, so
+    once an example has been through it its value is reused instead of running the reference on the whole batch
+    again: after the first epoch over the forget set, most steps skip the reference forward. A value is reused only
+    in a batch of the same shape and padding: on a CPU a row's numbers can differ in the last bit with how far its
+    batch is padded, and this way a CPU run gives exactly the numbers of running the reference every step (on a GPU
+    they may differ in the last bit).
+
+    One instance serves one training run. ``reference_logits(batch)`` returns the reference's logits for a batch.
+    A call ``(batch, idx, kind)`` takes the batch, the indices of its rows in the run's fixed list of encoded
+    examples, and ``kind``, a name for that list (the forget answers and the refusals are two lists of the same
+    examples); it returns S_ref of each row.
     """
 
     def __init__(self, reference_logits: Callable[[dict], torch.Tensor]):
         self.reference_logits, self.values = reference_logits, {}
 
     def __call__(self, batch: dict, idx: list[int], kind: str = "forget") -> torch.Tensor:
-        shape = tuple(batch["input_ids"].shape)
+        shape = (*batch["input_ids"].shape, bool(batch["attention_mask"].all()))  # unpadded batches take other kernels
         keys = [(kind, i, shape) for i in idx]
         if any(k not in self.values for k in keys):
             s_ref, _ = L.sequence_nll(self.reference_logits(batch), batch["labels"])
             for k, v in zip(keys, s_ref):
                 self.values.setdefault(k, v)
         return torch.stack([self.values[k] for k in keys])
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Within the block the model is in eval mode (no dropout); afterwards in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def _forward(model, batch, **kw):
@@ -237,7 +253,7 @@ def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval
         with torch.no_grad():
             if reference is not None:
                 return _forward(reference, batch).logits
-            with model.disable_adapter():
+            with model.disable_adapter(), _eval_mode(model):  # the reference, like the copied one, has no dropout
                 return _forward(model, batch).logits
 
     ref_nll = ReferenceNLL(ref_logits)
@@ -363,7 +379,8 @@ class _RMU:
 
     def hidden(self, model, batch):
         """The residual stream after the steered layer. The forward stops there: the loss reads nothing above it,
-        so the upper layers and the unembedding are not computed (most of a large model when the layer is low)."""
+        so the upper layers and the unembedding are not computed (most of a large model when the layer is low).
+        The same tensor as ``output_hidden_states``; a model with dropout draws fewer random numbers than before."""
         layer = self.adapter.layer(model, self.layer)
         if self.layer == self.adapter.n_layers(model) - 1:  # transformers returns the last one after the final norm
             return _forward(model, batch, output_hidden_states=True).hidden_states[-1]
@@ -386,7 +403,7 @@ class _RMU:
         with torch.no_grad():
             if self.reference is not None:
                 return self.hidden(self.reference, batch)
-            with model.disable_adapter():
+            with model.disable_adapter(), _eval_mode(model):
                 return self.hidden(model, batch)
 
     def loss(self, model, f, r):
