@@ -234,28 +234,21 @@ def test_reusing_reference_values_changes_no_number(tiny, splits, method, refere
 def test_rmu_reads_the_steered_layer_without_running_the_layers_above(family):
     import types
 
-    import transformers as tf
+    from test_arch import L, tiny_model
 
     from unlearn_utils.arch import get_adapter
     from unlearn_utils.unlearning.methods import _RMU
 
-    configs = {"llama": lambda: tf.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
-                                               num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
-               "gpt2": lambda: tf.GPT2Config(vocab_size=64, n_embd=32, n_inner=48, n_layer=4, n_head=4,
-                                             n_positions=32),
-               "gpt_neox": lambda: tf.GPTNeoXConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
-                                                    num_hidden_layers=4, num_attention_heads=4)}
-    torch.manual_seed(0)
-    model = tf.AutoModelForCausalLM.from_config(configs[family]()).eval()
+    model = tiny_model(family)
     batch = {"input_ids": torch.randint(1, 64, (3, 7)), "attention_mask": torch.ones(3, 7, dtype=torch.long)}
     batch["attention_mask"][0, 5:] = 0
     with torch.no_grad():
         expected = model(**batch, output_hidden_states=True).hidden_states
     adapter = get_adapter(model)
     ran = []
-    for i in range(4):
+    for i in range(L):
         adapter.layer(model, i).register_forward_hook(lambda m, inp, out, i=i: ran.append(i))
-    for layer in range(4):
+    for layer in range(L):
         rmu = types.SimpleNamespace(adapter=adapter, layer=layer)
         ran.clear()
         with torch.no_grad():
@@ -267,16 +260,13 @@ def test_rmu_reads_the_steered_layer_without_running_the_layers_above(family):
 def test_rmu_early_exit_with_lora_keeps_gradients():
     import types
 
-    import transformers as tf
     from peft import LoraConfig, get_peft_model
+    from test_arch import tiny_model
 
     from unlearn_utils.arch import get_adapter
     from unlearn_utils.unlearning.methods import _RMU
 
-    torch.manual_seed(0)
-    base = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                                              num_attention_heads=4, num_key_value_heads=2))
-    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     batch = {"input_ids": torch.randint(1, 64, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long)}
     rmu = types.SimpleNamespace(adapter=get_adapter(model), layer=1)
     expected = model(**batch, output_hidden_states=True).hidden_states[2]
@@ -285,6 +275,6 @@ def test_rmu_early_exit_with_lora_keeps_gradients():
     h.pow(2).sum().backward()
     grads = {n: p.grad for n, p in model.named_parameters() if "lora_" in n}
     below = [g for n, g in grads.items() if ".layers.1." in n or ".layers.0." in n]
-    above = [g for n, g in grads.items() if ".layers.2." in n or ".layers.3." in n]
+    above = [g for n, g in grads.items() if ".layers.2." in n]
     assert below and all(g is not None and g.abs().sum() > 0 for g in below), "adapters up to the layer get gradients"
     assert above and all(g is None for g in above), "adapters above it are not in the graph"

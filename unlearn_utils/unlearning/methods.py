@@ -381,7 +381,6 @@ class _RMU:
         """The residual stream after the steered layer. The forward stops there: the loss reads nothing above it,
         so the upper layers and the unembedding are not computed (most of a large model when the layer is low).
         The same tensor as ``output_hidden_states``; a model with dropout draws fewer random numbers than before."""
-        layer = self.adapter.layer(model, self.layer)
         if self.layer == self.adapter.n_layers(model) - 1:  # transformers returns the last one after the final norm
             return _forward(model, batch, output_hidden_states=True).hidden_states[-1]
         captured = {}
@@ -390,7 +389,7 @@ class _RMU:
             captured["h"] = output[0] if isinstance(output, tuple) else output
             raise _StopForward
 
-        handle = layer.register_forward_hook(stop)
+        handle = self.adapter.layer(model, self.layer).register_forward_hook(stop)
         try:
             _forward(model, batch)
         except _StopForward:
