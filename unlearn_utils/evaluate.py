@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import weights_fingerprint
-from .training import pad_batch
+from .training import logits_at, pad_batch
 from .world import World
 
 
@@ -65,15 +65,19 @@ def _length_sorted_batches(lengths: list[int], size: int) -> list[list[int]]:
     return [order[i: i + size] for i in range(0, len(order), size)]
 
 
-def _forward_prompts(model, seqs: list[list[int]], prompt_lens: list[int], pad: int, dev) -> torch.Tensor:
-    """Float logits [batch, seq, vocab] of right-padded sequences; gated models (GRUN) also get the last prompt
-    position, where they apply their edit."""
+def _forward_prompts(model, seqs: list[list[int]], prompt_lens: list[int], pad: int, dev,
+                     positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Float logits [batch, seq, vocab] of right-padded sequences, or [batch, K, vocab] at ``positions`` only
+    (:func:`unlearn_utils.training.logits_at`); gated models (GRUN) also get the last prompt position, where they
+    apply their edit."""
     batch = pad_batch(seqs, pad)
     extra = {}
     if getattr(model, "uses_prompt_positions", False):
         extra["prompt_positions"] = torch.tensor([n - 1 for n in prompt_lens])
-    return model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
-                 **extra).logits.float()
+    ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+    if positions is not None:
+        return logits_at(model, ids, mask, positions, **extra).float()
+    return model(input_ids=ids, attention_mask=mask, **extra).logits.float()
 
 
 def greedy_match(logits: torch.Tensor, prompt_len: int, answer_ids: list[int]) -> bool:
@@ -122,15 +126,17 @@ def score_pairs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], batc
     correct, logprob, ntok = [False] * n, [0.0] * n, [0] * n
     for idx in _length_sorted_batches([len(p) + len(a) for p, a in pairs], batch_size):
         chunk = [pairs[j] for j in idx]
-        logits = _forward_prompts(model, [p + a for p, a in chunk], [len(p) for p, _ in chunk], pad, dev)
+        # logits only where an answer token is predicted: positions len(p) - 1 ... len(p) + len(a) - 2 of each row
+        width = max(len(a) for _, a in chunk)
+        positions = torch.tensor([[len(p) - 1 + k if k < len(a) else 0 for k in range(width)] for p, a in chunk])
+        logits = _forward_prompts(model, [p + a for p, a in chunk], [len(p) for p, _ in chunk], pad, dev, positions)
         logp = logits.log_softmax(-1) if logprobs else None
-        greedy = logits.argmax(-1).tolist()  # one arg-max per position; the answer is right if greedy writes it
+        greedy = logits.argmax(-1).tolist()  # one arg-max per answer token; the answer is right if greedy writes it
         for i, (j, (p, a)) in enumerate(zip(idx, chunk)):
-            correct[j] = greedy[i][len(p) - 1: len(p) - 1 + len(a)] == list(a)
+            correct[j] = greedy[i][:len(a)] == list(a)
             ntok[j] = len(a)
             if logprobs:
-                pos = torch.arange(len(p) - 1, len(p) - 1 + len(a), device=logits.device)
-                logprob[j] = float(logp[i, pos, torch.tensor(a, device=logits.device)].sum())
+                logprob[j] = float(logp[i, torch.arange(len(a)), torch.tensor(a, device=logits.device)].sum())
     if not logprobs:
         return pd.DataFrame({"correct": correct, "n_tokens": ntok})
     df = pd.DataFrame({"correct": correct, "logprob": logprob, "n_tokens": ntok})
@@ -180,9 +186,10 @@ def truth_ratios(model, tokenizer, data, batch_size: int = 128) -> np.ndarray:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         probs = np.zeros((len(prompts), k + 1))
         for idx in _length_sorted_batches([len(p) for p in prompt_ids], batch_size):
-            logits = _forward_prompts(model, [prompt_ids[j] for j in idx], [len(prompt_ids[j]) for j in idx], pad, dev)
-            last = torch.tensor([len(prompt_ids[j]) - 1 for j in idx], device=logits.device)
-            p = logits[torch.arange(len(idx), device=logits.device), last].log_softmax(-1).exp()
+            last = torch.tensor([[len(prompt_ids[j]) - 1] for j in idx])
+            logits = _forward_prompts(model, [prompt_ids[j] for j in idx], [len(prompt_ids[j]) for j in idx], pad, dev,
+                                      last)
+            p = logits[:, 0].log_softmax(-1).exp()
             cand = torch.tensor([candidates[j] for j in idx], device=logits.device)
             probs[idx] = p.gather(1, cand).double().cpu().numpy()
         return probs[:, 1:].mean(1) / np.maximum(probs[:, 0], 1e-30)

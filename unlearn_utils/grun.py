@@ -36,7 +36,7 @@ from torch import nn
 
 from .arch import get_adapter
 from .models import REFUSALS
-from .training import pad_batch, set_seed, train_loop
+from .training import TRAINING_VERSION, answer_positions, logits_at, pad_batch, set_seed, train_loop
 from .unlearning import losses as L
 from .world import check_splits
 
@@ -348,16 +348,21 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
     def sample(seqs, masks):
         idx = rng.sample(range(len(seqs)), min(cfg.batch_size, len(seqs)))
         b = pad_batch([seqs[i] for i in idx], pad, [masks[i] for i in idx])
-        return {k: v.to(device) for k, v in b.items()}, idx
+        b = {k: v.to(device) for k, v in b.items()}
+        b["positions"], b["answer_labels"] = answer_positions(b["labels"])  # the losses read only the answers
+        b["edit_positions"] = gm.edit_positions(b["input_ids"], b["attention_mask"], b["labels"])
+        return b, idx
 
     def batches(step):
         (f, f_idx), (r, _) = sample(f_seqs, f_masks), sample(r_seqs, r_masks)
         return {"forget": f, "retain": r, "forget_idx": f_idx}
 
+    def answer_logits(b):
+        return logits_at(gm, b["input_ids"], b["attention_mask"], b["positions"], prompt_positions=b["edit_positions"])
+
     def reference_logits(f):  # npo's reference: the model without this module (earlier modules stay on)
         with torch.no_grad(), gm.muted(n_mod):
-            return gm(input_ids=f["input_ids"], attention_mask=f["attention_mask"],
-                      prompt_positions=gm.edit_positions(f["input_ids"], f["attention_mask"], f["labels"])).logits
+            return answer_logits(f)
 
     ref_nll = ReferenceNLL(reference_logits)
 
@@ -366,19 +371,17 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
 
     def loss_fn(_model, b):
         f, r = b["forget"], b["retain"]
-        f_logits = gm(input_ids=f["input_ids"], attention_mask=f["attention_mask"], labels=None,
-                      prompt_positions=gm.edit_positions(f["input_ids"], f["attention_mask"], f["labels"])).logits
+        f_logits = answer_logits(f)
         f_gates = new_gates(gm)
-        r_logits = gm(input_ids=r["input_ids"], attention_mask=r["attention_mask"],
-                      prompt_positions=gm.edit_positions(r["input_ids"], r["attention_mask"], r["labels"])).logits
+        r_logits = answer_logits(r)
         r_gates = new_gates(gm)
-        retain_term = cfg.retain_weight * L.mean_nll(r_logits, r["labels"])
+        retain_term = cfg.retain_weight * L.mean_nll(r_logits, r["answer_labels"])
         if cfg.forget_loss == "grad_diff":
-            forget_term = L.ga_loss(f_logits, f["labels"])
+            forget_term = L.ga_loss(f_logits, f["answer_labels"])
         elif cfg.forget_loss == "idk":
-            forget_term = L.mean_nll(f_logits, f["labels"])
+            forget_term = L.mean_nll(f_logits, f["answer_labels"])
         else:  # npo, against the model without this module
-            s, _ = L.sequence_nll(f_logits, f["labels"])
+            s, _ = L.sequence_nll(f_logits, f["answer_labels"])
             forget_term = L.npo_loss(s, ref_nll(f, b["forget_idx"]), cfg.beta)
         return gated_loss(forget_term, retain_term, f_gates, r_gates, cfg.gate_weight)
 
@@ -428,7 +431,7 @@ def cached_train_grun(model, tokenizer, forget, retain, model_key: str | None = 
     folder = None
     if model_key is not None:
         folder = cache_entry("grun", {"model": model_key, "config": dataclasses.asdict(config),
-                                      "data": data_fingerprint(forget, retain)})
+                                      "data": data_fingerprint(forget, retain), "trainer": TRAINING_VERSION})
     with cache_lock(folder) if folder is not None else contextlib.nullcontext():  # one process trains, others wait
         if folder is not None:
             found = folder / log_file if eval_fn is not None else next(iter(sorted(folder.glob("log*.csv"))), None)
@@ -474,7 +477,8 @@ def sequential_unlearning(model, tokenizer, forget_sets: list, retain, eval_sets
         key = {"kind": "sequential", "model": model_key, "config": dataclasses.asdict(
                    dataclasses.replace(GRUNConfig(), **{k: v for k, v in settings.items() if k != "seed"})),
                "seed": settings.get("seed"), "data": data_fingerprint(*forget_sets, retain),
-               "eval_sets": names, "eval_data": data_fingerprint(*[(eval_sets or {})[n] for n in names])}
+               "eval_sets": names, "eval_data": data_fingerprint(*[(eval_sets or {})[n] for n in names]),
+               "trainer": TRAINING_VERSION}
         folder = cache_entry("grun", key)
     with cache_lock(folder) if folder is not None else contextlib.nullcontext():  # one process trains, others wait
         if folder is not None and (folder / "table.csv").exists():

@@ -2,10 +2,12 @@
 
 The loop is plain PyTorch (AdamW, warm-up, cosine or constant schedule, gradient clipping) so a learner
 can read it in one screen. A ``loss_fn(model, batch) -> scalar`` decides what is optimised.
+:func:`logits_at` computes the output layer only at the positions a loss or a score reads (the answer tokens).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -13,6 +15,12 @@ from typing import Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
+
+
+# Part of the cache keys of the models unlearning and GRUN train: raised whenever a change to the training code
+# changes their numbers, so a cache filled by older code is not mistaken for this code's results.
+# 2: the losses compute the output layer only before labelled tokens (answer_positions), not at every position.
+TRAINING_VERSION = 2
 
 
 def set_seed(seed: int) -> None:
@@ -47,6 +55,66 @@ def pad_batch(seqs: list[list[int]], pad_id: int, label_mask: list[list[int]] | 
             m = torch.tensor(label_mask[i], dtype=torch.bool)
             labels[i, : len(s)] = torch.where(m, torch.tensor(s), torch.tensor(-100))
     return {"input_ids": ids, "attention_mask": att, "labels": labels}
+
+
+def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a loss reads the logits: per row, the positions whose next token is labelled, and those labels.
+
+    The losses read only the labelled tokens (the answer), which are a few of a row's tokens; computing the output
+    layer (hidden size x vocabulary) at the other positions is wasted work. Returns ``(positions, labels)``, both
+    [B, K + 1] with K the most labelled tokens in a row, laid out as a short sequence whose first label is -100, so
+    that the losses, which shift by one, read ``logits[:, j]`` (taken at ``positions[:, j]``) as predicting
+    ``labels[:, j + 1]``. Shorter rows are filled with position 0 and label -100.
+    """
+    target = labels[:, 1:] != -100  # position t predicts token t + 1
+    counts = target.sum(1)
+    width = int(counts.max()) + 1 if len(counts) else 1
+    positions = torch.zeros(labels.shape[0], width, dtype=torch.long, device=labels.device)
+    compact = torch.full((labels.shape[0], width), -100, dtype=labels.dtype, device=labels.device)
+    rows, cols = target.nonzero(as_tuple=True)  # row by row, left to right
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(rows), device=labels.device) - starts[rows]
+    positions[rows, slot] = cols
+    compact[rows, slot + 1] = labels[rows, cols + 1]
+    return positions, compact
+
+
+def output_head(model):
+    """The output embedding (hidden state -> vocabulary logits) of a transformers, peft or GRUN-gated model."""
+    for m in (model, getattr(model, "base", None)):  # a GatedModel keeps the transformers model in .base
+        get = getattr(m, "get_output_embeddings", None)
+        head = get() if callable(get) else None
+        if head is not None:
+            return head
+    return None
+
+
+def logits_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+              **kwargs) -> torch.Tensor:
+    """The model's logits at ``positions`` only ([B, K] indices into each row): [B, K, vocab].
+
+    The output layer runs on those positions alone (a hook gathers its input), so the model's own logit
+    post-processing still applies; where no output embedding is found, the full logits are computed and gathered.
+    """
+    head = output_head(model)
+    used = []
+
+    def gather(_module, args):
+        h = args[0]
+        used.append(True)
+        idx = positions.to(h.device)[..., None].expand(-1, -1, h.shape[-1])
+        return (h.gather(1, idx), *args[1:])
+
+    handle = head.register_forward_pre_hook(gather) if head is not None else None
+    try:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+    finally:
+        if handle is not None:
+            handle.remove()
+    if used and logits.shape[:2] == positions.shape:
+        return logits
+    idx = positions.to(logits.device)[..., None].expand(-1, -1, logits.shape[-1])
+    return logits.gather(1, idx)
 
 
 def lm_loss(model, batch: dict) -> torch.Tensor:

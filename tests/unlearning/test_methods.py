@@ -180,7 +180,7 @@ def test_cached_trajectory_that_was_modified_is_not_used(tiny, tiny_config):
 
 
 def test_reference_nll_is_reused_only_for_batches_of_the_same_shape(tiny, splits):
-    from unlearn_utils.training import pad_batch
+    from unlearn_utils.training import answer_positions, logits_at, pad_batch
     from unlearn_utils.unlearning import losses as L
     from unlearn_utils.unlearning.methods import ReferenceNLL, encode_examples
 
@@ -192,18 +192,19 @@ def test_reference_nll_is_reused_only_for_batches_of_the_same_shape(tiny, splits
     def reference_logits(batch):
         calls.append(tuple(batch["input_ids"].shape))
         with torch.no_grad():
-            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return logits_at(model, batch["input_ids"], batch["attention_mask"], batch["positions"])
 
     def batch(idx, pad_to=None):
         b = pad_batch([seqs[i] for i in idx], 0, [masks[i] for i in idx])
         if pad_to is not None:  # pad further: same rows, another shape
             extra = pad_to - b["input_ids"].shape[1]
             b = {k: torch.nn.functional.pad(v, (0, extra), value=-100 if k == "labels" else 0) for k, v in b.items()}
+        b["positions"], b["answer_labels"] = answer_positions(b["labels"])
         return b
 
     ref = ReferenceNLL(reference_logits)
     first = ref(batch([0, 1, 2, 3]), [0, 1, 2, 3])
-    fresh = L.sequence_nll(reference_logits(batch([0, 1, 2, 3])), batch([0, 1, 2, 3])["labels"])[0]
+    fresh = L.sequence_nll(reference_logits(batch([0, 1, 2, 3])), batch([0, 1, 2, 3])["answer_labels"])[0]
     assert torch.equal(first, fresh)
     calls.clear()
     again = ref(batch([3, 2, 1, 0]), [3, 2, 1, 0])

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from ..models import REFUSALS, save_checked
-from ..training import pad_batch, set_seed, train_loop
+from ..training import TRAINING_VERSION, answer_positions, logits_at, pad_batch, set_seed, train_loop
 from ..world import check_splits
 from . import losses as L
 
@@ -168,7 +168,8 @@ class ReferenceNLL:
     batch is padded, and this way a CPU run gives exactly the numbers of running the reference every step (on a GPU
     they may differ in the last bit).
 
-    One instance serves one training run. ``reference_logits(batch)`` returns the reference's logits for a batch.
+    One instance serves one training run. ``reference_logits(batch)`` returns the reference's logits for a batch at
+    ``batch["positions"]``, which ``batch["answer_labels"]`` labels (:func:`unlearn_utils.training.answer_positions`).
     A call ``(batch, idx, kind)`` takes the batch, the indices of its rows in the run's fixed list of encoded
     examples, and ``kind``, a name for that list (the forget answers and the refusals are two lists of the same
     examples); it returns S_ref of each row.
@@ -181,7 +182,7 @@ class ReferenceNLL:
         shape = (*batch["input_ids"].shape, bool(batch["attention_mask"].all()))  # unpadded batches take other kernels
         keys = [(kind, i, shape) for i in idx]
         if any(k not in self.values for k in keys):
-            s_ref, _ = L.sequence_nll(self.reference_logits(batch), batch["labels"])
+            s_ref, _ = L.sequence_nll(self.reference_logits(batch), batch["answer_labels"])
             for k, v in zip(keys, s_ref):
                 self.values.setdefault(k, v)
         return torch.stack([self.values[k] for k in keys])
@@ -202,8 +203,16 @@ def _forward(model, batch, **kw):
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw)
 
 
+def _answer_logits(model, batch):
+    """Logits where the losses read them (before each labelled token), to go with ``batch["answer_labels"]``."""
+    return logits_at(model, batch["input_ids"], batch["attention_mask"], batch["positions"])
+
+
 def _to(batch, device):
-    return {k: v.to(device) for k, v in batch.items()}
+    """The batch on ``device``, with the positions and labels the losses read (:func:`training.answer_positions`)."""
+    batch = {k: v.to(device) for k, v in batch.items()}
+    batch["positions"], batch["answer_labels"] = answer_positions(batch["labels"])
+    return batch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,9 +261,9 @@ def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval
     def ref_logits(batch):
         with torch.no_grad():
             if reference is not None:
-                return _forward(reference, batch).logits
+                return _answer_logits(reference, batch)
             with model.disable_adapter(), _eval_mode(model):  # the reference, like the copied one, has no dropout
-                return _forward(model, batch).logits
+                return _answer_logits(model, batch)
 
     ref_nll = ReferenceNLL(ref_logits)
     rmu = _RMU(model, reference, cfg, f_seqs, f_masks, pad, device) if cfg.method == "rmu" else None
@@ -274,23 +283,24 @@ def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval
             return rmu.loss(model, f, r)
         retain_term = 0.0
         if m in ("grad_diff", "npo_gd", "simnpo", "idk", "idk_dpo"):
-            retain_term = cfg.retain_weight * L.mean_nll(_forward(model, r).logits, r["labels"])
+            retain_term = cfg.retain_weight * L.mean_nll(_answer_logits(model, r), r["answer_labels"])
         elif m in ("ga_kl", "npo_kl"):
-            retain_term = cfg.retain_weight * L.kl_to_reference(_forward(model, r).logits, ref_logits(r), r["labels"])
+            retain_term = cfg.retain_weight * L.kl_to_reference(_answer_logits(model, r), ref_logits(r),
+                                                                r["answer_labels"])
         if m in ("ga", "grad_diff", "ga_kl"):
-            forget_term = L.ga_loss(_forward(model, f).logits, f["labels"])
+            forget_term = L.ga_loss(_answer_logits(model, f), f["answer_labels"])
         elif m in ("npo", "npo_gd", "npo_kl"):
-            s, _ = L.sequence_nll(_forward(model, f).logits, f["labels"])
+            s, _ = L.sequence_nll(_answer_logits(model, f), f["answer_labels"])
             forget_term = L.npo_loss(s, ref_nll(f, b["forget_idx"], "forget"), cfg.beta)
         elif m == "simnpo":
-            s, n = L.sequence_nll(_forward(model, f).logits, f["labels"])
+            s, n = L.sequence_nll(_answer_logits(model, f), f["answer_labels"])
             forget_term = L.simnpo_loss(s, n, cfg.beta, cfg.gamma)
         elif m == "idk":
-            forget_term = L.mean_nll(_forward(model, b["refusal"]).logits, b["refusal"]["labels"])
+            forget_term = L.mean_nll(_answer_logits(model, b["refusal"]), b["refusal"]["answer_labels"])
         elif m == "idk_dpo":
             c, rej = b["refusal"], f
-            s_c, _ = L.sequence_nll(_forward(model, c).logits, c["labels"])
-            s_r, _ = L.sequence_nll(_forward(model, rej).logits, rej["labels"])
+            s_c, _ = L.sequence_nll(_answer_logits(model, c), c["answer_labels"])
+            s_r, _ = L.sequence_nll(_answer_logits(model, rej), rej["answer_labels"])
             forget_term = L.dpo_loss(s_c, s_r, ref_nll(c, b["forget_idx"], "refusal"),
                                      ref_nll(rej, b["forget_idx"], "forget"), cfg.beta)
         else:  # pragma: no cover - guarded by UnlearnConfig
@@ -474,7 +484,7 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
     folder = None
     if model_key is not None:
         conf = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "only_modules" and v is None)}
-        key = {"model": model_key, "split": split, "config": conf}
+        key = {"model": model_key, "split": split, "config": conf, "trainer": TRAINING_VERSION}
         if data is not None:
             key["data"] = data_fingerprint(data["forget"], data["retain"])
         folder = cache_entry("unlearned", key)

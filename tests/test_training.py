@@ -1,0 +1,102 @@
+"""The output layer computed only where the losses and scores read it (training.answer_positions / logits_at)."""
+
+import pytest
+import torch
+import transformers as tf
+
+from test_arch import FAMILIES, V, tiny_model
+from unlearn_utils.training import answer_positions, logits_at, output_head, pad_batch
+from unlearn_utils.unlearning import losses as L
+
+
+def test_answer_positions_by_hand():
+    labels = torch.tensor([[-100, -100, 7, 8, -100],   # answer 7 8 after a two-token prompt, then padding
+                           [-100, 5, -100, -100, -100],
+                           [-100, -100, -100, -100, -100]])
+    positions, compact = answer_positions(labels)
+    # the logits at position t predict token t + 1; the first compact label is a placeholder like a BOS token
+    assert positions.tolist() == [[1, 2, 0], [0, 0, 0], [0, 0, 0]]
+    assert compact.tolist() == [[-100, 7, 8], [-100, 5, -100], [-100, -100, -100]]
+
+
+def _batch(vocab, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    seqs = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (9, 6, 12, 7)]
+    masks = [[0] * (n - a) + [1] * a for n, a in zip((9, 6, 12, 7), (2, 3, 1, 7))]
+    return pad_batch(seqs, 0, masks)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_logits_at_answers_equal_the_full_logits_there(family):
+    model = tiny_model(family)
+    b = _batch(V)
+    positions, compact = answer_positions(b["labels"])
+    with torch.no_grad():
+        full = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        part = logits_at(model, b["input_ids"], b["attention_mask"], positions)
+    assert part.shape == (*positions.shape, V)
+    assert torch.allclose(part, full.gather(1, positions[..., None].expand(-1, -1, V)), atol=1e-5)
+    # every loss reads the same numbers from the short layout as from the full one
+    assert torch.allclose(L.mean_nll(part, compact), L.mean_nll(full, b["labels"]), atol=1e-5)
+    s1, n1 = L.sequence_nll(part, compact)
+    s2, n2 = L.sequence_nll(full, b["labels"])
+    assert torch.allclose(s1, s2, atol=1e-5) and torch.equal(n1, n2)
+    other = full.flip(-1)  # any second set of logits: KL needs both at the same positions
+    assert torch.allclose(L.kl_to_reference(part, other.gather(1, positions[..., None].expand(-1, -1, V)), compact),
+                          L.kl_to_reference(full, other, b["labels"]), atol=1e-5)
+
+
+def test_logits_at_keeps_the_models_own_logit_processing_and_gradients():
+    torch.manual_seed(0)
+    config = tf.Gemma2Config(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=8, final_logit_softcapping=2.0)
+    model = tf.AutoModelForCausalLM.from_config(config)
+    b = _batch(V, seed=1)
+    positions, compact = answer_positions(b["labels"])
+    full = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    assert full.abs().max() <= 2.0, "soft-capped"
+    part = logits_at(model, b["input_ids"], b["attention_mask"], positions)
+    assert torch.allclose(part, full.gather(1, positions[..., None].expand(-1, -1, V)), atol=1e-5)
+    g_full = torch.autograd.grad(L.mean_nll(full, b["labels"]), model.model.layers[0].mlp.down_proj.weight)[0]
+    part = logits_at(model, b["input_ids"], b["attention_mask"], positions)
+    g_part = torch.autograd.grad(L.mean_nll(part, compact), model.model.layers[0].mlp.down_proj.weight)[0]
+    assert torch.allclose(g_full, g_part, atol=1e-6)
+    assert not output_head(model)._forward_pre_hooks, "the hook lives only for the call"
+
+
+def test_logits_at_without_an_output_embedding_gathers_the_full_logits():
+    inner = tiny_model("llama")
+
+    class Wrapper(torch.nn.Module):  # no get_output_embeddings: the full logits are computed, then gathered
+        def __init__(self):
+            super().__init__()
+            self.m = inner
+
+        def forward(self, **kw):
+            return self.m(**kw)
+
+    b = _batch(V, seed=2)
+    positions, _ = answer_positions(b["labels"])
+    with torch.no_grad():
+        full = inner(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        part = logits_at(Wrapper(), b["input_ids"], b["attention_mask"], positions)
+    assert output_head(Wrapper()) is None
+    assert torch.allclose(part, full.gather(1, positions[..., None].expand(-1, -1, V)), atol=1e-6)
+
+
+def test_logits_at_on_lora_and_grun_wrapped_models():
+    from peft import LoraConfig, get_peft_model
+
+    from unlearn_utils.grun import GatedModel, GRUN, GRUNConfig
+
+    b = _batch(V, seed=3)
+    positions, _ = answer_positions(b["labels"])
+    lora = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    gated = GatedModel(tiny_model("llama"), GRUN.for_model(tiny_model("llama"), GRUNConfig()))
+    gated.force_gate = 1.0  # the edit applies
+    edit = GatedModel.edit_positions(b["input_ids"], b["attention_mask"], b["labels"])
+    for model, extra in ((lora, {}), (gated, {"prompt_positions": edit})):
+        with torch.no_grad():
+            full = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], **extra).logits
+            part = logits_at(model, b["input_ids"], b["attention_mask"], positions, **extra)
+        assert torch.allclose(part, full.gather(1, positions[..., None].expand(-1, -1, V)), atol=1e-5)
