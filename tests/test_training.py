@@ -100,3 +100,27 @@ def test_logits_at_on_lora_and_grun_wrapped_models():
             full = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], **extra).logits
             part = logits_at(model, b["input_ids"], b["attention_mask"], positions, **extra)
         assert torch.allclose(part, full.gather(1, positions[..., None].expand(-1, -1, V)), atol=1e-5)
+
+
+def test_logits_at_leaves_an_output_layer_fed_another_shape_alone():
+    inner = tiny_model("llama")
+
+    class Flat(torch.nn.Module):  # calls the head on [batch x seq, hidden]: the hook must not gather there
+        def __init__(self):
+            super().__init__()
+            self.m = inner
+
+        def get_output_embeddings(self):
+            return inner.lm_head
+
+        def forward(self, input_ids, attention_mask):
+            h = inner.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            logits = inner.lm_head(h.reshape(-1, h.shape[-1])).view(*h.shape[:2], -1)
+            return type("Out", (), {"logits": logits})()
+
+    b = _batch(V, seed=4)
+    positions, _ = answer_positions(b["labels"])
+    with torch.no_grad():
+        full = inner(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        part = logits_at(Flat(), b["input_ids"], b["attention_mask"], positions)
+    assert torch.allclose(part, full.gather(1, positions[..., None].expand(-1, -1, V)), atol=1e-5)

@@ -128,7 +128,8 @@ def score_pairs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], batc
         chunk = [pairs[j] for j in idx]
         # logits only where an answer token is predicted: positions len(p) - 1 ... len(p) + len(a) - 2 of each row
         width = max(len(a) for _, a in chunk)
-        positions = torch.tensor([[len(p) - 1 + k if k < len(a) else 0 for k in range(width)] for p, a in chunk])
+        positions = torch.tensor([[len(p) - 1 + k if k < len(a) else 0 for k in range(width)] for p, a in chunk],
+                                 dtype=torch.long)
         logits = _forward_prompts(model, [p + a for p, a in chunk], [len(p) for p, _ in chunk], pad, dev, positions)
         logp = logits.log_softmax(-1) if logprobs else None
         greedy = logits.argmax(-1).tolist()  # one arg-max per answer token; the answer is right if greedy writes it

@@ -417,7 +417,8 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
 def cached_train_grun(model, tokenizer, forget, retain, model_key: str | None = None, *, eval_fn=None,
                       eval_every: int = 0, log_name: str | None = None, progress: bool = True, **settings):
     """:func:`train_grun`, reusing a cached module (and trajectory) when the same model, data and settings were
-    trained before. Without ``model_key`` nothing is cached. Returns ``(GatedModel, log)``; ``log.attrs`` holds
+    trained before (the key also holds :data:`unlearn_utils.training.TRAINING_VERSION`). Without ``model_key``
+    nothing is cached. Returns ``(GatedModel, log)``; ``log.attrs`` holds
     ``seconds`` (training time without evaluation, measured when it was trained) and ``trainable_parameters``.
     """
     from .models import CorruptCacheError, cache_entry, cache_lock, set_aside

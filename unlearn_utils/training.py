@@ -2,7 +2,8 @@
 
 The loop is plain PyTorch (AdamW, warm-up, cosine or constant schedule, gradient clipping) so a learner
 can read it in one screen. A ``loss_fn(model, batch) -> scalar`` decides what is optimised.
-:func:`logits_at` computes the output layer only at the positions a loss or a score reads (the answer tokens).
+:func:`logits_at` computes the output layer only at the positions a loss or a score reads (those just before the
+labelled tokens).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 
-# Part of the cache keys of the models unlearning and GRUN train: raised whenever a change to the training code
-# changes their numbers, so a cache filled by older code is not mistaken for this code's results.
+# Part of the cache keys of the models unlearning and GRUN train (and the trajectories stored with them): raised
+# whenever a change to the training or scoring code changes their numbers, so a cache filled by older code is not
+# mistaken for this code's results.
 # 2: the losses compute the output layer only before labelled tokens (answer_positions), not at every position.
 TRAINING_VERSION = 2
 
@@ -101,6 +103,8 @@ def logits_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, posi
 
     def gather(_module, args):
         h = args[0]
+        if used or h.dim() != 3 or h.shape[:2] != input_ids.shape:  # not the per-position hidden states: leave it
+            return None
         used.append(True)
         idx = positions.to(h.device)[..., None].expand(-1, -1, h.shape[-1])
         return (h.gather(1, idx), *args[1:])
@@ -111,7 +115,10 @@ def logits_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, posi
     finally:
         if handle is not None:
             handle.remove()
-    if used and logits.shape[:2] == positions.shape:
+    if used:
+        if logits.shape[:2] != positions.shape:
+            raise RuntimeError(f"{type(model).__name__} reshaped the output layer's result to {tuple(logits.shape)}; "
+                               "logits_at cannot read it. Compute the full logits for this model instead.")
         return logits
     idx = positions.to(logits.device)[..., None].expand(-1, -1, logits.shape[-1])
     return logits.gather(1, idx)

@@ -164,9 +164,9 @@ class ReferenceNLL:
     NPO and DPO compare every step's S_θ(x) with S_ref(x). The reference is frozen and runs without dropout, so
     once an example has been through it its value is reused instead of running the reference on the whole batch
     again: after the first epoch over the forget set, most steps skip the reference forward. A value is reused only
-    in a batch of the same shape and padding: on a CPU a row's numbers can differ in the last bit with how far its
-    batch is padded, and this way a CPU run gives exactly the numbers of running the reference every step (on a GPU
-    they may differ in the last bit).
+    in a batch of the same shape, padding and answer width: on a CPU a row's numbers can differ in the last bit with
+    how far its batch is padded, and this way a CPU run gives exactly the numbers of running the reference every
+    step (on a GPU they may differ in the last bit).
 
     One instance serves one training run. ``reference_logits(batch)`` returns the reference's logits for a batch at
     ``batch["positions"]``, which ``batch["answer_labels"]`` labels (:func:`unlearn_utils.training.answer_positions`).
@@ -179,7 +179,8 @@ class ReferenceNLL:
         self.reference_logits, self.values = reference_logits, {}
 
     def __call__(self, batch: dict, idx: list[int], kind: str = "forget") -> torch.Tensor:
-        shape = (*batch["input_ids"].shape, bool(batch["attention_mask"].all()))  # unpadded batches take other kernels
+        # unpadded batches take other kernels; the output layer runs on [batch x answer width] rows
+        shape = (*batch["input_ids"].shape, bool(batch["attention_mask"].all()), batch["positions"].shape[1])
         keys = [(kind, i, shape) for i in idx]
         if any(k not in self.values for k in keys):
             s_ref, _ = L.sequence_nll(self.reference_logits(batch), batch["answer_labels"])
@@ -456,7 +457,8 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
     data: ``{"forget": ..., "retain": ...}`` question sets to use instead of the world's split (e.g. from
     :func:`unlearn_utils.benchmark_data.load_data`); their contents are then part of the cache key.
 
-    The cache key is the world model's key + split + every unlearning setting. Without ``model_key`` (a model that
+    The cache key is the world model's key + split + every unlearning setting + the training-code version
+    (:data:`unlearn_utils.training.TRAINING_VERSION`). Without ``model_key`` (a model that
     is not a cached world model) nothing is cached. Returns the unlearned model with ``unlearn_seconds`` (wall time
     of its training, measured when it was trained), ``unlearn_eval_seconds`` (the part spent evaluating) and, when
     ``eval_fn`` is given, ``unlearn_log`` (the trajectory).
