@@ -36,7 +36,7 @@ from torch import nn
 
 from .arch import get_adapter
 from .models import REFUSALS
-from .training import TRAINING_VERSION, answer_positions, logits_at, pad_batch, set_seed, train_loop
+from .training import TRAINING_VERSION, pad_batch, set_seed, train_loop
 from .unlearning import losses as L
 from .world import check_splits
 
@@ -318,7 +318,7 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
     modules: earlier GRUN modules (sequential unlearning) that stay applied and frozen while this one trains.
     eval_fn(gated_model) -> dict, run at step 0 and every ``eval_every`` steps (the log then holds a trajectory).
     """
-    from .unlearning.methods import ReferenceNLL, _rows
+    from .unlearning.methods import ReferenceNLL, _answer_logits, _rows, _to
 
     config = dataclasses.replace(config or GRUNConfig(), **settings)
     check_splits(forget=forget, retain=retain)
@@ -347,9 +347,7 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
 
     def sample(seqs, masks):
         idx = rng.sample(range(len(seqs)), min(cfg.batch_size, len(seqs)))
-        b = pad_batch([seqs[i] for i in idx], pad, [masks[i] for i in idx])
-        b = {k: v.to(device) for k, v in b.items()}
-        b["positions"], b["answer_labels"] = answer_positions(b["labels"])  # the losses read only the answers
+        b = _to(pad_batch([seqs[i] for i in idx], pad, [masks[i] for i in idx]), device)  # + what the losses read
         b["edit_positions"] = gm.edit_positions(b["input_ids"], b["attention_mask"], b["labels"])
         return b, idx
 
@@ -358,7 +356,7 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
         return {"forget": f, "retain": r, "forget_idx": f_idx}
 
     def answer_logits(b):
-        return logits_at(gm, b["input_ids"], b["attention_mask"], b["positions"], prompt_positions=b["edit_positions"])
+        return _answer_logits(gm, b, prompt_positions=b["edit_positions"])
 
     def reference_logits(f):  # npo's reference: the model without this module (earlier modules stay on)
         with torch.no_grad(), gm.muted(n_mod):

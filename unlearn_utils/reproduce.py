@@ -9,8 +9,9 @@ With ``--jobs 2`` (the default on a machine with 2 or more cores) two notebooks 
 half the cores. On 2 cores that made the first run of the default world take 15.3 min instead of 18.6 (now 12.3-13.5
 min on a fast day of the development machine, 14.5-15.8 on a slow one, see benchmarks/RESULTS.md): training gains
 about 1.6x from it, evaluation (which already uses both threads well) little. The numbers are the same: CPU
-results here do not depend on the thread count, and the summary is identical either way. Models shared between notebooks are trained once: the cache locks an entry while it is built
-(:func:`unlearn_utils.models.cache_lock`); whichever notebook asks first trains it, the other waits and loads it.
+results here do not depend on the thread count, and the summary is identical either way. Models shared between
+notebooks are trained once: the cache locks an entry while it is built (:func:`unlearn_utils.models.cache_lock`);
+whichever notebook asks first trains it, the other waits and loads it.
 """
 
 from __future__ import annotations

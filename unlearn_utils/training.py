@@ -8,7 +8,6 @@ labelled tokens).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time

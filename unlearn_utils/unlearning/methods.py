@@ -204,9 +204,9 @@ def _forward(model, batch, **kw):
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw)
 
 
-def _answer_logits(model, batch):
+def _answer_logits(model, batch, **kw):
     """Logits where the losses read them (before each labelled token), to go with ``batch["answer_labels"]``."""
-    return logits_at(model, batch["input_ids"], batch["attention_mask"], batch["positions"])
+    return logits_at(model, batch["input_ids"], batch["attention_mask"], batch["positions"], **kw)
 
 
 def _to(batch, device):
