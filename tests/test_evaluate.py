@@ -59,15 +59,16 @@ class FixedLM(torch.nn.Module):
 
 
 class WordTok:
-    """Maps words to ids by a fixed vocabulary (the minimum tokenizer interface the evaluator uses)."""
+    """Maps words to ids by a fixed vocabulary (the minimum tokenizer interface the evaluator uses); like Llama's, it
+    starts a text with <s> when asked for special tokens."""
 
     bos_token_id, pad_token_id = 0, 0
     vocab = {"<s>": 0, "a": 1, "b": 2, "c": 3}
 
-    def __call__(self, text, add_special_tokens=False):  # a string, or a list of them (as Hugging Face's)
+    def __call__(self, text, add_special_tokens=True):  # a string, or a list of them (as Hugging Face's)
         if isinstance(text, list):
-            return {"input_ids": [self(t)["input_ids"] for t in text]}
-        return {"input_ids": [self.vocab[w] for w in text.split()]}
+            return {"input_ids": [self(t, add_special_tokens)["input_ids"] for t in text]}
+        return {"input_ids": [0] * add_special_tokens + [self.vocab[w] for w in text.split()]}
 
 
 def test_answer_scores_and_truth_ratio_by_hand():

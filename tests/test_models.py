@@ -129,3 +129,54 @@ def test_cache_lock_lets_one_builder_in_at_a_time(tmp_path):
     for t in threads:
         t.join()
     assert len(built) == 1 and folder.exists()
+
+
+def test_presets_per_model():
+    from unlearn_utils.models import PRESETS, REAL_MODEL_RULE, preset
+
+    assert preset("world") == {} and preset(None) == {} and preset("world-retain") == {}
+    assert preset("smollm2-135m", "grad_diff") == {**PRESETS["smollm2-135m"]["*"],
+                                                   **PRESETS["smollm2-135m"].get("grad_diff", {})}
+    assert preset("smollm2-135m")["batch_size"] == 8
+    assert preset("some-org/some-model") == REAL_MODEL_RULE      # any other real model: the rule
+    assert preset(torch.nn.Linear(2, 2)) == {}                    # a model the kit did not load: the methods' defaults
+
+
+def test_unlearn_takes_the_models_preset_where_no_setting_is_given(tiny):
+    import copy
+
+    from unlearn_utils.models import preset
+    from unlearn_utils.unlearning import DEFAULTS, unlearn
+
+    world, model, tok = tiny
+    forget, retain = world.facts("forget05", "trained"), world.facts("retain", "trained").select(range(40))
+    out, _ = unlearn(model, tok, forget, retain, "grad_diff", steps=1, progress=False)
+    assert out.unlearn_config.lr == DEFAULTS["grad_diff"]["lr"] and out.unlearn_config.batch_size == 32  # the world
+    real = copy.deepcopy(model)
+    real.kit_name = "smollm2-135m"  # as load_model("smollm2-135m") marks its model
+    out, _ = unlearn(real, tok, forget, retain, "grad_diff", steps=1, progress=False)
+    assert out.unlearn_config.lr == preset("smollm2-135m", "grad_diff")["lr"]
+    assert out.unlearn_config.batch_size == preset("smollm2-135m")["batch_size"]
+    out, _ = unlearn(real, tok, forget, retain, "grad_diff", steps=1, lr=1e-4, batch_size=4, progress=False)
+    assert (out.unlearn_config.lr, out.unlearn_config.batch_size) == (1e-4, 4)    # what the caller sets wins
+    out, _ = unlearn(real, tok, forget, retain, "grad_diff", steps=1, lora=True, progress=False)
+    assert out.unlearn_config.lr == pytest.approx(10 * preset("smollm2-135m", "grad_diff")["lr"])  # LoRA: 10x
+    with pytest.raises(ValueError, match="batch size"):
+        unlearn(model, tok, forget, retain, "grad_diff", steps=1, batch_size=0)
+
+
+def test_choose_threads(monkeypatch):
+    from unlearn_utils.models import choose_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("UNLEARN_KIT_THREADS", "1")
+        assert choose_threads() == 1 and torch.get_num_threads() == 1
+        assert choose_threads(2) == 2                       # an explicit count wins over the variable
+        monkeypatch.delenv("UNLEARN_KIT_THREADS")
+        n = choose_threads()
+        assert 1 <= n <= (os.cpu_count() or 1)
+        with pytest.raises(ValueError, match="positive integer"):
+            choose_threads(0)
+    finally:
+        torch.set_num_threads(before)

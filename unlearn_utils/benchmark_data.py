@@ -10,19 +10,27 @@ locuslab/TOFU --repo-type dataset --local-dir TOFU``) and pass the folder or fil
   ``answer`` (the index of the right choice), as JSON, JSON lines or Parquet; scored by :func:`mc_accuracy`.
 * **Any question set** (``load_qa_splits``): JSON lines with ``split`` (forget / retain), ``prompt`` (or
   ``question``) and ``answer``.
+* **The real-knowledge set** (``data/real/questions.jsonl``, :func:`load_real_questions`): short factual questions
+  on pretraining knowledge in 15 categories, for a real pretrained model; :func:`real_splits` keeps the facts the
+  model knows and splits them into forget / retain.
 * ConceptVectors files are read by :func:`unlearn_utils.concepts.load_conceptvectors`.
 
-:func:`load_data` reads a notebook's ``DATA`` parameter (``"world"``, ``"tofu:FOLDER"``, ``"qa:FILE"``,
+:func:`load_data` reads a notebook's ``DATA`` parameter (``"world"``, ``"real"``, ``"tofu:FOLDER"``, ``"qa:FILE"``,
 ``"wmdp:FORGET_FILE,RETAIN_FILE"``) into forget / retain question sets.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import torch
+
+from .data import encode_texts
 
 TOFU_PROMPT = "Question: {question}\nAnswer:"
 TOFU_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
@@ -93,8 +101,6 @@ def load_tofu(folder: str | Path, forget: str = "forget05", max_retain: int | No
         out[part] = [{"prompt": TOFU_PROMPT.format(question=r["question"]), "answer": r["answer"],
                       "person": f"author_{first + i // TOFU_QUESTIONS_PER_AUTHOR:03d}"} for i, r in enumerate(rows)]
     if max_retain and len(out["retain"]) > max_retain:
-        import random
-
         keep = sorted(random.Random(seed).sample(range(len(out["retain"])), max_retain))
         out["retain"] = [out["retain"][i] for i in keep]
     overlap = {r["prompt"] for r in out["forget"]} & {r["prompt"] for r in out["retain"]}
@@ -136,8 +142,7 @@ def mc_accuracy(model, tokenizer, data, batch_size: int = 16) -> float:
     for letter in LETTERS[:n_choices]:
         ids = tokenizer(" " + letter, add_special_tokens=False)["input_ids"]
         letter_ids.append(ids[-1])
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    enc = [bos + tokenizer(p, add_special_tokens=False)["input_ids"] for p in data["prompt"]]
+    enc = encode_texts(tokenizer, data["prompt"])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dev = next(model.parameters()).device
     correct = 0
@@ -169,7 +174,136 @@ def load_qa_splits(path: str | Path) -> dict:
     return {k: datasets.Dataset.from_list(v) for k, v in out.items()}
 
 
-DATA_KINDS = ("world", "tofu:FOLDER", "qa:FILE.jsonl", "wmdp:FORGET_FILE,RETAIN_FILE")
+# ----------------------------------------------------------------------------------------------
+# The real-knowledge set: what a pretrained model knows
+# ----------------------------------------------------------------------------------------------
+REAL_QUESTIONS = Path(__file__).resolve().parent.parent / "data" / "real" / "questions.jsonl"
+REAL_FORGET_SHARE = 0.1
+
+
+def load_real_questions(path: str | Path | None = None) -> datasets.Dataset:
+    """Every question of the real-knowledge set: ``id``, ``category``, ``prompt`` (a sentence to complete),
+    ``answer``, ``paraphrases`` (two other prompts with the same answer) and ``perturbed`` (three wrong answers of
+    the same category). See ``data/real/README.md``."""
+    path = Path(path) if path is not None else REAL_QUESTIONS
+    if not path.exists():
+        raise FileNotFoundError(f"The real-knowledge questions are not at {path}. They ship in the kit's data/real/ "
+                                "folder; pass path= to read a copy elsewhere.")
+    rows = read_records(path)
+    _need(rows, ("id", "category", "prompt", "answer", "paraphrases", "perturbed"), path)
+    return datasets.Dataset.from_list(rows)
+
+
+@dataclass(frozen=True)
+class RealSplit:
+    """What ``DATA="real"`` asks for, checked before any model is loaded: forget one category, or a fixed random
+    share of the known facts (the rest is retained)."""
+
+    category: str | None = None
+    share: float = REAL_FORGET_SHARE
+    seed: int = 0
+    path: str | None = None
+
+    @classmethod
+    def parse(cls, where: str, seed: int = 0, path: str | Path | None = None) -> "RealSplit":
+        """``""`` (a 10 % share), ``"share=0.2"`` or a category name (``"capitals"``)."""
+        categories = sorted(set(load_real_questions(path)["category"]))
+        where = where.strip()
+        if not where:
+            return cls(seed=seed, path=str(path) if path else None)
+        if where.startswith("share="):
+            try:
+                share = float(where.split("=", 1)[1])
+            except ValueError:
+                share = float("nan")
+            if not 0 < share < 1:
+                raise ValueError(f"DATA='real:{where}': the forget share must be a number between 0 and 1 (e.g. "
+                                 "real:share=0.1); the rest of the known facts is the retain set.")
+            return cls(share=share, seed=seed, path=str(path) if path else None)
+        if where not in categories:
+            raise ValueError(f"DATA='real:{where}': there is no category {where!r} in the real-knowledge set. "
+                             f"Choose one of {categories}, or real:share=0.1 for a random share of all facts.")
+        return cls(category=where, seed=seed, path=str(path) if path else None)
+
+
+def _paraphrase_rows(ds: datasets.Dataset) -> datasets.Dataset:
+    """One row per paraphrase of each question (same answer and wrong answers): the held-out phrasings."""
+    rows = [{"id": r["id"], "category": r["category"], "prompt": p, "answer": r["answer"], "perturbed": r["perturbed"]}
+            for r in ds for p in r["paraphrases"]]
+    return datasets.Dataset.from_list(rows)
+
+
+def known_questions(model, tokenizer, questions: datasets.Dataset, batch_size: int = 64) -> list[bool]:
+    """Which questions the model answers with its gold answer by greedy decoding, on its own tokenizer's
+    conventions (cached per model weights and question set: the check runs once per model)."""
+    import hashlib
+
+    from .evaluate import answer_scores
+    from .models import cache_entry, weights_fingerprint
+
+    from .data import special_prefix
+
+    digest = hashlib.sha256(json.dumps([list(questions["prompt"]), list(questions["answer"])]).encode()).hexdigest()
+    folder = cache_entry("known_facts", {"model": weights_fingerprint(model), "questions": digest[:16],
+                                         "tokenizer": [len(tokenizer), special_prefix(tokenizer)]})
+    path = folder / "known.json"
+    if path.exists():
+        try:
+            known = json.loads(path.read_text())
+            if isinstance(known, list) and len(known) == len(questions):
+                return [bool(k) for k in known]
+        except (OSError, json.JSONDecodeError):
+            pass  # unreadable: measured again and written again below
+    known = answer_scores(model, tokenizer, list(questions["prompt"]), list(questions["answer"]),
+                          batch_size)["correct"].tolist()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".known.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(known))
+    tmp.replace(path)
+    return known
+
+
+def real_splits(model, tokenizer, split: RealSplit | None = None, batch_size: int = 64) -> dict:
+    """Forget / retain sets of the facts ``model`` knows, from the real-knowledge set.
+
+    Keeps the questions the original answers (greedy, :func:`known_questions`), then forgets ``split.category``
+    (the other categories are retained) or a fixed random ``split.share`` of the known facts. Returns
+    ``{"forget", "retain", "forget_para", "retain_para", "unknown", "known_by_category", "name"}``: the held-out
+    phrasings of each set, the questions the model does not know, and a table of known / total per category.
+    """
+    import pandas as pd
+
+    split = split or RealSplit()
+    questions = load_real_questions(split.path)
+    known = known_questions(model, tokenizer, questions, batch_size)
+    table = pd.DataFrame({"category": questions["category"], "known": known}).groupby("category")["known"]
+    by_category = pd.DataFrame({"known": table.sum().astype(int), "total": table.size()})
+    known_idx = [i for i, k in enumerate(known) if k]
+    if split.category is not None:
+        forget_idx = [i for i in known_idx if questions[i]["category"] == split.category]
+        if not forget_idx:
+            raise ValueError(f"The model knows none of the {split.category!r} facts, so there is nothing to forget "
+                             f"there. Known facts per category: {by_category['known'].to_dict()}.")
+    else:
+        n = max(1, round(split.share * len(known_idx)))
+        forget_idx = sorted(random.Random(split.seed).sample(known_idx, n)) if len(known_idx) >= n else []
+    chosen = set(forget_idx)
+    retain_idx = [i for i in known_idx if i not in chosen]
+    if not forget_idx or not retain_idx:
+        raise ValueError(f"The model knows {len(known_idx)} of the {len(questions)} facts: forgetting "
+                         f"{split.category or f'a share of {split.share}'} leaves "
+                         f"{'no forget' if not forget_idx else 'no retain'} facts. Choose a smaller share or another "
+                         "category (real:share=0.1, real:capitals).")
+    forget, retain = questions.select(forget_idx), questions.select(retain_idx)
+    unknown = questions.select([i for i, k in enumerate(known) if not k])
+    name = "real" + (f":{split.category}" if split.category else f":share={split.share:g}")
+    return {"forget": forget, "retain": retain, "forget_para": _paraphrase_rows(forget),
+            "retain_para": _paraphrase_rows(retain), "unknown": unknown, "known_by_category": by_category,
+            "name": name}
+
+
+DATA_KINDS = ("world", "real", "real:CATEGORY", "real:share=0.1", "tofu:FOLDER", "qa:FILE.jsonl",
+              "wmdp:FORGET_FILE,RETAIN_FILE")
 
 
 def load_data(spec: str, split: str = "forget05", max_retain: int | None = 400, seed: int = 0) -> dict | None:
@@ -178,17 +312,20 @@ def load_data(spec: str, split: str = "forget05", max_retain: int | None = 400, 
     * ``tofu:FOLDER``: TOFU's ``split`` (forget01 / forget05 / forget10) and its retain file;
     * ``qa:FILE.jsonl``: any questions marked forget / retain (:func:`load_qa_splits`);
     * ``wmdp:FORGET_FILE,RETAIN_FILE``: multiple-choice questions to forget (e.g. WMDP-bio) and to keep (e.g.
-      MMLU), asked as prompts whose answer is the right letter.
+      MMLU), asked as prompts whose answer is the right letter;
+    * ``real``, ``real:CATEGORY``, ``real:share=0.2``: the real-knowledge set. Which facts to use depends on the
+      model (those it knows), so this returns ``{"real": RealSplit, "name": spec}``, checked but not split yet;
+      :func:`real_splits` splits it once the model is loaded (``notebook.start`` does).
 
     Returns ``{"forget": Dataset, "retain": Dataset, "name": spec}`` with ``prompt`` and ``answer`` columns.
     """
-    import random
-
     from .world import check_splits
 
     if spec is None or spec == "world":
         return None
     kind, sep, where = str(spec).partition(":")
+    if kind == "real":
+        return {"real": RealSplit.parse(where, seed=seed), "name": str(spec)}
     if not sep or not where:
         raise ValueError(f"DATA={spec!r} is not a data source: use one of {', '.join(DATA_KINDS)}.")
     if kind == "tofu":

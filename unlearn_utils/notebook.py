@@ -38,6 +38,9 @@ class Session:
     results: dict = field(default_factory=dict)
     data: dict | None = None          # forget / retain questions from a file (DATA); None: the world's split
     retain_model_name: str | None = "world"
+    settings: dict = field(default_factory=dict)  # LR / STEPS / BATCH_SIZE given to the notebook (None: preset)
+    threads: int | None = None
+    _model_key: str | None = None
     _retain: object = None
     _eval: object = None
     _trajectory: object = None
@@ -102,13 +105,32 @@ class Session:
 
     def fresh_model(self):
         """A new copy of the original model (unlearning changes weights in place)."""
-        model, _ = build_world_model(self.config, device=self.device, dtype=self.dtype)
-        return model
+        if self.model_name == "world":
+            model, _ = build_world_model(self.config, device=self.device, dtype=self.dtype)
+            return model
+        import copy
+
+        return copy.deepcopy(self.model)
 
     @property
-    def model_key(self) -> str | None:
-        """Cache key of the world model (None for other models, whose unlearned versions are not cached)."""
-        return self.config.key() if self.model_name == "world" else None
+    def model_key(self) -> str:
+        """Cache key of the original model: the world model's config key, or a fingerprint of another model's
+        weights (so unlearned models, GRUN modules and relearning curves of any model are cached)."""
+        if self.model_name == "world":
+            return self.config.key()
+        if self._model_key is None:
+            from .models import weights_fingerprint
+
+            self._model_key = weights_fingerprint(self.model)[:16]
+        return self._model_key
+
+    def method_settings(self, method: str, **settings) -> dict:
+        """The settings a run of ``method`` uses: the model's preset, then the notebook's LR / STEPS / BATCH_SIZE,
+        then ``settings`` (values None are not set)."""
+        from .models import preset
+
+        given = {k: v for k, v in settings.items() if v is not None}
+        return {**preset(self.model, method), **{k: v for k, v in self.settings.items() if v is not None}, **given}
 
     def unlearned(self, method: str, data: dict | None = None, **settings):
         """The original model unlearned on this session's forget split with ``method`` (cached on disk).
@@ -126,6 +148,9 @@ class Session:
         if data is None and set(settings) <= {"steps", "seed", "lora", "progress"}:
             every = TRAJECTORY_EVERY_SMOKE if self.smoke else TRAJECTORY_EVERY
             settings.update(eval_fn=self.trajectory, eval_every=every, log_name=f"topics-every{every}")
+        for k, v in self.settings.items():  # the notebook's LR / STEPS / BATCH_SIZE, where the call sets none
+            if v is not None and settings.get(k) is None:
+                settings[k] = v
         return cached_unlearn(self.model, self.tokenizer, self.world, self.split, method,
                               model_key=self.model_key, data=data if data is not None else self.data, **settings)
 
@@ -169,17 +194,35 @@ class Session:
 
 def start(smoke: bool = False, model: str = "world", device=None, dtype=None, seed: int = 0,
           report_dir: str | None = None, split: str = "forget05", notebook: str = "notebook",
-          data: str = "world", retain_model: str | None = "world", **config_overrides) -> Session:
-    """Set the seed, pick the device, build (or load from cache) the world model.
+          data: str = "world", retain_model: str | None = "world", unlearning: dict | None = None,
+          threads: int | None = None, **config_overrides) -> Session:
+    """Set the seed, pick the device and threads, build (or load from cache) the model, read the data.
 
     smoke=True uses a tiny world and model that train in seconds (for CI); numbers are then not meaningful.
-    data: ``"world"`` or a benchmark file (``"tofu:FOLDER"``, ``"qa:FILE.jsonl"``, ``"wmdp:FORGET,RETAIN"``;
-    see :func:`unlearn_utils.benchmark_data.load_data`); ``split`` then names the TOFU split.
+    model: ``"world"``, ``"smollm2-135m"`` (a real pretrained model) or any model :func:`load_model` takes.
+    data: ``"world"``, ``"real"`` (the real-knowledge set: ``"real:capitals"`` forgets a category,
+    ``"real:share=0.2"`` a share of the known facts) or a benchmark file (``"tofu:FOLDER"``, ``"qa:FILE.jsonl"``,
+    ``"wmdp:FORGET,RETAIN"``; see :func:`unlearn_utils.benchmark_data.load_data`); ``split`` then names the TOFU split.
     retain_model: with a file, a model (hub id or path) fine-tuned without the forget set (e.g. TOFU's retain
     model), the floor of RTT and forget quality; ``"world"`` builds the world's retain model.
+    unlearning: the notebook's ``dict(lr=LR, steps=STEPS, batch_size=BATCH_SIZE)`` for every unlearning run (a value
+    None: the model's preset, :func:`unlearn_utils.models.preset`). threads: torch threads (None:
+    :func:`unlearn_utils.models.choose_threads`). config_overrides: world-model settings (:class:`WorldModelConfig`).
     """
+    from .models import choose_threads
+
     set_seed(seed)
     torch.set_grad_enabled(True)
+    n_threads = choose_threads(threads)
+    unlearning = dict(unlearning or {})
+    kinds = {"lr": (int, float), "steps": int, "batch_size": int}
+    for name, value in unlearning.items():
+        if name not in kinds:
+            raise TypeError(f"unlearning={{{name!r}: ...}}: the notebook sets only {sorted(kinds)} for every run.")
+        if value is not None and (not isinstance(value, kinds[name]) or isinstance(value, bool) or not value > 0
+                                  or value == float("inf")):
+            raise ValueError(f"{name.upper()} = {value!r}: it must be a positive finite number (or None for the "
+                             "model's preset).")
     base = WorldModelConfig(**SMOKE_CONFIG) if smoke else WorldModelConfig()
     config = dataclasses.replace(base, **config_overrides)
     world = config.world()
@@ -191,9 +234,14 @@ def start(smoke: bool = False, model: str = "world", device=None, dtype=None, se
         m, tok = build_world_model(config, device=dev, dtype=dtype)
     else:
         m, tok = load_model(model, device=dev, dtype=dtype)
+    if loaded is not None and "real" in loaded:  # which facts to use depends on what this model knows
+        from .benchmark_data import real_splits
+
+        loaded = real_splits(m, tok, loaded["real"])
     session = Session(world=world, config=config, model=m, tokenizer=tok, split=split, smoke=smoke, device=dev,
                       dtype=dtype, report_dir=report_dir, notebook=notebook, model_name=model, data=loaded,
-                      retain_model_name=retain_model)
+                      retain_model_name=retain_model, threads=n_threads,
+                      settings=unlearning)
     if loaded is not None:
         warn_if_unknown(session)
     return session

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from .arch import get_adapter
+from .data import encode_texts
 
 COMPONENTS = ("mlp", "attn", "both")
 # "block" (a decoder layer's whole output, the residual stream) is available for sanity checks and exploration.
@@ -51,8 +52,7 @@ def teacher_forced_inputs(original, tokenizer, prompts: list[str], max_new_token
     if not prompts:
         raise ValueError("The question list is empty: pass at least one forget question.")
     device = next(original.parameters()).device
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    seqs = [bos + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    seqs = encode_texts(tokenizer, prompts)
     starts = [len(s) for s in seqs]
     done = [False] * len(seqs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

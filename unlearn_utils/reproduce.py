@@ -75,7 +75,7 @@ def run_in_order(names: list[str], start: Callable[[str], object], jobs: int,
 
 def _limit_threads(threads: int) -> None:
     """In a worker process, before torch loads: use ``threads`` cores (the notebook kernels inherit this)."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "UNLEARN_KIT_THREADS"):
         os.environ[var] = str(threads)
     if "torch" in sys.modules:  # already loaded: tell it too
         sys.modules["torch"].set_num_threads(threads)
@@ -137,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not reuse cached world / unlearned models: build them again in a fresh cache folder")
     ap.add_argument("--jobs", type=int, default=default_jobs(),
                     help="notebooks run at once, each with cores/jobs threads (default: 2 with 2+ cores, else 1)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per notebook (default: cores/jobs with --jobs 2+; with --jobs 1, "
+                         "$UNLEARN_KIT_THREADS or the cores other processes leave free)")
     args = ap.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be at least 1, got {args.threads}")
     out = Path(args.out).resolve()
     (out / "figures").mkdir(parents=True, exist_ok=True)
     if args.rebuild:  # the notebooks' kernels inherit the environment
@@ -150,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     from .report import write_summary
 
     jobs = max(1, min(args.jobs, len(nbs)))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
+    if jobs == 1 and args.threads:  # the kernels inherit it (unlearn_utils.models.choose_threads reads it)
+        os.environ["UNLEARN_KIT_THREADS"] = str(args.threads)
     index = {nb.name: i for i, nb in enumerate(nbs, 1)}
     times, failed, t0 = {}, [], time.time()
     params = {"SMOKE": args.smoke, "REPORT_DIR": str(out)}

@@ -31,11 +31,11 @@ def set_seed(seed: int) -> None:
 
 
 def tokenize_texts(tokenizer, texts: list[str], max_length: int | None = None) -> list[list[int]]:
-    """Token ids of each text with BOS and EOS added (the world tokenizer adds neither by itself)."""
-    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    """Token ids of each text as the tokenizer starts a text (:func:`data.special_prefix`), then EOS."""
+    from .data import encode_texts
+
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    out = [bos + ids + eos for ids in enc]
+    out = [ids + eos for ids in encode_texts(tokenizer, texts)]
     if max_length:
         out = [ids[:max_length] for ids in out]
     return out

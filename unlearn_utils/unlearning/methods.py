@@ -30,7 +30,8 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from ..models import REFUSALS, save_checked
+from ..models import REFUSALS, preset, save_checked
+from ..data import encode_texts, special_prefix
 from ..training import TRAINING_VERSION, answer_positions, logits_at, pad_batch, set_seed, train_loop
 from ..world import check_splits
 from . import losses as L
@@ -76,14 +77,17 @@ class UnlearnConfig:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def for_method(cls, method: str, **overrides) -> "UnlearnConfig":
+    def for_method(cls, method: str, defaults: dict | None = None, **overrides) -> "UnlearnConfig":
+        """The method's settings: its :data:`DEFAULTS`, then ``defaults`` (the model's preset,
+        :func:`unlearn_utils.models.preset`), then the ``overrides`` that are not None."""
         if method not in DEFAULTS:
             raise ValueError(f"Unknown unlearning method {method!r}. Choose one of: {', '.join(METHODS)}.")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(overrides) - known
         if unknown:
             raise TypeError(f"Unknown setting(s) {sorted(unknown)} for unlearn(); known: {sorted(known)}.")
-        values = {**DEFAULTS[method], **{k: v for k, v in overrides.items() if v is not None}}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        values = {**DEFAULTS[method], **(defaults or {}), **overrides}
         if values.get("lora") and "lr" not in overrides:
             values["lr"] = values["lr"] * 10  # LoRA updates few weights: a larger step is standard
         cfg = cls(method=method, **values)
@@ -91,6 +95,8 @@ class UnlearnConfig:
             raise ValueError(f"The learning rate must be a positive number, got {cfg.lr!r}.")
         if not (isinstance(cfg.steps, int) and cfg.steps > 0):
             raise ValueError(f"The number of steps must be a positive integer, got {cfg.steps!r}.")
+        if not (isinstance(cfg.batch_size, int) and cfg.batch_size > 0):
+            raise ValueError(f"The batch size must be a positive integer, got {cfg.batch_size!r}.")
         return cfg
 
 
@@ -130,10 +136,10 @@ def encode_examples(tokenizer, rows: list[dict], answers: list[str] | None = Non
             seqs.append(p + a + eos)
             masks.append([0] * len(p) + [1] * (len(a) + len(eos)))
         else:
-            bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-            ids = bos + tokenizer(r["text"], add_special_tokens=False)["input_ids"]
+            prefix = len(special_prefix(tokenizer))
+            ids = encode_texts(tokenizer, [r["text"]])[0]
             seqs.append(ids)
-            masks.append([0] * len(bos) + [1] * (len(ids) - len(bos)))
+            masks.append([0] * prefix + [1] * (len(ids) - prefix))
     return seqs, masks
 
 
@@ -228,9 +234,10 @@ def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval
     or with ``text``. settings: any :class:`UnlearnConfig` field (``lr``, ``steps``, ``lora=True``, ...).
     eval_fn(model) -> dict of numbers, run at step 0 and every ``eval_every`` steps; the log then holds the
     trajectory. keep_best(row) -> score: at the end, restore the evaluated checkpoint with the highest score.
-    The input model is copied unless ``inplace=True``.
+    The input model is copied unless ``inplace=True``. Settings not given come from the model's preset
+    (:func:`unlearn_utils.models.preset`: none for the world model, small steps for a pretrained one).
     """
-    cfg = UnlearnConfig.for_method(method, **settings)
+    cfg = UnlearnConfig.for_method(method, defaults=preset(model, method), **settings)
     check_splits(forget=forget, retain=retain)
     set_seed(cfg.seed)
     device = next(model.parameters()).device
@@ -457,9 +464,9 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
     data: ``{"forget": ..., "retain": ...}`` question sets to use instead of the world's split (e.g. from
     :func:`unlearn_utils.benchmark_data.load_data`); their contents are then part of the cache key.
 
-    The cache key is the world model's key + split + every unlearning setting + the training-code version
-    (:data:`unlearn_utils.training.TRAINING_VERSION`). Without ``model_key`` (a model that
-    is not a cached world model) nothing is cached. Returns the unlearned model with ``unlearn_seconds`` (wall time
+    The cache key is the original's key (a world model's config key, or a fingerprint of another model's weights)
+    + split + every unlearning setting + the training-code version (:data:`unlearn_utils.training.TRAINING_VERSION`).
+    Without ``model_key`` nothing is cached. Returns the unlearned model with ``unlearn_seconds`` (wall time
     of its training, measured when it was trained), ``unlearn_eval_seconds`` (the part spent evaluating) and, when
     ``eval_fn`` is given, ``unlearn_log`` (the trajectory).
 
@@ -473,7 +480,7 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
     from ..models import CorruptCacheError, _load_checked, cache_entry, cache_lock, set_aside
     from ..training import TimedEval
 
-    cfg = UnlearnConfig.for_method(method, **settings)
+    cfg = UnlearnConfig.for_method(method, defaults=preset(model, method), **settings)
     if eval_fn is not None and not log_name:
         raise ValueError("Name the trajectory (log_name=...) so that its cached copy can be found again.")
     log_file = f"log-{log_name}.csv" if eval_fn is not None else None
