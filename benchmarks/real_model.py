@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: choose_threads)")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per loop")
     ap.add_argument("--skip-presets", action="store_true", help="do not train the presets (the slow part)")
+    ap.add_argument("--thread-counts", nargs="*", type=int, default=[1, 2],
+                    help="also time a bare step at each of these thread counts (the load average is printed)")
     args = ap.parse_args()
 
     from unlearn_utils import evaluate as ev
@@ -108,6 +110,19 @@ def main() -> None:
         print(f"  {'LoRA' if lora else 'full'}: kit {kit:.2f} s/step, bare PyTorch {bare:.2f} s/step, "
               f"ratio {kit / bare:.2f}x")
     print(f"peak memory so far: {peak_mb()} MB")
+    if args.thread_counts:
+        import os
+
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        per = {}
+        for n in args.thread_counts:
+            torch.set_num_threads(n)
+            per[n] = bare_steps(model, batches, max(2, args.steps // 2), settings["lr"], lora=False)
+        torch.set_num_threads(threads)
+        base = per[args.thread_counts[0]]
+        print(f"bare step by thread count (1-minute load average {load:.1f} before): "
+              + ", ".join(f"{n} thread(s) {t:.2f} s ({base / t:.2f}x of {args.thread_counts[0]})"
+                          for n, t in per.items()))
 
     eval_fn = ev.trajectory_metrics(tok, ev.eval_data_from(data))
     eval_fn(model)  # tokenizes once

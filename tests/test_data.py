@@ -38,7 +38,8 @@ def test_world_ids_are_the_ids_of_bos_plus_text(tiny):
     texts = world.training_texts()[:50] + [r["prompt"] for r in world.fact_rows()[:50]]
     plain = tok(texts, add_special_tokens=False)["input_ids"]
     assert encode_texts(tok, texts) == [[tok.bos_token_id] + ids for ids in plain]
-    pairs = ev.encode_qa(tok, [r["prompt"] for r in world.fact_rows()[:20]], [r["answer"] for r in world.fact_rows()[:20]])
+    rows = world.fact_rows()[:20]
+    pairs = ev.encode_qa(tok, [r["prompt"] for r in rows], [r["answer"] for r in rows])
     assert all(p[0] == tok.bos_token_id and tok.bos_token_id not in p[1:] for p, _ in pairs)
 
 

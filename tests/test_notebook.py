@@ -29,7 +29,8 @@ def test_notebook_settings_reach_every_run_and_any_model_is_cached(tiny, tmp_pat
 
     world, model, tok = tiny
     folder = save_checked(model, tok, tmp_path / "my-model")
-    rows = [{"split": "forget", "prompt": r["prompt"], "answer": r["answer"]} for r in world.facts("forget05", "trained")]
+    rows = [{"split": "forget", "prompt": r["prompt"], "answer": r["answer"]}
+            for r in world.facts("forget05", "trained")]
     rows += [{"split": "retain", "prompt": r["prompt"], "answer": r["answer"]}
              for r in world.facts("retain", "trained").select(range(30))]
     qa = tmp_path / "qa.jsonl"

