@@ -571,11 +571,16 @@ def load_gguf(path: str | os.PathLike, device=None, dtype=None):
 PRESETS: dict[str, dict[str, dict]] = {
     "world": {},
     "smollm2-135m": {
-        "*": dict(lr=1e-5, steps=30, batch_size=8),
+        # searched: forget <= 0.10 with retain >= 0.90 on DATA="real" (25 facts to forget, 225 to keep)
+        "grad_diff": {"lr": 6e-5, "steps": 60, "retain_weight": 5.0},
+        "npo_gd": {"lr": 6e-5, "steps": 45, "retain_weight": 10.0},
+        # not searched: the other methods start from the same scale; RMU from the WMDP code's learning rate
+        "*": {"lr": 6e-5, "steps": 60, "batch_size": 8, "retain_weight": 5.0},
+        "rmu": {"lr": 5e-5, "retain_weight": 10.0},
     },
 }
-# Any other pretrained model: the small learning rate fine-tuning unlearning uses on real models, short runs.
-REAL_MODEL_RULE = dict(lr=1e-5, steps=30, batch_size=8)
+# Any other pretrained model (not searched): a small learning rate, a heavy retain term, short runs at batch 8.
+REAL_MODEL_RULE = {"lr": 1e-5, "steps": 60, "batch_size": 8, "retain_weight": 5.0}
 
 
 def preset(model_or_name, method: str | None = None) -> dict:
