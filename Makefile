@@ -38,6 +38,7 @@ data: $(BIN)/.installed
 benchmark: $(BIN)/.installed
 	$(BIN)/python benchmarks/world_model.py
 	$(BIN)/python benchmarks/unlearning_methods.py
+	$(BIN)/python benchmarks/real_model.py
 
 # Course editions: editions/student (exercises open, solutions removed) and editions/solution
 editions: $(BIN)/.installed

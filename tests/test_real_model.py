@@ -115,7 +115,7 @@ def test_two_lora_unlearning_steps_and_a_two_layer_patch_sweep(smol):
               {"prompt": "The capital of Spain is", "answer": "Madrid"}]
     before = ev.answer_scores(model, tok, [r["prompt"] for r in forget], [r["answer"] for r in forget])["logprob"]
     out, log = unlearn(model, tok, forget, retain, "grad_diff", lora=True, steps=2, batch_size=2, lr=1e-3,
-                       progress=False)
+                       retain_weight=1.0, progress=False)
     assert len(log) == 2 and np.isfinite(log["loss"]).all()
     assert out.unlearn_config.batch_size == 2 and out.unlearn_config.lora
     after = ev.answer_scores(out, tok, [r["prompt"] for r in forget], [r["answer"] for r in forget])["logprob"]
