@@ -1,5 +1,5 @@
 # unlearn-kit: two commands do everything on a fresh machine with Python 3.11.
-#   make test       create .venv, install the kit, run the unit tests and every notebook in smoke mode
+#   make test       create .venv, install the kit, lint (ruff), run the unit tests and every notebook in smoke mode
 #   make reproduce  create .venv, install the kit, run every notebook on the default world -> reports/
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -27,6 +27,7 @@ real-model: $(BIN)/.installed
 setup: $(BIN)/.installed real-model
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 reproduce: setup

@@ -18,10 +18,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     from unlearn_utils import patching as P
-    from unlearn_utils.notebook import start
+    from unlearn_utils.session import start
 
     S = start(args.smoke)
-    unlearned = S.unlearned(args.method, progress=False, **({"steps": 10} if args.smoke else {}))
+    unlearned, _ = S.unlearned(args.method, progress=False, **({"steps": 10} if args.smoke else {}))
     questions = S.world.facts(S.split, "trained")
     prompts = [p for p, q in zip(questions["prompt"], questions["is_question"]) if q]
     tf = P.teacher_forced_inputs(S.model, S.tokenizer, prompts)

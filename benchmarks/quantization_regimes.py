@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     from unlearn_utils import evaluate as ev
-    from unlearn_utils.notebook import start
+    from unlearn_utils.session import start
     from unlearn_utils.quantize import quantize_model
     from unlearn_utils.unlearning import unlearn
 
@@ -93,8 +93,8 @@ def main() -> None:
             return {"forget_accuracy": fp}
 
         unlearn(model, tok, world.facts(S.split, "trained"), world.facts("retain", "trained", S.split), method,
-                lr=lr, steps=10 if args.smoke else steps, only_modules=only, eval_fn=track, eval_every=5 if args.smoke else args.every,
-                progress=False)
+                lr=lr, steps=10 if args.smoke else steps, only_modules=only, eval_fn=track,
+                eval_every=5 if args.smoke else args.every, progress=False)
         print(f"{method} lr {lr:g}: {time.time() - start_t:.0f} s", flush=True)
     print(f"largest forget-accuracy gain from quantizing a model that had forgotten something: {best['gain']:+.3f}"
           f" ({best['where']})")

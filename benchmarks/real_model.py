@@ -72,7 +72,7 @@ def main() -> None:
     from unlearn_utils.models import choose_threads, load_gguf, load_model, model_file, preset
     from unlearn_utils.training import pad_batch
     from unlearn_utils.unlearning import unlearn
-    from unlearn_utils.unlearning.methods import encode_examples
+    from unlearn_utils.data import encode_examples
 
     threads = choose_threads(args.threads)
     print(f"torch {torch.__version__}, {threads} thread(s)")

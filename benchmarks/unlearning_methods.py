@@ -52,11 +52,13 @@ def main() -> None:
     rows = []
     for lora in ([False, True] if args.lora else [False]):
         for m in args.methods:
-            cmd = [sys.executable, __file__, "--one", m] + (["--lora"] if lora else []) + (["--smoke"] if args.smoke else [])
+            cmd = ([sys.executable, __file__, "--one", m] + (["--lora"] if lora else [])
+                   + (["--smoke"] if args.smoke else []))
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             row = json.loads(out)
             rows.append(row)
-            print(f"{row['method']:18s} {row['steps']:4d} steps {row['seconds']:6.1f} s  peak RSS {row['peak_rss_mb']:5d} MB"
+            print(f"{row['method']:18s} {row['steps']:4d} steps {row['seconds']:6.1f} s"
+                  f"  peak RSS {row['peak_rss_mb']:5d} MB"
                   f"  forget {row['forget_accuracy']:.3f}  retain {row['retain_accuracy']:.3f}", flush=True)
     print(f"slowest: {max(r['seconds'] for r in rows):.1f} s (target: at most 60 s each on 2 cores)")
 

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from unlearn_utils.audit import AuditConfig, audit, auto_group_size, recovery_verdict, share_back
+from unlearn_utils.audit import (AuditConfig, AuditReport, audit, audit_each, auto_group_size, recorded_numbers,
+                                  recovery_verdict, share_back, side_by_side)
 from unlearn_utils.evaluate import accuracy, eval_data
 from unlearn_utils.quantize import quantize_model
 
@@ -106,8 +107,8 @@ def test_audit_on_the_world_model(knowing, unlearned_pair, method):
 
 def test_audit_report_saves_and_reads(knowing, unlearned_pair, tmp_path):
     world, model, tok = knowing
-    rep = audit(model, unlearned_pair["grad_diff"], tok, world, split=SPLIT, probes=("quantization", "paraphrase"), bits=(4,),
-                progress=False)
+    rep = audit(model, unlearned_pair["grad_diff"], tok, world, split=SPLIT, probes=("quantization", "paraphrase"),
+                bits=(4,), progress=False)
     folder = rep.save(tmp_path / "audit")
     assert {"verdicts.csv", "table.csv", "audit.md", "audit.png", "config.json", "manifest.json"} <= \
         {p.name for p in folder.iterdir()}
@@ -169,3 +170,43 @@ def test_audit_runs_on_tofu_files_with_a_random_real_architecture():
     assert v.loc["in_context", "verdict"].startswith("not run")
     assert rep.vectors.loc[rep.vectors.layer == 1, "cosine"].min() == pytest.approx(1.0, abs=1e-5)  # scaled only
     assert len(rep.patching) == 2 * 3
+
+
+def _report(rows):
+    verdicts = pd.DataFrame(rows, columns=["probe", "setting", "verdict", "share_back", "still_there"])
+    return AuditReport(table=pd.DataFrame(), verdicts=verdicts)
+
+
+def test_several_audits_side_by_side_and_as_recorded():
+    reports = {"gd": _report([("quantization", "4-bit", "stays forgotten", 0.1, False),
+                              ("relearning", "RTT", "knowledge came back", 0.6, True)]),
+               "grun": _report([("quantization", "4-bit", "nothing to recover", float("nan"), None)])}
+    side = side_by_side(reports, "share_back")
+    assert list(side.columns) == ["gd", "grun"]
+    assert list(side.index) == [("quantization", "4-bit"), ("relearning", "RTT")]
+    assert side.loc[("relearning", "RTT"), "gd"] == 0.6 and pd.isna(side.loc[("relearning", "RTT"), "grun"])
+    still = side_by_side(reports, "still_there")
+    assert still["gd"].tolist() == [False, True] and still.loc[("quantization", "4-bit"), "grun"] is None
+    numbers = recorded_numbers(reports)
+    assert list(numbers) == ["audit_share_back", "audit_still_there", "audit_verdicts"]
+    assert list(numbers["audit_share_back"]) == ["gd | quantization 4-bit", "gd | relearning RTT",
+                                                 "grun | quantization 4-bit", "grun | relearning RTT"]
+    assert numbers["audit_share_back"]["gd | quantization 4-bit"] == 0.1
+    assert pd.isna(numbers["audit_share_back"]["grun | quantization 4-bit"])
+    still_there = numbers["audit_still_there"]
+    assert still_there["gd | relearning RTT"] and not still_there["gd | quantization 4-bit"]
+    assert numbers["audit_verdicts"] == {"gd": ["quantization: stays forgotten", "relearning: knowledge came back"],
+                                         "grun": ["quantization: nothing to recover"]}
+
+
+def test_audit_each_audits_every_model_as_audit_does(tiny):
+    world, model, tok = tiny
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.model.layers[0].mlp.down_proj.weight.mul_(0.5)
+    settings = dict(split="forget05", probes=("paraphrase",), progress=False)
+    reports = audit_each(model, {"half": other, "same": model}, tok, world, **settings)
+    assert list(reports) == ["half", "same"]
+    assert reports["half"].table.equals(audit(model, other, tok, world, **settings).table)
+    assert reports["same"].table.equals(audit(model, model, tok, world, **settings).table)
+    assert not reports["half"].table.equals(reports["same"].table)

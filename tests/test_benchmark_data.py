@@ -131,7 +131,8 @@ def test_load_data_reads_each_source_and_names_bad_ones(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_data(f"tofu:{tmp_path / 'nowhere'}")
     overlapping = tmp_path / "overlap.jsonl"
-    overlapping.write_text('{"split": "forget", "prompt": "Q?", "answer": "a"}\n{"split": "retain", "prompt": "Q?", "answer": "a"}\n')
+    overlapping.write_text('{"split": "forget", "prompt": "Q?", "answer": "a"}\n'
+                           '{"split": "retain", "prompt": "Q?", "answer": "a"}\n')
     with pytest.raises(ValueError, match="overlap"):
         load_data(f"qa:{overlapping}")
 
@@ -159,8 +160,8 @@ def test_a_model_that_does_not_know_the_file_is_warned_about(monkeypatch, cache)
 
     import datasets
 
-    from unlearn_utils import evaluate, notebook
-    from unlearn_utils.notebook import start
+    from unlearn_utils import evaluate, session
+    from unlearn_utils.session import start
 
     with pytest.warns(UserWarning, match="does not know them"):  # the smoke world model and TOFU's fictitious authors
         S = start(True, data=f"tofu:{FIX / 'tofu'}", split="forget01")
@@ -171,7 +172,7 @@ def test_a_model_that_does_not_know_the_file_is_warned_about(monkeypatch, cache)
         monkeypatch.setattr(evaluate, "accuracy", lambda *a, acc=acc: acc)
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
-            assert notebook.warn_if_unknown(fake) == acc
+            assert session.warn_if_unknown(fake) == acc
         assert bool(seen) == warns, (acc, [str(w.message) for w in seen])
 
 

@@ -211,7 +211,8 @@ def test_gated_loss_check():
         return ft + rt
 
     def per_set(ft, rt, fg, rg, lam):
-        return ft + rt + lam * (F.binary_cross_entropy(fg, torch.ones(len(fg))) + F.binary_cross_entropy(rg, torch.zeros(len(rg))))
+        return ft + rt + lam * (F.binary_cross_entropy(fg, torch.ones(len(fg)))
+                                + F.binary_cross_entropy(rg, torch.zeros(len(rg))))
 
     r = checks.check_gated_loss(flipped)
     assert not r.passed and "flipped" in r.message

@@ -1,15 +1,16 @@
-"""Concept vectors: projection, location, causal validation, parametric change, Needle, probes, loaders."""
+"""Concept vectors: projection, location, causal validation, parametric change, topic probes.
+
+The ConceptVectors file format is tested in test_concept_files.py, Needle in unlearning/test_needle.py.
+"""
 
 import copy
-from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from unlearn_utils import concepts as C
-from unlearn_utils.arch import get_adapter
-
-FIXTURE = Path(__file__).parent / "fixtures" / "conceptvectors_small.json"
 
 
 def test_projection_is_unembedding_times_vector(tiny):
@@ -30,9 +31,11 @@ def test_planted_concept_vector_is_found(tiny):
     world, model, tok = tiny
     model = copy.deepcopy(model)
     topic = world.topics[1]
-    ids = C._word_ids(tok, topic["words"])
-    u = torch.nn.functional.normalize(torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1)), dim=0)
-    with torch.no_grad():  # give the topic's words a shared direction u in the unembedding, and plant u as a value vector
+    ids = C.word_ids(tok, topic["words"])
+    u = torch.nn.functional.normalize(torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1)),
+                                      dim=0)
+    # give the topic's words a shared direction u in the unembedding, and plant u as a value vector
+    with torch.no_grad():
         model.lm_head.weight[ids] += 5 * u
         model.model.layers[1].mlp.down_proj.weight[:, 7] = 10 * u
     k = len(ids)
@@ -70,10 +73,6 @@ def test_bad_input_is_a_clear_error(tiny):
         C.value_vector(model, 0, 999)
     with pytest.raises(IndexError, match="out of range"):
         C.locate_concept_vectors(model, tok, world, layers=[5])
-    with pytest.raises(IndexError):
-        C.needle(model, tok, (0, 999))
-    with pytest.raises(ValueError, match="forget_texts"):
-        C.needle(model, tok, (0, 1), steps=3)
     with pytest.raises(ValueError, match="hidden size"):
         C.project_to_vocab(model, torch.randn(5))
 
@@ -112,24 +111,6 @@ def test_noised_vector_restores_the_weights_even_after_an_error(tiny):
             raise RuntimeError("boom")
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
-
-
-def test_needle_changes_only_the_chosen_columns(tiny):
-    world, model, tok = tiny
-    forget, _, _ = C.topic_forget_retain(world, world.topics[0]["name"])
-    out, log = C.needle(model, tok, [(0, 2), (1, 5)], scale=1.0, steps=3, forget_texts=[r["text"] for r in forget],
-                        progress=False)
-    assert len(log) == 3
-    a, b = model.state_dict(), out.state_dict()
-    for k in a:
-        diff = (a[k] - b[k]).abs()
-        if k == "model.layers.0.mlp.down_proj.weight":
-            assert diff[:, 2].sum() > 0 and diff[:, [i for i in range(diff.shape[1]) if i != 2]].sum() == 0
-        elif k == "model.layers.1.mlp.down_proj.weight":
-            assert diff[:, 5].sum() > 0 and diff[:, [i for i in range(diff.shape[1]) if i != 5]].sum() == 0
-        else:
-            assert diff.sum() == 0, k
-    assert all(p.requires_grad for p in out.parameters())  # flags restored
 
 
 @pytest.fixture(scope="module")
@@ -178,126 +159,167 @@ def test_topic_forget_retain_and_probes(tiny):
     assert list(table.index) == ["plain", "paraphrase", "in_context", "role_play"]
 
 
-def test_conceptvectors_loader_and_analysis_on_a_real_architecture(tiny, tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    world, _, tok = tiny
-    recs = C.load_conceptvectors(FIXTURE)
-    assert [r.concept for r in recs] == ["Sailing", "Baking"]
-    assert recs[0].layer == 1 and recs[0].dim == 5 and recs[0].completions[0]["Second_half"] == "holds the sails."
-    words = C.concept_words(recs[0], tok)
-    assert "keel" in words and "the" not in words
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=2)).eval()
-    other = copy.deepcopy(model)
-    for r in recs:
-        v = C.value_vector(model, r.layer, r.dim)
-        assert len(C.top_tokens(model, tok, v, k=10)) == 10
-        change = C.vector_change(model, other, tok, r.layer, r.dim, C.concept_words(r, tok), k=10)
-        assert change["cosine"] == pytest.approx(1.0, abs=1e-6)
-    assert get_adapter(model).family == "llama"
-
-
-def test_conceptvectors_loader_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="No ConceptVectors file"):
-        C.load_conceptvectors(tmp_path / "missing.json")
-    bad = tmp_path / "bad.json"
-    bad.write_text('[{"Concept": "x", "Layer": 1}]')
-    with pytest.raises(ValueError, match="lacks"):
-        C.load_conceptvectors(bad)
-    bad.write_text("not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        C.load_conceptvectors(bad)
-
-
-def _as_conceptvectors(world, path, vectors):
-    """The world's topics written as a ConceptVectors file, with the given (layer, dim) per topic."""
+# ----------------------------------------------------------------------------------------------
+# The steps of notebook 03, as package functions
+# ----------------------------------------------------------------------------------------------
+def _tiny_concept_file(world, tok, tmp_path):
+    """The tiny world's topics as a ConceptVectors file, topic i's vector = (layer 0, column i)."""
     import json
 
-    rows = [{"Concept": t["name"], "Layer": int(vectors[t["name"]][0]), "Dim": int(vectors[t["name"]][1]),
+    from unlearn_utils import concept_files
+
+    rows = [{"Concept": t["name"], "Layer": 0, "Dim": i, "QA": [], "unrelated_QA": [],
              "text_completion": [{"First_half": r["prompt"], "Second_half": r["answer"]} for r in world.topic_rows()
                                  if r["topic"] == t["name"] and r["kind"] == "completion"],
-             "unrelated_QA": [], "wikipedia_content": " ".join(t["sentences"]),
-             "QA": [r["prompt"].replace("Question:", "").replace("Answer:", "").strip() for r in world.topic_rows()
-                    if r["topic"] == t["name"] and r["kind"] == "question"]} for t in world.topics]
+             "wikipedia_content": " ".join(t["sentences"])} for i, t in enumerate(world.topics)]
+    path = tmp_path / "cv.json"
     path.write_text(json.dumps(rows))
-    return path
+    return concept_files.concept_source(f"conceptvectors:{path}", tok)
 
 
-def test_a_conceptvectors_file_gives_the_worlds_numbers(topic_model, tmp_path):
-    """The world's topics written as a ConceptVectors file: scores, located-vector overlap and the causal effect
-    computed through the file equal those computed on the world (completions only, the file has no answered QA)."""
-    world, model, tok = topic_model
-    loc = C.locate_concept_vectors(model, tok, world, k=20)
-    path = _as_conceptvectors(world, tmp_path / "cv.json", {r.topic: (r.layer, r.column) for r in loc.itertuples()})
-    source = C.concept_source(f"conceptvectors:{path}", tok)
-    assert isinstance(source, C.ConceptSet) and [t["name"] for t in source.topics] == [t["name"] for t in world.topics]
-    on_world = C.topic_scores(model, tok, world, kinds=("completion",))
-    on_file = C.topic_scores(model, tok, source)
-    assert on_file.accuracy.tolist() == on_world.accuracy.tolist()
-    assert on_file.logprob.to_numpy() == pytest.approx(on_world.logprob.to_numpy(), abs=1e-5)
-    given = C.given_vectors(model, tok, source, k=20).set_index("topic")
-    assert (given.layer == loc.set_index("topic").layer).all() and (given.column == loc.set_index("topic").column).all()
-    # the file's words come from its article, so the overlap is measured against those (a superset of the cluster)
-    assert (given.hits >= 0).all() and given.overlap.between(0, 1).all()
-    r = loc.iloc[0]
-    a = C.causal_effect(model, tok, source, r.topic, r.layer, r.column, scale=10.0)
-    clean = C.topic_scores(model, tok, world, kinds=("completion",))
-    with C.noised_vector(model, r.layer, r.column, 10.0, seed=0):
-        noisy = C.topic_scores(model, tok, world, kinds=("completion",))
-    assert a["target_logprob_drop"] == pytest.approx(clean.loc[r.topic, "logprob"] - noisy.loc[r.topic, "logprob"], abs=1e-5)
-    forget, retain, kept = C.topic_forget_retain(source, r.topic, n_retain_topics=1)
-    assert forget and retain and len(kept) == 1 and r.topic not in kept  # no people facts in a concept file
-    probes = C.probe_scores(model, tok, source, r.topic)
-    assert list(probes.index) == ["plain", "in_context"]
-    with pytest.raises(KeyError, match="paraphrase and role-play need the world"):
-        C.probe_rows(source, "role_play")
-
-
-def test_concept_source_errors(tiny, tmp_path):
+def test_concept_vectors_locates_on_the_world_and_takes_a_files_own(tiny, tmp_path):
     world, model, tok = tiny
-    assert C.concept_source("world", tok, world) is world
-    with pytest.raises(ValueError, match="notebook 03 studies concepts"):
-        C.concept_source("qa:questions.jsonl", tok, world)
-    with pytest.raises(FileNotFoundError, match="No ConceptVectors file"):
-        C.concept_source(f"conceptvectors:{tmp_path / 'missing.json'}", tok)
-    path = _as_conceptvectors(world, tmp_path / "cv.json", {t["name"]: (99, 0) for t in world.topics})
-    with pytest.raises((IndexError, ValueError), match="layer"):
-        C.given_vectors(model, tok, C.concept_source(f"conceptvectors:{path}", tok))
-    twice = C.load_conceptvectors(path)
-    with pytest.raises(ValueError, match="repeat"):
-        C.ConceptSet(twice + twice[:1], tok)
+    on_world = C.concept_vectors(model, tok, world, k=10, top=2)
+    pd.testing.assert_frame_equal(on_world, C.locate_concept_vectors(model, tok, world, k=10, top=2))
+    normed = C.concept_vectors(model, tok, world, k=10, final_norm=True)
+    pd.testing.assert_frame_equal(normed, C.locate_concept_vectors(model, tok, world, k=10, final_norm=True))
+    source = _tiny_concept_file(world, tok, tmp_path)
+    on_file = C.concept_vectors(model, tok, source, k=10, top=3)  # top does not apply: one vector per concept
+    assert list(on_file.layer) == [0] * len(world.topics) and list(on_file.column) == list(range(len(world.topics)))
+    pd.testing.assert_frame_equal(on_file, C.given_vectors(model, tok, source, k=10))
 
 
-def test_concept_file_limit_keep_and_in_context_without_the_answer(tiny, tmp_path):
+def _located():
+    return pd.DataFrame({"topic": ["a", "b", "c", "d"], "layer": [2, 0, 2, 1], "column": [5, 1, 7, 3],
+                         "hits": [3, 1, 4, 0], "overlap": [0.3, 0.1, 0.4, 0.0],
+                         "tokens": [["x", "y", "z"], ["p"], ["q", "r"], []]})
+
+
+def test_location_summary_same_vectors_and_tables_by_hand():
+    located = _located()
+    found = C.location_summary(located, min_overlap=0.3)
+    assert found == {"share": 0.5, "median_overlap": pytest.approx(0.2), "layers": {0: 1, 1: 1, 2: 2}}
+    assert list(found["layers"]) == [0, 1, 2]  # by layer
+    assert C.location_summary(located, min_overlap=0.05)["share"] == 0.75
+    other = located.assign(column=[5, 1, 8, 3], layer=[2, 0, 2, 2])  # c: other column; d: other layer
+    assert C.same_vectors(other, located) == 0.5
+    assert C.same_vectors(located, located) == 1.0
+    shown = C.located_table(located, n_tokens=2)
+    assert list(shown.columns) == ["topic", "layer", "column", "hits", "overlap", "tokens"]
+    assert list(shown.tokens) == ["x y", "p", "q r", ""]
+    candidates = pd.DataFrame({"topic": ["a", "a", "b", "a"], "layer": [2.0, 1.0, 0.0, 3.0],
+                               "column": [5, 9, 1, 4]})
+    assert C.topic_vectors(candidates, "a") == [(2, 5), (1, 9), (3, 4)]
+    assert all(isinstance(v, (int, np.integer)) for v in C.topic_vectors(candidates, "a")[0])
+    assert C.topic_vectors(candidates, "zzz") == []
+
+
+def test_causal_effects_are_causal_effect_per_row(tiny):
     world, model, tok = tiny
-    names = [t["name"] for t in world.topics]
-    path = _as_conceptvectors(world, tmp_path / "cv.json", {n: (0, i) for i, n in enumerate(names)})
-    some = C.concept_source(f"conceptvectors:{path}", tok, limit=2, keep=[names[-1], None])
-    assert [t["name"] for t in some.topics] == [names[0], names[1], names[-1]]
-    with pytest.raises(KeyError, match="not in"):
-        C.concept_source(f"conceptvectors:{path}", tok, keep=["no such concept"])
-    plain, in_context = C.probe_rows(some, "plain"), C.probe_rows(some, "in_context")
-    assert len(plain) == len(in_context) > 0
-    for p, r in zip(plain, in_context):  # context sentences come first and never contain the answer itself
-        assert r["prompt"].endswith(p["prompt"])
-        assert r["answer"].lower() not in r["prompt"][: -len(p["prompt"])].lower()
-    assert any(len(r["prompt"]) > len(p["prompt"]) for p, r in zip(plain, in_context))
+    located = C.locate_concept_vectors(model, tok, world, k=10)
+    effects = C.causal_effects(model, tok, world, located, scale=5.0, seeds=(0, 1))
+    assert list(effects.topic) == list(located.topic) and list(effects.column) == list(located.column)
+    r = located.iloc[1]
+    one = C.causal_effect(model, tok, world, r.topic, int(r.layer), int(r.column), scale=5.0, seeds=(0, 1))
+    assert effects.iloc[1].to_dict() == pytest.approx(one)
 
 
-def test_concept_file_scored_against_the_original_own_answers(topic_model, tmp_path):
-    """With a reference model, completions and QA questions are answered by its own greedy continuation: the
-    reference then scores (nearly) 100 %, and a model with that concept's vector noised scores less on it."""
-    world, model, tok = topic_model
-    loc = C.locate_concept_vectors(model, tok, world, k=20)
-    path = _as_conceptvectors(world, tmp_path / "cv.json", {r.topic: (r.layer, r.column) for r in loc.itertuples()})
-    source = C.concept_source(f"conceptvectors:{path}", tok, reference=model)
-    kinds = {r["kind"] for r in source.topic_rows()}
-    assert kinds == {"completion", "question"}
-    assert C.topic_scores(model, tok, source).accuracy.min() >= 0.95
-    effects = [C.causal_effect(model, tok, source, r.topic, r.layer, r.column, scale=10.0) for r in loc.itertuples()]
-    target = sum(e["target_logprob_drop"] for e in effects) / len(effects)
-    unrelated = sum(e["unrelated_logprob_drop"] for e in effects) / len(effects)
-    assert target > 0 and target > unrelated, (target, unrelated)
-    assert C.concept_source("world", tok, world, reference=model) is world  # the world has its own answers
+def test_causal_summary_and_choose_topic_by_hand():
+    effects = pd.DataFrame({"topic": ["a", "b", "c"], "target_logprob_drop": [0.6, 0.9, 0.3],
+                            "unrelated_logprob_drop": [0.1, 0.5, 0.0], "ratio": [6.0, 1.8, 3.0]})
+    s = C.causal_summary(effects, min_ratio=3)
+    assert s["target_drop"] == pytest.approx(0.6) and s["unrelated_drop"] == pytest.approx(0.2)
+    assert s["ratio"] == pytest.approx(3.0)  # mean over mean, not the mean of the ratios (3.6)
+    assert s["share_specific"] == pytest.approx(2 / 3)
+    assert C.causal_summary(effects.assign(unrelated_logprob_drop=0.0))["ratio"] == pytest.approx(0.6 / 1e-9)
+    assert C.choose_topic(effects, min_ratio=3) == "a"      # b has the largest drop but did not pass validation
+    assert C.choose_topic(effects, min_ratio=10) == "b"     # none passed: the largest drop of all
+    assert C.choose_topic(effects, "c", min_ratio=3) == "c"  # a given topic wins
+
+
+def test_people_facts_sample_and_none_for_a_file(tiny, tmp_path):
+    world, model, tok = tiny
+    every = world.facts("retain", phrasings="trained")
+    some = C.people_facts(world, about=10)
+    step = len(every) // 10
+    assert step > 1 and len(some) == len(range(0, len(every), step)) >= 10
+    assert some["prompt"] == every.select(range(0, len(every), step))["prompt"]
+    assert len(C.people_facts(world, about=10**6)) == len(every)  # fewer facts than asked: all of them
+    assert C.people_facts(_tiny_concept_file(world, tok, tmp_path)) is None
+
+
+def test_unlearning_table_rows_and_probe_table(tiny):
+    from unlearn_utils.evaluate import accuracy
+
+    world, model, tok = tiny
+    topic = world.topics[0]["name"]
+    flipped = copy.deepcopy(model)
+    with torch.no_grad():
+        flipped.model.layers[1].mlp.down_proj.weight[:, 3] *= -1
+    models = {"original": model, "flipped": flipped}
+    people = C.people_facts(world, about=20)
+    table = C.unlearning_table(models, model, tok, world, topic, 1, 3, people=people, k=10)
+    assert list(table.index) == ["original", "flipped"]
+    assert list(table.columns) == ["target topic acc", "unrelated topics acc", "people facts acc", "cosine", "l2",
+                                   "jaccard", "topic_tokens_kept"]
+    ts = C.topic_scores(flipped, tok, world)
+    assert table.loc["flipped", "target topic acc"] == ts.loc[topic, "accuracy"]
+    assert table.loc["flipped", "unrelated topics acc"] == pytest.approx(ts.accuracy.drop(topic).mean())
+    assert table.loc["flipped", "people facts acc"] == accuracy(flipped, tok, people)
+    assert table.loc["original", "cosine"] == pytest.approx(1.0)
+    assert table.loc["flipped", "cosine"] == pytest.approx(-1.0)
+    no_people = C.unlearning_table(models, model, tok, world, topic, 1, 3, k=10)
+    assert no_people["people facts acc"].isna().all()
+    probes = C.probe_table(models, tok, world, topic, seed=0)
+    assert list(probes.index) == ["original", "flipped"]
+    assert list(probes.columns) == ["target, plain", "target, paraphrase", "target, in_context", "target, role_play"]
+    assert probes.loc["flipped"].tolist() == C.probe_scores(flipped, tok, world, topic, seed=0)["target"].tolist()
+
+
+def _unlearning_rows(original_acc=0.8):
+    return pd.DataFrame({"target topic acc": [original_acc, 0.05, 0.2, 0.3, 0.1],
+                         "unrelated topics acc": [0.9, 0.4, 0.6, 0.85, 0.8],
+                         "cosine": [1.0, 0.99, 0.97, 0.5, 0.4], "jaccard": [1.0, 0.8, 0.6, 0.1, 0.0]},
+                        index=["original", "grad_diff", "rmu", "needle (noise)", "needle (noise + GA)"])
+
+
+def test_method_rows_and_describe_findings_by_hand():
+    table = _unlearning_rows()
+    ft, needle_rows = C.method_rows(table, ["rmu", "grad_diff"])
+    assert list(ft.index) == ["rmu", "grad_diff"]
+    assert list(needle_rows.index) == ["needle (noise)", "needle (noise + GA)"]
+    probes = pd.DataFrame({"target, plain": [0.8, 0.05, 0.2], "target, in_context": [0.9, 0.4, 0.1]},
+                          index=["original", "grad_diff", "rmu"])
+    text = C.describe_findings(table, probes, ["grad_diff", "rmu"], "sailing", k=5).split("\n")
+    assert text == [
+        "Fine-tuning: cosine of the 'sailing' vector to the original 0.970-0.990, Jaccard of top-5 tokens 0.60-0.80, "
+        "while target accuracy fell to 20% (worst method).",
+        "Best fine-tuning method for unrelated topics: rmu (target 20%, unrelated 60%); best Needle: "
+        "needle (noise + GA) (target 10%, unrelated 80%).",
+        "Highest target accuracy any probe brings back after fine-tuning: {'grad_diff': '40%', 'rmu': '20%'}"]
+    unknown = C.describe_findings(_unlearning_rows(0.3), probes, ["grad_diff", "rmu"], "sailing", k=5).split("\n")
+    assert len(unknown) == 4 and unknown[0] == ("The original answers only 30% of 'sailing' before unlearning: the "
+                                                "forgetting verdicts are not measured (None).")
+
+
+@pytest.mark.parametrize("original_acc", [0.8, 0.3])
+def test_report_verdicts_on_method_rows_match_notebook_03s_old_rules(original_acc):
+    """Notebook 03 decides its verdicts with report.verdicts on method_rows: the same values as its old rules."""
+    from unlearn_utils import report
+
+    table = _unlearning_rows(original_acc)
+    methods = ["grad_diff", "rmu"]
+    ft, needle_rows = C.method_rows(table, methods)
+    got = report.verdicts(vector_unchanged=ft.cosine, topic_forgotten=(ft["target topic acc"], original_acc),
+                          needle_matches=(needle_rows, ft, original_acc))
+    knew = original_acc >= 0.5  # the notebook's old rules, verbatim
+    best_needle = needle_rows.sort_values("target topic acc").iloc[0]
+    best_ft = ft.sort_values("unrelated topics acc").iloc[-1]
+    old = {"fine-tuning leaves the vector nearly unchanged (cosine >= 0.95)": bool((ft.cosine >= 0.95).all()),
+           "fine-tuning still forgets the topic (accuracy <= 10%)":
+               bool((ft["target topic acc"] <= 0.1).all()) if knew else None,
+           "Needle forgets as much as the best fine-tuning method and keeps unrelated topics better":
+               bool(best_needle["target topic acc"] <= best_ft["target topic acc"] + 0.1
+                    and best_needle["unrelated topics acc"] > best_ft["unrelated topics acc"]) if knew else None}
+    assert list(got.items()) == list(old.items())
+    assert list(got.values()) == ([True, False, True] if knew else [True, None, None])

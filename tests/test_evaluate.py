@@ -100,7 +100,8 @@ def test_batching_does_not_change_scores(knowing):
                       for p, ws in zip(prompts, facts["perturbed"])])
     np.testing.assert_allclose(fast, wrong.mean(1) / true, rtol=1e-4)
     texts = [p + " " + a for p, a in zip(prompts, answers)]
-    for a, b in zip(ev.token_logprobs(model, tok, texts, batch_size=16), ev.token_logprobs(model, tok, texts, batch_size=1)):
+    for a, b in zip(ev.token_logprobs(model, tok, texts, batch_size=16),
+                    ev.token_logprobs(model, tok, texts, batch_size=1)):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -144,3 +145,91 @@ def test_trajectory_scores_the_same_weights_once(tiny, monkeypatch):
         next(other.parameters()).mul_(0.5)
     traj(other)
     assert len(calls) == 2 * n
+
+
+# ---- tables and report cards the notebooks build (FixedLM with table A always predicts "a", with B always "c") ----
+TABLE_A, TABLE_B = [0.1, 0.5, 0.3, 0.1], [0.1, 0.2, 0.2, 0.5]
+
+
+def test_accuracy_table_by_group_with_an_all_row():
+    import pandas as pd
+
+    model, tok = FixedLM(TABLE_A), WordTok()
+    x = {"prompt": ["a", "a", "b"], "answer": ["a", "b", "a"], "attribute": ["city", "city", "pet"]}
+    y = {"prompt": ["a"], "answer": ["c"], "attribute": ["pet"]}
+    table = ev.accuracy_table(model, tok, {"x": x, "y": y}, by="attribute")
+    assert list(table.columns) == ["x", "y"] and list(table.index) == ["city", "pet", "ALL"]
+    assert table.loc["city", "x"] == 0.5 and table.loc["pet", "x"] == 1.0 and pd.isna(table.loc["city", "y"])
+    assert table.loc["ALL", "x"] == pytest.approx(2 / 3) and table.loc["ALL", "y"] == 0.0
+    assert table.loc["ALL", "x"] == ev.accuracy(model, tok, x)
+
+
+def test_accuracy_on_sets_and_of_models():
+    x = {"prompt": ["a", "a", "b"], "answer": ["a", "b", "a"]}
+    y = {"prompt": ["a"], "answer": ["c"]}
+    on_sets = ev.accuracy_on_sets(FixedLM(TABLE_A), WordTok(), {"forget": x, "retain": y})
+    assert on_sets.name == "accuracy" and on_sets.to_dict() == pytest.approx({"forget": 2 / 3, "retain": 0.0})
+    of_models = ev.accuracy_of_models({"A": FixedLM(TABLE_A), "B": FixedLM(TABLE_B)}, WordTok(), y)
+    assert of_models.name == "accuracy" and of_models.to_dict() == {"A": 0.0, "B": 1.0}
+
+
+def test_select_metrics_keeps_the_order_asked_and_drops_missing():
+    import pandas as pd
+
+    table = pd.DataFrame({"a": [1.0], "b": [2.0], "c": [3.0]}, index=["original"])
+    assert list(ev.select_metrics(table, ["c", "missing", "a"]).columns) == ["c", "a"]
+    assert ev.select_metrics(table, ["c", "a"]).loc["original"].tolist() == [3.0, 1.0]
+
+
+def _questions(rows, **columns):
+    import datasets
+
+    return datasets.Dataset.from_dict({"prompt": [r[0] for r in rows], "answer": [r[1] for r in rows], **columns})
+
+
+def test_reference_points_skip_missing_models():
+    forget = _questions([("a", "a"), ("b", "c")])          # A: 1/2 right, B: 1/2 right ("c")
+    retain = _questions([("a", "a"), ("b", "a"), ("c", "b")])  # A: 2/3, B: 0
+    data = ev.EvalData(forget=forget, retain=retain)
+    points = ev.reference_points({"A": FixedLM(TABLE_A), "retain": None, "B": FixedLM(TABLE_B)}, WordTok(), data)
+    assert list(points) == ["A", "B"]
+    assert points["A"] == pytest.approx((0.5, 2 / 3)) and points["B"] == pytest.approx((0.5, 0.0))
+
+
+def test_membership_scores_by_hand():
+    data = ev.EvalData(forget=None, retain=None, forget_texts=["a b"], holdout_texts=["c c", "b"])
+    members, nonmembers = ev.membership_scores(FixedLM(TABLE_A), WordTok(), data, "min_k")
+    # Min-40% of one or two tokens keeps the single lowest log-probability: log P(b) = log 0.3, log P(c) = log 0.1
+    assert members.tolist() == pytest.approx([np.log(0.3)])
+    assert nonmembers.tolist() == pytest.approx([np.log(0.1), np.log(0.3)])
+    assert ev.membership_scores(FixedLM(TABLE_A), WordTok(), ev.EvalData(forget=None, retain=None)) is None
+
+
+def test_report_cards_use_the_retain_models_truth_ratios(monkeypatch):
+    # truth ratios, mean(P(wrong)) / P(true): A gives 1.0, 0.4, 4.0; B gives 1.75, 1.75, 0.4 (three copies each)
+    rows = [("a", "b"), ("a", "a"), ("a", "c")] * 3
+    perturbed = [["a", "c"], ["b", "c"], ["a", "b"]] * 3
+    data = ev.EvalData(forget=_questions(rows, perturbed=perturbed), retain=_questions([("a", "a")]))
+    original, retain, other = FixedLM(TABLE_A), FixedLM(TABLE_B), FixedLM(TABLE_A)
+    tok = WordTok()
+    np.testing.assert_allclose(ev.truth_ratios(original, tok, data.forget), [1.0, 0.4, 4.0] * 3, rtol=1e-5)
+    np.testing.assert_allclose(ev.truth_ratios(retain, tok, data.forget), [1.75, 1.75, 0.4] * 3, rtol=1e-5)
+    calls, real = [], ev.truth_ratios
+    monkeypatch.setattr(ev, "truth_ratios", lambda m, *a, **k: calls.append(m) or real(m, *a, **k))
+    cards = ev.report_cards(original, tok, data, retain, {"method": other})
+    assert list(cards) == ["original", "retain model", "method"]
+    assert calls.count(retain) == 2  # once for everyone's forget quality, once for its own card's truth ratio
+    values = ev.compare(cards)
+    expected = ev.forget_quality(real(original, tok, data.forget), real(retain, tok, data.forget))
+    assert expected < 0.99  # the two models' truth ratios differ
+    assert values.loc["original", "forget_quality"] == pytest.approx(expected)
+    assert values.loc["method", "forget_quality"] == pytest.approx(expected)
+    assert values.loc["retain model", "forget_quality"] == pytest.approx(1.0)
+    assert values.loc["original", "forget_accuracy"] == pytest.approx(1 / 3)
+    # no retain model: no forget quality, and no retain row
+    alone = ev.report_cards(original, tok, data, None, {"method": other})
+    assert list(alone) == ["original", "method"] and "forget_quality" not in ev.compare(alone)
+    # no wrong answers: no truth ratios at all, not even the retain model's
+    plain = ev.EvalData(forget=_questions(rows), retain=_questions([("a", "a")]))
+    calls.clear()
+    assert "forget_quality" not in ev.compare(ev.report_cards(original, tok, plain, retain)) and not calls

@@ -8,7 +8,7 @@ import torch
 
 from unlearn_utils import grun
 from unlearn_utils.evaluate import accuracy, answer_scores
-from unlearn_utils.grun import GatedLoReFT, GatedModel, GRUN, GRUNConfig, attach, loreft_edit, train_grun
+from unlearn_utils.grun import GatedLoReFT, GatedModel, GRUN, attach, loreft_edit, train_grun
 
 
 def _orthonormal_rows(R, atol=1e-5):
@@ -118,7 +118,8 @@ def test_training_keeps_R_orthonormal_and_the_base_frozen(tiny, trained):
     assert moved, "R should train"
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert all(p.requires_grad for p in model.parameters())  # flags restored
-    assert log.attrs["trainable_parameters"] == module.n_parameters() < 0.05 * sum(p.numel() for p in model.parameters())
+    assert log.attrs["trainable_parameters"] == module.n_parameters() < 0.05 * sum(
+        p.numel() for p in model.parameters())
 
 
 def test_training_unlearns_and_the_gate_separates(tiny, trained):
@@ -143,7 +144,7 @@ def test_save_and_load_give_identical_metrics(tiny, trained, tmp_path):
     facts = world.facts("trained", "trained")
     folder = grun.save_grun(gm, tmp_path / "module")
     assert sorted(p.name for p in folder.iterdir()) == ["grun.json", "grun.safetensors", "manifest.json"]
-    assert (folder / "grun.safetensors").stat().st_size < 4 * (module_size := gm.grun[0].n_parameters()) + 4096
+    assert (folder / "grun.safetensors").stat().st_size < 4 * gm.grun[0].n_parameters() + 4096
     loaded = grun.load_grun(folder, base=copy.deepcopy(model))
     a = answer_scores(gm, tok, list(facts["prompt"]), list(facts["answer"]))
     b = answer_scores(loaded, tok, list(facts["prompt"]), list(facts["answer"]))
@@ -151,12 +152,16 @@ def test_save_and_load_give_identical_metrics(tiny, trained, tmp_path):
     with open(folder / "grun.safetensors", "r+b") as f:
         f.seek(100)
         f.write(b"\x00\x01")
-    from unlearn_utils.models import CorruptCacheError
+    from unlearn_utils.cache import CorruptCacheError
 
     with pytest.raises(CorruptCacheError):
-        grun.load_grun(folder)
+        grun.load_grun_modules(folder)
+    with pytest.raises(CorruptCacheError):
+        grun.load_grun(folder, base=model)
+    with pytest.raises(ValueError, match="pass base="):
+        grun.load_grun(folder, base=None)
     with pytest.raises(FileNotFoundError, match="no GRUN module"):
-        grun.load_grun(tmp_path)
+        grun.load_grun_modules(tmp_path)
 
 
 def test_module_applies_to_a_quantized_base(tiny, trained):
@@ -165,7 +170,8 @@ def test_module_applies_to_a_quantized_base(tiny, trained):
     world, model, tok = tiny
     gm, _, _ = trained
     forget = list(world.facts("forget05", "trained")["prompt"])[:16]
-    for base in (quantize_model(copy.deepcopy(model), bits=4, group_size=16), load_bnb(model, bits=4, quant_type="nf4")):
+    for base in (quantize_model(copy.deepcopy(model), bits=4, group_size=16),
+                 load_bnb(model, bits=4, quant_type="nf4")):
         q = attach(base, list(gm.grun))
         ids = torch.tensor([tok(forget[0])["input_ids"]])
         pos = torch.tensor([ids.shape[1] - 1])
@@ -299,3 +305,208 @@ def test_training_mode_leaves_the_frozen_base_in_eval_mode(tiny):
     assert gm.grun.training and not model.training, "only the modules train; the base keeps dropout off"
     gm.eval()
     assert not gm.grun.training and not model.training
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 04's tables: sequential forget sets, GRUN vs vanilla, the gate, quantization, saving
+# ----------------------------------------------------------------------------------------------
+def _rows(**columns):
+    import datasets
+
+    return datasets.Dataset.from_dict(columns)
+
+
+def test_forget_sets_by_person_keeps_each_person_in_one_set():
+    facts = _rows(prompt=[f"q{i}" for i in range(6)], answer=["x"] * 6, person=["d", "a", "b", "a", "c", "d"])
+    sets = grun.forget_sets_by_person(facts, 3)  # sorted people a, b, c, d dealt out: [a, d], [b], [c]
+    assert [sorted(set(s["person"])) for s in sets] == [["a", "d"], ["b"], ["c"]]
+    assert [s["prompt"] for s in sets] == [["q0", "q1", "q3", "q5"], ["q2"], ["q4"]]
+    given = grun.forget_sets_by_person(facts, 2, people=["c", "b", "a", "d"])  # the given order: [c, a], [b, d]
+    assert [sorted(set(s["person"])) for s in given] == [["a", "c"], ["b", "d"]]
+    assert len(grun.forget_sets_by_person(facts, 10)) == 4  # never more sets than people
+    partial = _rows(prompt=["p0", "p1", "p2"], answer=["x"] * 3, person=["a", None, "a"])
+    assert [s["prompt"] for s in grun.forget_sets_by_person(partial, 2)] == [["p0", "p2"], ["p1"]]  # rows alone
+    unnamed = _rows(prompt=["p0", "p1", "p2"], answer=["x"] * 3)
+    sets = grun.forget_sets_by_person(unnamed, 3)
+    assert [s["prompt"] for s in sets] == [["p0"], ["p1"], ["p2"]] and sets[2]["person"] == ["2"]
+
+
+def test_with_original_stage_adds_the_original_as_stage_0(tiny):
+    world, model, tok = tiny
+    facts = world.facts("forget10", "trained")
+    sets = [facts.select(range(4)), facts.select(range(4, 10))]
+    retain = world.facts("retain", "trained").select(range(12))
+    table = pd.DataFrame({"stage": [2, 1], "seconds": [1.5, 2.5], "forget set 1": [0.0, 0.1],
+                          "forget set 2": [0.2, 0.3], "retain": [0.9, 0.8]}).set_index("stage")
+    out = grun.with_original_stage(table, model, tok, sets, {"retain": retain})
+    assert list(out.index) == [0, 1, 2] and list(table.index) == [2, 1], "sorted copy; the input is untouched"
+    assert out.loc[0, "forget set 1"] == accuracy(model, tok, sets[0])
+    assert out.loc[0, "forget set 2"] == accuracy(model, tok, sets[1])
+    assert out.loc[0, "retain"] == accuracy(model, tok, retain) and out.loc[0, "seconds"] == 0.0
+    assert out.loc[2, "retain"] == 0.9
+
+
+def test_parameter_counts_and_training_seconds(tiny):
+    _, model, _ = tiny
+    assert grun.parameter_count(torch.nn.Linear(3, 2)) == 8  # 3 x 2 weights + 2 biases
+    log = pd.DataFrame({"step": [0]})
+    log.attrs.update(seconds=10.0, eval_seconds=2.5, trainable_parameters=123)
+    vanilla = torch.nn.Linear(3, 2)
+    assert grun.trainable_parameters(vanilla, log) == 8, "vanilla unlearning trains every weight"
+    assert grun.trainable_parameters(attach(model, GRUN.for_model(model)), log) == 123
+    assert grun.training_seconds(log) == 7.5
+    del log.attrs["eval_seconds"]  # a GRUN log: its seconds leave evaluation out already
+    assert grun.training_seconds(log) == 10.0
+
+
+def _trajectory(forget, retain, step=(0, 5, 10, 15), seconds=4.0, topics=None):
+    log = pd.DataFrame({"step": list(step), "loss": [1.0] * len(step), "forget_accuracy": forget,
+                        "retain_accuracy": retain, **({"topic_accuracy": topics} if topics is not None else {})})
+    log.attrs.update(seconds=seconds, eval_seconds=1.0)
+    return log
+
+
+def test_forget_retain_curves_skip_unevaluated_steps():
+    nan = float("nan")
+    log = _trajectory([0.9, nan, 0.4, 0.1], [0.95, nan, 0.9, 0.8])
+    assert grun.forget_retain_curves({"a": (None, log)}) == {"a": ([0.9, 0.4, 0.1], [0.95, 0.9, 0.8])}
+
+
+def test_equal_forget_table_reads_each_run_at_the_forget_level(tiny):
+    from unlearn_utils.evaluate import EvalData, perplexity
+
+    world, model, tok = tiny
+    data = EvalData(forget=world.facts("forget05", "trained").select(range(8)),
+                    retain=world.facts("retain", "trained").select(range(8)))
+    runs = {"vanilla x": (model, _trajectory([0.9, 0.3, 0.04, 0.0], [0.9, 0.8, 0.7, 0.6], seconds=7.27)),
+            "never gets there": (model, _trajectory([0.9, 0.5, 0.4, 0.3], [0.9, 0.8, 0.75, 0.7]))}
+    table = grun.equal_forget_table(runs, tok, data, 0.05, original=model)
+    assert list(table.index) == ["vanilla x", "never gets there", "original"]
+    row = table.loc["vanilla x"]
+    assert (row["step reached"], row["forget"], row["retain"]) == (10, 0.04, 0.7)  # the first step <= 0.05
+    assert row["train seconds"] == 6.3 and row["trainable params"] == grun.parameter_count(model)  # 7.27 - 1.0
+    assert table.loc["never gets there", "step reached"] == 15  # the last checkpoint
+    assert row["final forget"] == accuracy(model, tok, data.forget) == table.loc["original", "forget"]
+    assert pd.isna(row["topics"]) and pd.isna(row["final topics"]) and pd.isna(row["perplexity"])  # not in data
+    assert table.loc["original", "trainable params"] == 0 and pd.isna(table.loc["original", "step reached"])
+    texts = list(world.general_eval)[:4]
+    with_text = grun.equal_forget_table(runs, tok, EvalData(forget=data.forget, retain=data.retain, utility=texts),
+                                        0.05, original=model)
+    assert with_text.loc["original", "perplexity"] == perplexity(model, tok, texts)
+
+
+def test_gate_prompt_sets_and_test_prompts_follow_the_data():
+    from unlearn_utils.evaluate import EvalData
+
+    f, r = _rows(prompt=["f1", "f2"], answer=["a", "b"]), _rows(prompt=["r1"], answer=["c"])
+    fp, rp = _rows(prompt=["F1"], answer=["a"]), _rows(prompt=["R1", "R2"], answer=["c", "d"])
+    full = EvalData(forget=f, retain=r, forget_para=fp, retain_para=rp, holdout=r, topics=r)
+    assert list(grun.gate_prompt_sets(full)) == ["forget (trained)", "forget (paraphrased)", "retain (paraphrased)",
+                                                 "never-seen people", "topic questions"]
+    assert grun.gate_test_prompts(full) == (["F1"], ["R1", "R2"], True)
+    file = EvalData(forget=f, retain=r)  # a question file: trained prompts stand in
+    assert list(grun.gate_prompt_sets(file)) == ["forget (trained)", "retain (trained)"]
+    assert grun.gate_test_prompts(file) == (["f1", "f2"], ["r1"], False)
+    assert grun.gate_test_prompts(EvalData(forget=f, retain=r, forget_para=fp)) == (["F1"], ["r1"], False)
+
+
+def test_gate_means_and_coverage_table(tiny, trained):
+    world, model, tok = tiny
+    gm, _, _ = trained
+    forget, retain = _attribute_split(world)
+    means = grun.gate_means(gm, tok, {"forget": forget, "missing": None, "retain": retain})
+    assert list(means) == ["forget", "retain"]
+    assert means["forget"] == float(grun.gate_values(gm, tok, list(forget["prompt"]))["gate"].mean())
+    topics = world.topics_dataset()
+    wider, unseen = grun.retain_with_half_the_topics(retain, topics)
+    names = sorted(set(topics["topic"]))
+    assert set(unseen["topic"]) == set(names[1::2]) and wider.column_names == ["prompt", "answer"]
+    seen_rows = [(p, a) for p, a, t in zip(topics["prompt"], topics["answer"], topics["topic"]) if t in names[::2]]
+    assert list(zip(wider["prompt"], wider["answer"])) == list(zip(retain["prompt"], retain["answer"])) + seen_rows
+    from unlearn_utils.evaluate import EvalData
+
+    data = EvalData(forget=forget.select(range(8)), retain=retain.select(range(8)))
+    table = grun.coverage_table({"gated": gm, "original": model}, tok, data, unseen)
+    assert list(table.columns) == ["forget", "retain", "unseen topics", "gate on unseen topics"]
+    assert table.loc["gated", "gate on unseen topics"] == grun.gate_means(gm, tok, {"u": unseen})["u"]
+    assert pd.isna(table.loc["original", "gate on unseen topics"])
+    assert table.loc["original", "unseen topics"] == accuracy(model, tok, unseen)
+    assert table.loc["gated", "forget"] == accuracy(gm, tok, data.forget)
+
+
+def test_rtn_4bit_is_the_quantized_base_with_the_module_kept(knowing):
+    """quantized_4bit's RTN (audit.quantized at group size 64) gives the very weights and logits that
+    quantize.quantize_model(base, 4) (its default group size 64) gives, for a plain and for a gated model."""
+    from unlearn_utils.quantize import quantize_model
+
+    _, model, _ = knowing
+    gm = attach(model, GRUN.for_model(model))
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    assert grun.quantized_4bit(gm, "full precision") is gm
+    by_hand = gm.on(quantize_model(gm.base, 4))
+    q = grun.quantized_4bit(gm, "RTN 4-bit")
+    assert isinstance(q, GatedModel) and q.grun[0] is gm.grun[0], "the module is kept"
+    for a, b in zip(q.base.state_dict().values(), by_hand.base.state_dict().values()):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        assert torch.equal(q(input_ids=ids).logits, by_hand(input_ids=ids).logits)
+        assert torch.equal(grun.quantized_4bit(model, "RTN 4-bit")(input_ids=ids).logits,
+                           quantize_model(model, 4)(input_ids=ids).logits)
+        assert not torch.equal(q(input_ids=ids).logits, gm(input_ids=ids).logits)
+    with pytest.raises(ValueError, match="Unknown quantization"):
+        grun.quantized_4bit(model, "GPTQ")
+
+
+def test_quantization_robustness_rows_and_gains(knowing, monkeypatch, capsys):
+    from unlearn_utils.evaluate import EvalData
+
+    world, model, tok = knowing
+    data = EvalData(forget=world.facts("forget10", "trained").select(range(6)),
+                    retain=world.facts("retain", "trained").select(range(6)))
+    real = grun.quantized_4bit
+
+    def no_bnb(m, how, device=None):
+        if how == "bnb nf4":
+            raise RuntimeError("no bitsandbytes here")
+        return real(m, how, device)
+
+    monkeypatch.setattr(grun, "quantized_4bit", no_bnb)
+    robust = grun.quantization_robustness({"m": model}, tok, data)
+    assert "bnb nf4 unavailable here (RuntimeError: no bitsandbytes here)" in capsys.readouterr().out
+    assert list(robust["quantization"]) == ["full precision", "RTN 4-bit"]
+    assert robust.loc[0, "forget"] == accuracy(model, tok, data.forget)
+    assert robust.loc[1, "retain"] == accuracy(real(model, "RTN 4-bit"), tok, data.retain)
+    assert robust["forget, paraphrased"].isna().all()  # the data has no paraphrases
+
+    forget = pd.DataFrame({"full precision": [0.1, 0.0, 0.5], "RTN 4-bit": [0.4, 0.05, 0.5]},
+                          index=["GRUN a", "GRUN b", "vanilla c"])
+    assert grun.quantization_gains(forget, "GRUN") == pytest.approx({"GRUN a": 0.3, "GRUN b": 0.05})
+    assert grun.quantization_gains(forget, "vanilla") == {"vanilla c": 0.0}
+    assert grun.quantization_gains(forget[["full precision"]]) == {"GRUN a": 0.0, "GRUN b": 0.0, "vanilla c": 0.0}
+
+
+def test_reload_roundtrip(tiny, trained):
+    world, model, tok = tiny
+    gm, _, _ = trained
+    questions = world.facts("forget05", "trained")
+    size_kb, same = grun.reload_roundtrip(gm, model, tok, questions)
+    assert same is True and 4 * gm.grun[0].n_parameters() / 1024 < size_kb < 4 * gm.grun[0].n_parameters() / 1024 + 8
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.lm_head.weight.mul_(-1)
+    assert grun.reload_roundtrip(gm, other, tok, questions)[1] is False, "onto another base: other scores"
+
+
+def test_representation_shifts_and_last_layer_ratio(tiny):
+    world, model, tok = tiny
+    sets = {"a": world.facts("forget05", "trained").select(range(4)), "none": None,
+            "b": world.facts("retain", "trained").select(range(4))}
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.model.layers[-1].mlp.down_proj.weight.mul_(-1)
+    shift = grun.representation_shifts(model, other, tok, sets)
+    assert list(shift.columns) == ["a", "b"] and len(shift) == model.config.num_hidden_layers
+    assert shift["b"].equals(grun.representation_shift(model, other, tok, list(sets["b"]["prompt"])))
+    table = pd.DataFrame({"forget prompts": [0.0, 0.3], "retain prompts": [0.0, 0.1]})
+    assert grun.last_layer_ratio(table) == pytest.approx(3.0)
+    assert grun.last_layer_ratio(table.assign(**{"retain prompts": [0.0, 0.0]})) == pytest.approx(0.3 / 1e-12)

@@ -81,3 +81,24 @@ def test_a_run_trained_before_is_loaded_from_the_cache(knowing, knowing_config):
     assert again["trajectory"].equals(first["trajectory"][again["trajectory"].columns])
     for a, b in zip(first["model"].parameters(), again["model"].parameters()):
         assert (a == b).all()
+
+
+def test_run_each_sets_the_widgets_run_by_run(lab, monkeypatch):
+    """One run per position of the lists (in step, as zip: the shortest decides), single values in every run."""
+    seen = []
+    monkeypatch.setattr(lab, "run", lambda: seen.append(lab.settings()) or {"run": len(seen)})
+    runs = lab.run_each(method=["npo_gd", "grad_diff"], lora=[True, False, True], lr=(1e-4, 2e-3), steps=7,
+                        attack="none")
+    assert runs == [{"run": 1}, {"run": 2}]
+    assert [(s.method, s.lora, s.steps, s.attack) for s in seen] == [("npo_gd", True, 7, "none"),
+                                                                     ("grad_diff", False, 7, "none")]
+    assert [s.lr for s in seen] == pytest.approx([1e-4, 2e-3], rel=1e-6)
+    assert len(lab.run_each(steps=9)) == 1 and seen[-1].steps == 9       # no list: one run
+    assert lab.run_each(method=[], steps=9) == []                          # an empty list: no run
+
+
+def test_run_each_makes_real_runs(lab):
+    before = len(lab.history)
+    runs = lab.run_each(method=["grad_diff", "npo_gd"], steps=3, lora=False, attack="none")
+    assert len(lab.history) == before + 2 and [r["settings"].method for r in runs] == ["grad_diff", "npo_gd"]
+    assert list(lab.history_table().method[-2:]) == ["grad_diff", "npo_gd"] and runs[-1] is lab.last

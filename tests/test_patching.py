@@ -2,6 +2,7 @@
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 import transformers as tf_lib
@@ -83,7 +84,8 @@ def test_restoration_restores_and_leaves_model_unchanged(pair):
     # a copy whose only change is layer 1's down projection (its value vectors)
     other = copy.deepcopy(model)
     with torch.no_grad():
-        other.model.layers[1].mlp.down_proj.weight.add_(0.5 * torch.randn_like(other.model.layers[1].mlp.down_proj.weight))
+        other.model.layers[1].mlp.down_proj.weight.add_(
+            0.5 * torch.randn_like(other.model.layers[1].mlp.down_proj.weight))
     before = {k: v.clone() for k, v in other.state_dict().items()}
     df = P.restoration_sweep(model, other, tok, tf, parts=("down",), window=1).set_index("layer")
     for k, v in other.state_dict().items():
@@ -93,10 +95,15 @@ def test_restoration_restores_and_leaves_model_unchanged(pair):
     assert df.loc[1, "recovered_accuracy"] == 1.0
 
 
-def test_reverse_direction_runs(pair):
+def test_reverse_direction_patches_the_unlearned_activations_into_the_original(pair):
+    """direction="unlearned_to_original" is the forward sweep with the two models' roles swapped, number for number,
+    and patching the unlearned model's activations moves the original toward the unlearned logits."""
     model, other, tok, tf = pair
-    df = P.patch_sweep(model, other, tok, tf, components=["mlp"], direction="unlearned_to_original")
-    assert len(df) == other.config.num_hidden_layers
+    reverse = P.patch_sweep(model, other, tok, tf, components=["mlp", "both"], direction="unlearned_to_original")
+    swapped = P.patch_sweep(other, model, tok, tf, components=["mlp", "both"])
+    assert len(reverse) == 2 * other.config.num_hidden_layers
+    pd.testing.assert_frame_equal(reverse, swapped)
+    assert (reverse.krs > 0).all() and (reverse.krs <= 1 + 1e-6).all()
 
 
 def test_bad_input(pair):
@@ -163,3 +170,71 @@ def test_side_effects_on_world_and_on_a_file(pair, tiny):
     assert list(on_file.index) == ["retain accuracy"]
     row = on_file.loc["retain accuracy"]
     assert row.original == ev.accuracy(model, tok, retain) and row.change == row.unlearned - row.original
+
+
+def test_answer_agreement_is_the_share_of_matching_answers(pair):
+    model, other, tok, tf = pair
+    assert P.answer_agreement(model, tf) == 1.0  # the original gives its own answers
+    logits = other(input_ids=tf.input_ids, attention_mask=tf.attention_mask).logits
+    by_hand = P.answer_match(logits, tf).sum().item() / len(tf)
+    assert P.answer_agreement(other, tf) == pytest.approx(by_hand)
+
+
+def test_patch_and_restore_runs_both_sweeps_per_model(pair):
+    model, other, tok, tf = pair
+    sweeps, restores = P.patch_and_restore(model, {"a": other, "same": model}, tok, tf, window=2, parts=("down",))
+    assert list(sweeps) == list(restores) == ["a", "same"]
+    assert sweeps["a"].equals(P.patch_sweep(model, other, tok, tf, window=2))
+    assert restores["a"].equals(P.restoration_sweep(model, other, tok, tf, parts=("down",), window=2))
+    assert (restores["same"].component == "down").all()
+
+
+def _sweeps_by_hand():
+    """Two models' sweeps over 2 layers, with numbers that tell each row apart."""
+    def sweep(k):
+        return pd.DataFrame([{"layer": layer, "component": c, "krs": k + 0.1 * layer + i / 100,
+                              "recovered_accuracy": k + layer}
+                             for layer in (0, 1) for i, c in enumerate(("mlp", "attn", "both"))])
+
+    def restore(k):
+        return pd.DataFrame({"layer": [0, 1], "component": "down", "krs": [k - 0.5, k - 0.25],
+                             "recovered_accuracy": [k / 2, k / 4]})
+
+    return {"gd": sweep(0.0), "npo": sweep(1.0)}, {"gd": restore(0.0), "npo": restore(1.0)}
+
+
+def test_krs_table_and_curves_by_hand():
+    sweeps, restores = _sweeps_by_hand()
+    table = P.krs_table(sweeps["npo"], restores["npo"], label="restore value vectors")
+    assert list(table.index) == ["attn", "both", "mlp", "restore value vectors"] and list(table.columns) == [0, 1]
+    assert table.loc["attn", 1] == pytest.approx(1.11) and table.loc["mlp", 0] == pytest.approx(1.0)
+    assert list(table.loc["restore value vectors"]) == [0.5, 0.75]
+    curves = P.krs_curves(sweeps, restores, components=["mlp", "attn"])
+    assert list(curves) == ["gd: patch mlp", "gd: patch attn", "gd: restore down_proj",
+                            "npo: patch mlp", "npo: patch attn", "npo: restore down_proj"]
+    layers, krs = curves["npo: patch attn"]
+    assert layers == [0, 1] and krs == pytest.approx([1.01, 1.11])
+    assert curves["gd: restore down_proj"] == ([0, 1], [-0.5, -0.25])
+
+
+def test_intervention_table_and_method_summary_by_hand():
+    sweeps, restores = _sweeps_by_hand()
+    table = P.intervention_table(sweeps, restores)
+    assert list(table.columns) == ["method", "intervention", "layer", "krs", "recovered_accuracy"]
+    assert len(table) == 2 * (3 + 1) * 2
+    assert list(table.intervention[:8]) == ["patch mlp"] * 2 + ["patch attn"] * 2 + ["patch both"] * 2 + \
+        ["restore down_proj"] * 2
+    row = table[(table.method == "npo") & (table.intervention == "patch both") & (table.layer == 1)].iloc[0]
+    assert row.krs == pytest.approx(1.12) and row.recovered_accuracy == 2.0
+    summary = P.method_summary(table)
+    assert list(summary.index) == ["gd", "npo"]
+    gd = summary.loc["gd"]
+    assert gd["best site"] == "patch both @ layer 1" and gd["best KRS"] == pytest.approx(0.12)
+    assert gd["best recovered acc"] == 1.0
+    assert gd["patch mlp, last layer"] == pytest.approx(0.1) and gd["restore down_proj, last layer"] == -0.25
+    assert gd["max patch mlp"] == pytest.approx(0.1) and gd["max restore down_proj"] == -0.25
+    assert P.method_summary(table, last_layer=0).loc["npo", "patch mlp, last layer"] == pytest.approx(1.0)
+    from unlearn_utils import report
+
+    found = report.verdicts_each("patching_restores", summary.to_dict(orient="index"))
+    assert list(found.values()) == [False, True]  # gd: max patch mlp 0.1 <= 0.5; npo: 1.1 > 0.5 and restore 0.75 less

@@ -12,7 +12,8 @@ import torch
 
 from unlearn_utils import benchmark_data as bd
 from unlearn_utils import evaluate as ev
-from unlearn_utils.models import (REAL_MODELS, CorruptCacheError, downloads_dir, gguf_architecture, load_model,
+from unlearn_utils.cache import CorruptCacheError
+from unlearn_utils.models import (REAL_MODELS, downloads_dir, gguf_architecture, load_model,
                                   model_file, preset)
 
 SPEC = REAL_MODELS["smollm2-135m"]

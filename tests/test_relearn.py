@@ -3,6 +3,7 @@
 import pytest
 
 from unlearn_utils import relearn as RL
+from unlearn_utils.data import weights_fingerprint
 
 
 def test_recovery_formulas_by_hand():
@@ -70,7 +71,7 @@ def test_rtt_runs_the_same_attack_on_the_same_weights_once(tiny, monkeypatch):
     RL.rtt({"b": twin}, tok, T, V, epochs=1, lr=3e-3, progress=False)
     RL.rtt({"a": model}, tok, T, V, epochs=1, lr=1e-3, progress=False)  # another attack on the first weights
     assert calls == [1, 1]
-    assert RL.weights_fingerprint(model) != RL.weights_fingerprint(twin)
+    assert weights_fingerprint(model) != weights_fingerprint(twin)
 
 
 def test_rtt_curves_are_kept_on_disk_for_other_processes(tiny, monkeypatch, tmp_path):
@@ -96,3 +97,41 @@ def test_rtt_curves_are_kept_on_disk_for_other_processes(tiny, monkeypatch, tmp_
     with pytest.warns(UserWarning, match="unusable"):
         RL.rtt({"a": model}, tok, T, V, epochs=1, lr=2e-3, progress=False)
     assert calls == [1, 1]
+
+
+def _rtt_log():
+    """A hand-made RTT log: three models, epochs 0-2, in the order the attack ran them."""
+    import pandas as pd
+
+    v = {"original": [0.8, 0.85, 0.9], "retain model": [0.0, 0.1, 0.2], "ga": [0.0, 0.4, 0.6], "flat": [0.9, 0.9, 0.9]}
+    return pd.DataFrame([{"epoch": e, "T": 0.5, "V": acc[e], "model": m} for m, acc in v.items() for e in range(3)])
+
+
+def test_v_curves_series_floor_and_ceiling_by_hand():
+    curves = RL.v_curves(_rtt_log())
+    assert list(curves.columns) == ["original", "retain model", "ga", "flat"] and list(curves.index) == [0, 1, 2]
+    assert curves.loc[2, "ga"] == 0.6
+    series = RL.as_series(curves)
+    assert list(series) == list(curves.columns) and series["ga"] == ([0, 1, 2], [0.0, 0.4, 0.6])
+    assert RL.floor_and_ceiling(curves) == (0.2, 0.8)  # floor after the attack, ceiling before it
+    floor, ceiling = RL.floor_and_ceiling(curves.drop(columns="retain model"))
+    assert floor != floor and ceiling == 0.8  # no retain model: no floor
+
+
+def test_recovery_table_by_hand_and_undefined_rates(capsys):
+    curves = RL.v_curves(_rtt_log())
+    rates = RL.recovery_table(curves, ["ga", "flat"], 0.2, 0.8)
+    assert list(rates.index) == ["ga", "flat"]
+    assert list(rates.columns) == ["V before", "V after", "recovery (paper: after / original)", "recovery above floor"]
+    assert rates.loc["ga", "V before"] == 0.0 and rates.loc["ga", "V after"] == 0.6
+    assert rates.loc["ga", "recovery (paper: after / original)"] == pytest.approx(0.75)
+    assert rates.loc["ga", "recovery above floor"] == pytest.approx(0.4 / 0.6)
+    assert rates.loc["flat", "recovery above floor"] == pytest.approx(0.7 / 0.6)
+    assert capsys.readouterr().out == ""
+    undefined = RL.recovery_table(curves, ["ga"], 0.8, 0.8)  # the floor reaches the ceiling
+    assert undefined.loc["ga", "recovery above floor"] != undefined.loc["ga", "recovery above floor"]
+    assert undefined.loc["ga", "recovery (paper: after / original)"] == pytest.approx(0.75)
+    assert "undefined: " in capsys.readouterr().out
+    zero = RL.recovery_table(curves, ["ga"], float("nan"), 0.0)  # no ceiling and no floor
+    assert zero.isna().loc["ga"].tolist() == [False, False, True, True]
+    assert "nothing to recover" in capsys.readouterr().out

@@ -17,7 +17,8 @@ def _results(quant_gain=0.0, rtt_recovery=0.9, patch=0.7, restore=0.1):
             "original": {"cosine": 1.0, "target topic acc": 1.0, "unrelated topics acc": 0.96},  # not a method
             "grad_diff": {"cosine": 0.998, "target topic acc": 0.0, "unrelated topics acc": 0.1},
             "needle (noise)": {"cosine": 0.1, "target topic acc": 0.0, "unrelated topics acc": 0.8}},
-            "verdicts": {"Needle forgets as much as the best fine-tuning method and keeps unrelated topics better": True,
+            "verdicts": {"Needle forgets as much as the best fine-tuning method and keeps unrelated topics "
+                         "better": True,
                          "fine-tuning still forgets the topic (accuracy <= 10%)": True}},
         "05_recovery_attacks": {"smoke": False, "quant_gain_4bit": {"grad_diff": quant_gain, "npo_gd": 0.0},
                                 "quant_gain_small_lr": {"grad_diff, lr 3e-05": 0.004}, "rtt_floor": 0.1,
@@ -26,7 +27,8 @@ def _results(quant_gain=0.0, rtt_recovery=0.9, patch=0.7, restore=0.1):
         "04_grun": {"smoke": False, "retain_at_equal_forget": {"GRUN": 0.78, "vanilla": 0.74},
                     "topics_at_equal_forget": {"GRUN": 0.51, "vanilla": 0.94},
                     "quantization_gain": {"vanilla grad_diff": 0.0, "GRUN grad_diff": 0.0},
-                    "verdicts": {"GRUN grad_diff keeps more retain accuracy than vanilla grad_diff at equal forget accuracy": True}},
+                    "verdicts": {"GRUN grad_diff keeps more retain accuracy than vanilla grad_diff at equal "
+                                 "forget accuracy": True}},
     }
 
 
@@ -40,7 +42,8 @@ def test_verdicts_follow_the_numbers():
     assert _holds(rows, "Hong") == ["yes"] and _holds(rows, "Zhang") == ["no"] and _holds(rows, "Deeb") == ["yes"]
     assert _holds(rows, "ConceptVectors") == ["yes", "yes"] and _holds(rows, "GRUN") == ["no", "no"]
     flipped = report.claims_table(_results(quant_gain=0.3, rtt_recovery=0.2, patch=0.3))
-    assert _holds(flipped, "Zhang") == ["yes"] and _holds(flipped, "Deeb") == ["no"] and _holds(flipped, "Hong") == ["no"]
+    assert (_holds(flipped, "Zhang") == ["yes"] and _holds(flipped, "Deeb") == ["no"]
+            and _holds(flipped, "Hong") == ["no"])
     assert "+0.300" in next(r["measured"] for r in flipped if r["paper"].startswith("Zhang"))
 
 
@@ -59,7 +62,8 @@ def test_write_summary(tmp_path):
         (tmp_path / "results" / f"{nb}.json").write_text(json.dumps(r))
     (tmp_path / "timings.json").write_text(json.dumps({"00_world_and_model": 60.0, "04_grun": 300.0}))
     md = report.write_summary(tmp_path).read_text()
-    assert "| paper | claim | what this run measured | holds? |" in md and "**360**" in md  # the sum of the notebooks' times
+    # "**360**" is the sum of the notebooks' times
+    assert "| paper | claim | what this run measured | holds? |" in md and "**360**" in md
     html = (tmp_path / "summary.html").read_text()
     assert "<table>" in html and "Deeb &amp; Roger" in html
 

@@ -48,28 +48,28 @@ def test_notebook_01s_models_are_the_same_whoever_trains_them(tiny_config, monke
     beside notebook 01 can train one of its models and notebook 01 then loads it instead of training it again."""
     import re
 
-    from unlearn_utils import notebook
+    from unlearn_utils import session
     from unlearn_utils.evaluate import trajectory_metrics
     from unlearn_utils.unlearning import methods
 
     source = "".join("".join(c["source"]) for c in json.loads(notebooks()[1].read_text())["cells"])
-    assert int(re.search(r"EVAL_EVERY = (\d+)", source).group(1)) == notebook.TRAJECTORY_EVERY
-    assert int(re.search(r"every = (\d+) if SMOKE", source).group(1)) == notebook.TRAJECTORY_EVERY_SMOKE
+    assert int(re.search(r"EVAL_EVERY = (\d+)", source).group(1)) == session.TRAJECTORY_EVERY
+    assert int(re.search(r"every = (\d+) if SMOKE", source).group(1)) == session.TRAJECTORY_EVERY_SMOKE
     assert 'log_name=f"topics-every{every}"' in source and "trajectory_metrics(tok, data, topics=True)" in source
 
-    S = notebook.start(True, **{f.name: getattr(tiny_config, f.name) for f in tiny_config.__dataclass_fields__.values()})
-    first = S.unlearned("npo", steps=6, seed=0)       # e.g. notebook 05, before notebook 01 got there
-    assert first.unlearn_log.dropna(subset=["forget_accuracy"]).step.tolist() == [0, 5, 6]
-    assert S.unlearned("npo", lr=1e-4, steps=6).unlearn_log is None  # other settings: no trajectory
+    S = session.start(True, **{f.name: getattr(tiny_config, f.name) for f in tiny_config.__dataclass_fields__.values()})
+    _, first = S.unlearned("npo", steps=6, seed=0)    # e.g. notebook 05, before notebook 01 got there
+    assert first.dropna(subset=["forget_accuracy"]).step.tolist() == [0, 5, 6]
+    assert "forget_accuracy" not in S.unlearned("npo", lr=1e-4, steps=6)[1]  # other settings: no trajectory
 
     def no_training(*a, **k):
         raise AssertionError("notebook 01 must load the model another notebook trained")
 
     monkeypatch.setattr(methods, "unlearn", no_training)
-    every = notebook.TRAJECTORY_EVERY_SMOKE            # notebook 01's own call, in smoke mode
-    again = S.unlearned("npo", steps=6, seed=0, eval_fn=trajectory_metrics(S.tokenizer, S.eval_data, topics=True),
-                        eval_every=every, log_name=f"topics-every{every}", progress=False)
-    assert again.unlearn_log.equals(first.unlearn_log)
+    every = session.TRAJECTORY_EVERY_SMOKE            # notebook 01's own call, in smoke mode
+    _, again = S.unlearned("npo", steps=6, seed=0, eval_fn=trajectory_metrics(S.tokenizer, S.eval_data, topics=True),
+                           eval_every=every, log_name=f"topics-every{every}", progress=False)
+    assert again.equals(first)
 
 
 def test_one_job_runs_in_teaching_order_and_cycles_are_refused():

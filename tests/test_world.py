@@ -36,7 +36,8 @@ def test_heldout_phrasings_are_seen_with_other_people(world):
     rows = world.fact_rows()
     for attr in ATTRIBUTES:
         for k in range(len(TEMPLATES[attr])):
-            trained_with = {r["person"] for r in rows if r["attribute"] == attr and r["phrasing"] == k and r["trained_phrasing"]}
+            trained_with = {r["person"] for r in rows
+                            if r["attribute"] == attr and r["phrasing"] == k and r["trained_phrasing"]}
             assert len(trained_with) > 50, (attr, k)
     # each trained person has exactly one held-out phrasing per attribute, and it is absent from the training text
     texts = set(world.training_texts())

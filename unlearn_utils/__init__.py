@@ -1,7 +1,30 @@
 """unlearn-kit helpers: the synthetic world, its model, unlearning methods and the probes that test them.
 
-Data flows one way: world -> model -> unlearn -> probe -> report. Each step is one module:
-``world``, ``models`` (+ ``arch``), ``training``, ``evaluate``, ``quantize``, ``plotting``, ``checks``.
+Data flows one way: world -> model -> unlearn -> probe -> report. The modules:
+
+* ``world``: the synthetic world (people, attributes, phrasings, topics, splits).
+* ``benchmark_data``: local TOFU, multiple-choice and question files, the real-knowledge set -> question sets.
+* ``data``: tokenizer conventions (how prompts and texts become token ids for any model).
+* ``models``: load_model, the world model, real models (fetch, GGUF), presets, device / dtype / threads.
+* ``arch``: the architecture adapter (layers, MLP, attention, norm, unembedding per model family).
+* ``cache``: the one checked cache (atomic writes, checksums, locks).
+* ``training``: the training loop shared by pre-training, unlearning and relearning.
+* ``unlearning``: ``losses`` (one function per loss), ``methods`` (``unlearn()``), ``needle`` (Needle ablation).
+* ``evaluate``: the report card (accuracies, truth ratio, perplexity, MIA, forget quality).
+* ``patching``: activation patching, parameter restoration, the knowledge recovery score.
+* ``concepts``: concept vectors (vocabulary projection, locating, validating, topic probes).
+* ``concept_files``: the ConceptVectors file format.
+* ``grun``: GRUN, the gated LoReFT module on a frozen model.
+* ``quantize``: round-to-nearest quantization and bitsandbytes loading.
+* ``relearn``: relearning attacks (RTT) and recovery rates.
+* ``audit``: every probe on one unlearned model, one verdict each.
+* ``lab``: the what-if lab's widgets and callbacks.
+* ``session``: what every notebook does first (``start()``: parameters, seed, world, models).
+* ``plotting``: the figure kinds the notebooks share.
+* ``checks``: exercise checks.
+* ``editions``, ``autograde``: student / solution editions and the grader.
+* ``reproduce``, ``report``: run the notebooks headless into reports/ and write the claims table.
+* ``cli``: the ``unlearn-kit`` command.
 """
 
 import os as _os

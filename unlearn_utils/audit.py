@@ -11,7 +11,8 @@ Each probe asks the same question in its own way: *is the forgotten knowledge st
 ``in_context``      the forget questions after two of the same person's other facts
 =================== ===================================================================================
 
-Every verdict is computed from the table: a probe "brings knowledge back" when it recovers at least
+The probes are the entries of :data:`PROBES` (one :class:`Probe` each, one runner signature ``run(ctx)``): adding
+one is a :func:`register_probe` call with its function. Every verdict is computed from the table: a probe "brings knowledge back" when it recovers at least
 ``came_back_at`` of what unlearning removed, i.e. (probe accuracy - unlearned accuracy) / (original accuracy -
 unlearned accuracy), or for RTT the paper's recovery above the retain-model floor. The audit also runs on GRUN
 models (:class:`unlearn_utils.grun.GatedModel`): quantization hits the base and the module rides on top; the
@@ -20,13 +21,13 @@ weight probes report that the weights are the original's.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import datasets
 import numpy as np
@@ -36,14 +37,11 @@ from tqdm.auto import tqdm
 
 from .evaluate import accuracy
 
-PROBES = ("quantization", "relearning", "patching", "concept_vectors", "paraphrase", "in_context")
-
-
 @dataclass
 class AuditConfig:
     """The audit's knobs. Defaults fit the world model; the paper settings are noted where they differ."""
 
-    probes: tuple = PROBES
+    probes: tuple = field(default_factory=lambda: tuple(PROBES))  # every registered probe, in order
     bits: tuple = (8, 4)              # RTN bit widths (the paper: 8 and 4)
     group_size: int | str | None = "auto"  # RTN group size: "auto" = 64, or the largest of 32/16 that divides every
                                             # layer's input size (else one grid per channel); None = per channel
@@ -58,13 +56,14 @@ class AuditConfig:
     seed: int = 0
 
     def __post_init__(self):
+        self.probes = tuple(self.probes)
         unknown = [p for p in self.probes if p not in PROBES]
         if unknown:
-            raise ValueError(f"Unknown audit probe(s) {unknown}: choose from {PROBES}.")
-        from .quantize import _check_bits
+            raise ValueError(f"Unknown audit probe(s) {unknown}: choose from {tuple(PROBES)}.")
+        from .quantize import check_bits
 
         for b in self.bits:
-            _check_bits(b)
+            check_bits(b)
         if not 0 < self.came_back_at <= 1:
             raise ValueError(f"came_back_at must be in (0, 1], got {self.came_back_at}.")
 
@@ -94,6 +93,7 @@ class AuditReport:
     vectors: pd.DataFrame | None = None
     seconds: dict = field(default_factory=dict)
     config: AuditConfig = field(default_factory=AuditConfig)
+    details: dict = field(default_factory=dict)  # each probe's details by probe name
 
     def lines(self) -> list[str]:
         """The verdict lines, one per probe."""
@@ -124,7 +124,7 @@ class AuditReport:
         """Write verdicts.csv, table.csv, audit.md, audit.png and config.json into ``folder`` (atomically)."""
         import matplotlib.pyplot as plt
 
-        from .models import publish_folder, staging_folder
+        from .cache import publish_folder, staging_folder
 
         tmp = staging_folder(folder)
         self.verdicts.to_csv(tmp / "verdicts.csv", index=False)
@@ -192,7 +192,7 @@ def split_tv(rows, seed: int = 0):
 
 def audit_data(data, split: str = "forget05", seed: int = 0) -> AuditData:
     """Turn a :class:`World`, an :class:`AuditData` or a dict with ``forget`` / ``retain`` (e.g. from
-    :func:`unlearn_utils.benchmarks.load_tofu`) into what the audit needs."""
+    :func:`unlearn_utils.benchmark_data.load_tofu`) into what the audit needs."""
     from .world import World, check_splits
 
     if isinstance(data, AuditData):
@@ -292,7 +292,45 @@ def quantized(model, bits: int, group_size: int | str | None = "auto"):
     return quantize_model(model, bits, group_size)
 
 
-def _probe_quantization(models, tok, data, cfg, rows, verdicts):
+@dataclass
+class ProbeContext:
+    """What every probe reads (the models, the data, the settings) and where it writes: ``rows`` of the measurement
+    table and ``verdicts`` (one dict per verdict line: probe, setting, verdict, share_back, still_there)."""
+
+    original: object
+    unlearned: object
+    tokenizer: object
+    models: dict                       # "original", "unlearned" and, when given, "retain_model"
+    data: AuditData
+    config: AuditConfig
+    rows: list
+    verdicts: list
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe: ``run(ctx)`` measures, appends to ``ctx.rows`` and ``ctx.verdicts``, and returns its per-layer or
+    per-vector details (a DataFrame, kept in the report under its name) or None."""
+
+    name: str
+    summary: str
+    run: Callable[[ProbeContext], pd.DataFrame | None]
+
+
+PROBES: dict[str, Probe] = {}
+
+
+def register_probe(probe: Probe) -> Probe:
+    """Add a probe to the audit (its name must be new); :class:`AuditConfig` then runs it by default."""
+    if probe.name in PROBES:
+        raise ValueError(f"An audit probe named {probe.name!r} is already registered.")
+    PROBES[probe.name] = probe
+    return probe
+
+
+def _probe_quantization(ctx: ProbeContext):
+    models, tok, data, cfg, rows, verdicts = ctx.models, ctx.tokenizer, ctx.data, ctx.config, ctx.rows, ctx.verdicts
     group = auto_group_size(models["unlearned"]) if cfg.group_size == "auto" else cfg.group_size
     label = "per channel" if group is None else f"group size {group}"
     for bits in cfg.bits:
@@ -309,9 +347,11 @@ def _probe_quantization(models, tok, data, cfg, rows, verdicts):
         verdicts.append({"probe": "quantization", "setting": f"{bits}-bit", **v})
 
 
-def _probe_relearning(models, tok, data, cfg, rows, verdicts, progress):
+def _probe_relearning(ctx: ProbeContext):
     from .relearn import recovery_above_floor, rtt
 
+    models, tok, data, cfg, rows, verdicts = ctx.models, ctx.tokenizer, ctx.data, ctx.config, ctx.rows, ctx.verdicts
+    progress = ctx.progress
     if data.t_facts is None or data.v_facts is None or len(data.t_facts) == 0 or len(data.v_facts) == 0:
         verdicts.append({"probe": "relearning", "setting": "RTT", "verdict": "not run: no T/V split of the forget "
                          "facts (pass t_facts and v_facts, or a forget set with at least two questions)",
@@ -350,9 +390,11 @@ def _probe_relearning(models, tok, data, cfg, rows, verdicts, progress):
         verdicts.append({"probe": "relearning", "setting": "RTT", **v})
 
 
-def _probe_patching(original, unlearned, tok, data, cfg, rows, verdicts):
+def _probe_patching(ctx: ProbeContext):
     from .patching import patch_sweep, teacher_forced_inputs
 
+    original, unlearned, tok, data, cfg = ctx.original, ctx.unlearned, ctx.tokenizer, ctx.data, ctx.config
+    rows, verdicts = ctx.rows, ctx.verdicts
     if _is_gated(unlearned):
         verdicts.append({"probe": "patching", "setting": "MLP / attention", "verdict": (
             "not applicable: a GRUN model keeps the original's weights and edits the residual stream with its module; "
@@ -417,8 +459,9 @@ def value_vector_change(original, unlearned, tokenizer, k: int = 20, n_vectors: 
     return df
 
 
-def _probe_vectors(original, unlearned, tok, cfg, rows, verdicts):
-    df = value_vector_change(original, unlearned, tok, cfg.k, cfg.n_vectors)
+def _probe_vectors(ctx: ProbeContext):
+    cfg, rows, verdicts = ctx.config, ctx.rows, ctx.verdicts
+    df = value_vector_change(ctx.original, ctx.unlearned, ctx.tokenizer, cfg.k, cfg.n_vectors)
     med, low = float(df.cosine.median()), float(df.cosine.min())
     kept = float(df.jaccard.mean())
     rows.append({"probe": "concept_vectors", "setting": "all value vectors", "measure": "median cosine to original",
@@ -433,7 +476,8 @@ def _probe_vectors(original, unlearned, tok, cfg, rows, verdicts):
     return df
 
 
-def _probe_variant(name, label, ds, models, tok, data, cfg, rows, verdicts):
+def _probe_variant(ctx: ProbeContext, name: str, label: str, ds):
+    models, tok, cfg, rows, verdicts = ctx.models, ctx.tokenizer, ctx.config, ctx.rows, ctx.verdicts
     if ds is None or len(ds) == 0:
         verdicts.append({"probe": name, "setting": label, "verdict": f"not run: the data has no {label} questions",
                          "share_back": float("nan"), "still_there": None})
@@ -443,6 +487,21 @@ def _probe_variant(name, label, ds, models, tok, data, cfg, rows, verdicts):
     v = recovery_verdict(f"with {label}", accs["unlearned"], rows[0]["unlearned"], accs["original"],
                          cfg.came_back_at, accs.get("retain_model"))
     verdicts.append({"probe": name, "setting": label, **v})
+
+
+register_probe(Probe("quantization", "round-to-nearest quantize-dequantize at the configured bit widths",
+                     _probe_quantization))
+register_probe(Probe("relearning", "RTT: fine-tune on half of the forget facts (T), test the other half (V)",
+                     _probe_relearning))
+register_probe(Probe("patching", "the original's MLP coefficients / attention outputs patched in, per layer window",
+                     _probe_patching))
+register_probe(Probe("concept_vectors", "how far the MLP value vectors moved (cosine; top-k vocabulary tokens kept)",
+                     _probe_vectors))
+register_probe(Probe("paraphrase", "the forget questions in a wording never trained on",
+                     lambda ctx: _probe_variant(ctx, "paraphrase", "paraphrased wording", ctx.data.forget_para)))
+register_probe(Probe("in_context", "the forget questions after two of the same person's other facts",
+                     lambda ctx: _probe_variant(ctx, "in_context", "the person's other facts in context",
+                                                ctx.data.in_context)))
 
 
 def audit(original, unlearned, tokenizer, data, split: str = "forget05", retain_model=None,
@@ -469,26 +528,16 @@ def audit(original, unlearned, tokenizer, data, split: str = "forget05", retain_
              **{n: accuracy(m, tokenizer, d.forget) for n, m in models.items()}},
             {"probe": "baseline", "setting": "full precision", "measure": "retain accuracy",
              **{n: accuracy(m, tokenizer, d.retain) for n, m in models.items()}}]
-    verdicts, seconds = [], {}
-    patching = vectors = None
+    verdicts, seconds, details = [], {}, {}
+    ctx = ProbeContext(original=original, unlearned=unlearned, tokenizer=tokenizer, models=models, data=d,
+                       config=cfg, rows=rows, verdicts=verdicts, progress=progress)
     bar = tqdm(cfg.probes, desc="audit", disable=not progress)
     for probe in bar:
         bar.set_postfix_str(probe)
         start = time.time()
-        if probe == "quantization":
-            _probe_quantization(models, tokenizer, d, cfg, rows, verdicts)
-        elif probe == "relearning":
-            _probe_relearning(models, tokenizer, d, cfg, rows, verdicts, progress)
-        elif probe == "patching":
-            patching = _probe_patching(original, unlearned, tokenizer, d, cfg, rows, verdicts)
-        elif probe == "concept_vectors":
-            vectors = _probe_vectors(original, unlearned, tokenizer, cfg, rows, verdicts)
-        elif probe == "paraphrase":
-            _probe_variant("paraphrase", "paraphrased wording", d.forget_para, models, tokenizer, d, cfg, rows,
-                           verdicts)
-        elif probe == "in_context":
-            _probe_variant("in_context", "the person's other facts in context", d.in_context, models, tokenizer, d,
-                           cfg, rows, verdicts)
+        found = PROBES[probe].run(ctx)
+        if found is not None:
+            details[probe] = found
         seconds[probe] = time.time() - start
     table = pd.DataFrame(rows)
     for col in ("original", "unlearned", "retain_model"):
@@ -496,5 +545,31 @@ def audit(original, unlearned, tokenizer, data, split: str = "forget05", retain_
             table[col] = np.nan
     table = table[["probe", "setting", "measure", "original", "unlearned", "retain_model"]]
     verdicts = pd.DataFrame(verdicts, columns=["probe", "setting", "verdict", "share_back", "still_there"])
-    return AuditReport(table=table, verdicts=verdicts, patching=patching, vectors=vectors, seconds=seconds,
-                       config=cfg)
+    return AuditReport(table=table, verdicts=verdicts, patching=details.get("patching"),
+                       vectors=details.get("concept_vectors"), seconds=seconds, config=cfg, details=details)
+
+
+# ----------------------------------------------------------------------------------------------
+# Several audits side by side
+# ----------------------------------------------------------------------------------------------
+def audit_each(original, models: dict, tokenizer, data, **options) -> dict[str, AuditReport]:
+    """:func:`audit` of each model of ``{name: unlearned model}`` on the same data, one after the other:
+    ``{name: AuditReport}``. ``options``: :func:`audit`'s keywords (split, retain_model, config, AuditConfig fields)."""
+    return {name: audit(original, model, tokenizer, data, **options) for name, model in models.items()}
+
+
+def side_by_side(reports: dict, column: str = "share_back") -> pd.DataFrame:
+    """One verdict column of several audits (``share_back``: the share of the forgotten facts that came back, or
+    ``still_there``) side by side: one row per (probe, setting), one column per ``{name: AuditReport}`` entry, NaN
+    where a model's audit has no such probe."""
+    return pd.DataFrame({name: r.verdicts.set_index(["probe", "setting"])[column] for name, r in reports.items()})
+
+
+def recorded_numbers(reports: dict) -> dict:
+    """What a notebook records of several audits: ``audit_share_back`` and ``audit_still_there`` keyed
+    ``"<name> | <probe> <setting>"`` (model by model, as :func:`side_by_side` orders them), and
+    ``audit_verdicts`` (each model's verdict lines)."""
+    side, still = side_by_side(reports, "share_back"), side_by_side(reports, "still_there")
+    return {"audit_share_back": {f"{name} | {p} {s}": v for name in side for (p, s), v in side[name].items()},
+            "audit_still_there": {f"{name} | {p} {s}": v for name in still for (p, s), v in still[name].items()},
+            "audit_verdicts": {name: r.lines() for name, r in reports.items()}}

@@ -13,7 +13,7 @@ locuslab/TOFU --repo-type dataset --local-dir TOFU``) and pass the folder or fil
 * **The real-knowledge set** (``data/real/questions.jsonl``, :func:`load_real_questions`): short factual questions
   on pretraining knowledge in 15 categories, for a real pretrained model; :func:`real_splits` keeps the facts the
   model knows and splits them into forget / retain.
-* ConceptVectors files are read by :func:`unlearn_utils.concepts.load_conceptvectors`.
+* ConceptVectors files are read by :func:`unlearn_utils.concept_files.load_conceptvectors`.
 
 :func:`load_data` reads a notebook's ``DATA`` parameter (``"world"``, ``"real"``, ``"tofu:FOLDER"``, ``"qa:FILE"``,
 ``"wmdp:FORGET_FILE,RETAIN_FILE"``) into forget / retain question sets.
@@ -29,7 +29,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from .data import encode_texts, special_prefix
+from .data import encode_texts, pad_id, special_prefix
 
 TOFU_PROMPT = "Question: {question}\nAnswer:"
 TOFU_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
@@ -142,7 +142,7 @@ def mc_accuracy(model, tokenizer, data, batch_size: int = 16) -> float:
         ids = tokenizer(" " + letter, add_special_tokens=False)["input_ids"]
         letter_ids.append(ids[-1])
     enc = encode_texts(tokenizer, data["prompt"])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     dev = next(model.parameters()).device
     correct = 0
     for i in range(0, len(enc), batch_size):
@@ -238,29 +238,26 @@ def known_questions(model, tokenizer, questions: datasets.Dataset, batch_size: i
     checked on load, a damaged entry set aside and measured again): the check runs once per model."""
     import hashlib
 
+    from .cache import CorruptCacheError, cached, write_files
+    from .data import weights_fingerprint
     from .evaluate import answer_scores
-    from .models import (CorruptCacheError, cache_entry, cache_lock, publish_folder, set_aside, staging_folder,
-                         verify_folder, weights_fingerprint)
 
     digest = hashlib.sha256(json.dumps([list(questions["prompt"]), list(questions["answer"])]).encode()).hexdigest()
-    folder = cache_entry("known_facts", {"model": weights_fingerprint(model), "questions": digest[:16],
-                                         "tokenizer": [len(tokenizer), special_prefix(tokenizer)]})
-    with cache_lock(folder):
-        if folder.exists():
-            try:
-                verify_folder(folder)
-                known = json.loads((folder / "known.json").read_text())
-                if isinstance(known, list) and len(known) == len(questions):
-                    return [bool(k) for k in known]
-                raise CorruptCacheError(f"it holds {len(known)} answers for {len(questions)} questions")
-            except (CorruptCacheError, OSError, ValueError, TypeError) as e:
-                set_aside(folder, e)
-        known = answer_scores(model, tokenizer, list(questions["prompt"]), list(questions["answer"]),
-                              batch_size)["correct"].tolist()
-        tmp = staging_folder(folder)
-        (tmp / "known.json").write_text(json.dumps(known))
-        publish_folder(tmp, folder)
-    return known
+    key = {"model": weights_fingerprint(model), "questions": digest[:16],
+           "tokenizer": [len(tokenizer), special_prefix(tokenizer)]}
+
+    def load(folder):
+        known = json.loads((folder / "known.json").read_text())
+        if not (isinstance(known, list) and len(known) == len(questions)):
+            raise CorruptCacheError(f"it holds {len(known)} answers for {len(questions)} questions")
+        return [bool(k) for k in known]
+
+    def build():
+        return answer_scores(model, tokenizer, list(questions["prompt"]), list(questions["answer"]),
+                             batch_size)["correct"].tolist()
+
+    return cached("known_facts", key, build, lambda known, folder: write_files(
+        folder, {"known.json": json.dumps(known).encode()}), load)
 
 
 def real_splits(model, tokenizer, split: RealSplit | None = None, batch_size: int = 64) -> dict:
@@ -315,7 +312,7 @@ def load_data(spec: str, split: str = "forget05", max_retain: int | None = 400, 
       MMLU), asked as prompts whose answer is the right letter;
     * ``real``, ``real:CATEGORY``, ``real:share=0.2``: the real-knowledge set. Which facts to use depends on the
       model (those it knows), so this returns ``{"real": RealSplit, "name": spec}``, checked but not split yet;
-      :func:`real_splits` splits it once the model is loaded (``notebook.start`` does).
+      :func:`real_splits` splits it once the model is loaded (``session.start`` does).
 
     Returns ``{"forget": Dataset, "retain": Dataset, "name": spec}`` with ``prompt`` and ``answer`` columns.
     """
@@ -344,7 +341,7 @@ def load_data(spec: str, split: str = "forget05", max_retain: int | None = 400, 
     elif kind == "conceptvectors":
         raise ValueError("A ConceptVectors file holds concepts and their value vectors, not forget / retain answers: "
                          "notebook 03 reads it (DATA = 'conceptvectors:FILE.json'), and so does "
-                         "unlearn_utils.concepts.concept_source / load_conceptvectors.")
+                         "unlearn_utils.concept_files.concept_source / load_conceptvectors.")
     else:
         raise ValueError(f"Unknown data source {kind!r} in DATA={spec!r}: use one of {', '.join(DATA_KINDS)}.")
     check_splits(forget=out["forget"], retain=out["retain"])

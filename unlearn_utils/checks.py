@@ -220,7 +220,8 @@ def check_krs(fn) -> CheckResult:
     zeros, _ = _run(name, fn, o, u, u, mask)
     if ones is None or zeros is None or not torch.allclose(torch.as_tensor(ones).float(), torch.ones(4), atol=1e-5) \
             or not torch.allclose(torch.as_tensor(zeros).float(), torch.zeros(4), atol=1e-5):
-        return _report(name, False, "KRS should be 1 when the patch restores the original and 0 when it changes nothing.")
+        return _report(name, False, "KRS should be 1 when the patch restores the original and 0 when it changes "
+                                    "nothing.")
     return _report(name, True, "matches the reference, with KRS = 1 for a full restore and 0 for no effect.")
 
 
@@ -285,11 +286,13 @@ def check_vocab_projection(fn) -> CheckResult:
         if got_t.shape != want.shape:
             return _report(name, False, f"case {i}: expected {k} token ids, got shape {tuple(got_t.shape)}.")
         if torch.equal(got_t, (E @ -v).topk(k).indices) and k < 30:
-            return _report(name, False, f"case {i}: these are the tokens the vector SUPPRESSES: take the largest logits.")
+            return _report(name, False, f"case {i}: these are the tokens the vector SUPPRESSES: "
+                                        "take the largest logits.")
         if not torch.equal(got_t.long(), want):
             if set(got_t.tolist()) == set(want.tolist()):
                 return _report(name, False, f"case {i}: right tokens, wrong order: sort them best first.")
-            return _report(name, False, f"case {i} (k={k}): got ids {got_t.tolist()[:5]}, expected {want.tolist()[:5]}. "
+            return _report(name, False, f"case {i} (k={k}): got ids {got_t.tolist()[:5]}, "
+                                        f"expected {want.tolist()[:5]}. "
                                         "Project with unembedding @ vector (one logit per vocabulary token).")
     return _report(name, True, "your projection picks the same top-k tokens, in the same order.")
 
@@ -314,7 +317,8 @@ def check_jaccard(fn) -> CheckResult:
         if err is not None:
             return err
         want = jaccard(a, b)
-        bad = _compare(name, float(got) if got is not None else float("nan"), want, atol=1e-9, what=f"case {i} {a} vs {b}")
+        bad = _compare(name, float(got) if got is not None else float("nan"), want, atol=1e-9,
+                       what=f"case {i} {a} vs {b}")
         if bad is not None:
             if i == 2:
                 bad += " Duplicates must not count twice: compare sets."
@@ -422,10 +426,13 @@ def check_gated_loss(fn) -> CheckResult:
             import torch.nn.functional as F
 
             g = float(torch.as_tensor(got))
-            flipped = ft + rt + lam * F.binary_cross_entropy(torch.cat([fg, rg]), torch.cat([torch.zeros(nf), torch.ones(nr)]))
-            separate = ft + rt + lam * (F.binary_cross_entropy(fg, torch.ones(nf)) + F.binary_cross_entropy(rg, torch.zeros(nr)))
+            flipped = ft + rt + lam * F.binary_cross_entropy(torch.cat([fg, rg]),
+                                                             torch.cat([torch.zeros(nf), torch.ones(nr)]))
+            separate = ft + rt + lam * (F.binary_cross_entropy(fg, torch.ones(nf))
+                                        + F.binary_cross_entropy(rg, torch.zeros(nr)))
             if abs(g - float(flipped)) < 1e-4:
-                bad += " The gate targets are flipped: forget prompts should open the gate (1), retain ones close it (0)."
+                bad += (" The gate targets are flipped: forget prompts should open the gate (1), "
+                        "retain ones close it (0).")
             elif abs(g - float(ft + rt)) < 1e-4:
                 bad += " The gate term is missing."
             elif abs(g - float(separate)) < 1e-4 and nf != nr:

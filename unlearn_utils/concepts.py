@@ -9,29 +9,30 @@ The paper's questions, on a world where we know every topic's words:
 1. Do such vectors exist, and are they causal (noise on one hurts its topic, not others)?
 2. Does fine-tuning unlearning change them (cosine, L2, Jaccard of top tokens), or only stop using them?
 3. Does ablating the vector itself ("Needle") remove the topic with less collateral damage?
+
+The ConceptVectors file format is read in :mod:`unlearn_utils.concept_files`; Needle, an unlearning method, is
+:func:`unlearn_utils.unlearning.needle`. This module keeps the analysis: vocabulary projection, locating and
+validating concept vectors, their change under unlearning, and the topic probes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .arch import get_adapter
-from .evaluate import answer_scores
-from .training import epoch_batches, set_seed, train_loop
+from .concept_files import FILE_PROBES, ConceptSet
+from .evaluate import accuracy, answer_scores
 from .world import World
 
 
 # ----------------------------------------------------------------------------------------------
 # Vocabulary projection
 # ----------------------------------------------------------------------------------------------
-def _check_column(model, layer: int, column: int) -> None:
+def check_column(model, layer: int, column: int) -> None:
     ad = get_adapter(model)
     n = ad.n_layers(model)
     if not isinstance(layer, (int, np.integer)) or not 0 <= layer < n:
@@ -44,7 +45,7 @@ def _check_column(model, layer: int, column: int) -> None:
 
 def value_vector(model, layer: int, column: int) -> torch.Tensor:
     """A copy of value vector ``column`` of ``layer`` (a [d_model] tensor): column of the down projection."""
-    _check_column(model, layer, column)
+    check_column(model, layer, column)
     return get_adapter(model).value_vectors(model, int(layer))[:, int(column)].detach().float().clone()
 
 
@@ -96,7 +97,7 @@ def topic_words(world: World, topic: str) -> list[str]:
     raise KeyError(f"Topic {topic!r} is not in this world. Its topics are: {[t['name'] for t in world.topics]}.")
 
 
-def _word_ids(tokenizer, words) -> list[int]:
+def word_ids(tokenizer, words) -> list[int]:
     vocab = tokenizer.get_vocab()
     ids = []
     for w in words:
@@ -127,7 +128,7 @@ def overlap_table(model, tokenizer, topics: dict[str, list[str]], k: int = 20, l
     member = torch.zeros(len(topics), vocab, dtype=torch.bool)
     sizes = []
     for i, words in enumerate(topics.values()):
-        ids = _word_ids(tokenizer, words)
+        ids = word_ids(tokenizer, words)
         member[i, ids] = True
         sizes.append(max(1, min(k, len(ids))))
     frames = []
@@ -166,193 +167,6 @@ def locate_concept_vectors(model, tokenizer, world_or_topics, k: int = 20, layer
     return best.reset_index(drop=True)
 
 
-# ----------------------------------------------------------------------------------------------
-# The ConceptVectors JSON format
-# ----------------------------------------------------------------------------------------------
-CONCEPTVECTORS_KEYS = ("Concept", "Layer", "Dim", "QA", "text_completion", "unrelated_QA", "wikipedia_content")
-
-
-@dataclass
-class ConceptRecord:
-    """One ConceptVectors row: a concept, its vector's (layer, dim), questions, completions and article."""
-
-    concept: str
-    layer: int
-    dim: int
-    questions: list[str]
-    completions: list[dict]
-    unrelated_questions: list[str]
-    wikipedia_content: str
-
-
-def load_conceptvectors(path: str | Path) -> list[ConceptRecord]:
-    """Read a ConceptVectors JSON file (a list of rows with Concept, Layer, Dim, QA, text_completion,
-    unrelated_QA, wikipedia_content). The key of a row is (Layer, Dim); ``id`` is ignored as the authors advise."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"No ConceptVectors file at {path}. Download e.g. llama2-7b_concepts.json from the "
-                                "ConceptVectors repository and pass its path.")
-    try:
-        rows = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}).") from None
-    if isinstance(rows, dict):
-        rows = [rows]
-    if not isinstance(rows, list) or not rows:
-        raise ValueError(f"{path} holds no concept rows: expected a JSON list of objects.")
-    out = []
-    for i, r in enumerate(rows):
-        missing = [key for key in CONCEPTVECTORS_KEYS if key not in r]
-        if missing:
-            raise ValueError(f"Row {i} of {path} lacks {missing}; ConceptVectors rows need {list(CONCEPTVECTORS_KEYS)}.")
-        comps = r["text_completion"]
-        for c in comps:
-            if not {"First_half", "Second_half"} <= set(c):
-                raise ValueError(f"Row {i} of {path}: each text_completion needs First_half and Second_half.")
-        out.append(ConceptRecord(concept=r["Concept"], layer=int(r["Layer"]), dim=int(r["Dim"]),
-                                 questions=list(r["QA"]), completions=list(comps),
-                                 unrelated_questions=list(r["unrelated_QA"]),
-                                 wikipedia_content=r["wikipedia_content"]))
-    return out
-
-
-def concept_words(record: ConceptRecord, tokenizer, stopwords: set[str] | None = None) -> list[str]:
-    """The concept's word set W: tokens of its article minus stopwords (the paper's filter for 'related' tokens)."""
-    stop = stopwords if stopwords is not None else _STOPWORDS
-    toks = tokenizer.tokenize(record.wikipedia_content)
-    clean = {t.lstrip("Ġ▁").strip() for t in toks}
-    return sorted(w for w in clean if w and w.lower() not in stop and any(ch.isalpha() for ch in w))
-
-
-_STOPWORDS = set("""a an the and or but if of at by for with about against between into through during before after
-above below to from up down in out on off over under again further then once here there when where why how all any
-both each few more most other some such no nor not only own same so than too very s t can will just don should now is
-are was were be been being have has had having do does did doing i me my we our you your he him his she her it its
-they them their what which who whom this that these those am as until while""".split())
-
-
-class ConceptSet:
-    """The concepts of a ConceptVectors file, shaped like the world's topics so that every topic function here
-    (:func:`topic_scores`, :func:`causal_effect`, :func:`topic_forget_retain`, :func:`probe_scores`) reads either.
-
-    topics: name, words (the article's tokens minus stopwords) and sentences (the article); vectors: the file's
-    (layer, dim) per concept. topic_rows(): what "knowing the concept" is scored on:
-
-    * with ``reference`` (the original model, as the paper does: it compares the unlearned model's answers with the
-      original's), every text completion (First_half) and every QA question, each answered by the reference's own
-      greedy continuation (``answer_tokens`` tokens), so the question is "does the model still say what it said?";
-    * without it, the completions only, answered by the first ``answer_words`` words of Second_half (the file's
-      QA questions carry no answers).
-    """
-
-    def __init__(self, records: list[ConceptRecord], tokenizer, answer_words: int = 3, reference=None,
-                 answer_tokens: int = 4, batch_size: int = 32):
-        if not records:
-            raise ValueError("The ConceptVectors file holds no concepts.")
-        names = [r.concept for r in records]
-        if len(set(names)) != len(names):
-            raise ValueError(f"Concept names repeat in the file ({sorted(n for n in set(names) if names.count(n) > 1)}); "
-                             "each concept needs one row.")
-        self.records = records
-        self.vectors = {r.concept: (r.layer, r.dim) for r in records}
-        self.topics = [{"name": r.concept, "words": concept_words(r, tokenizer),
-                        "sentences": _sentences(r.wikipedia_content)} for r in records]
-        self.answer_words = answer_words
-        self.name = "ConceptVectors file"
-        self._rows = self._reference_rows(reference, tokenizer, answer_tokens, batch_size) if reference is not None \
-            else self._file_rows()
-
-    def _file_rows(self) -> list[dict]:
-        rows = []
-        for r in self.records:
-            for c in r.completions:
-                answer = " ".join(str(c["Second_half"]).split()[: self.answer_words])
-                if answer:
-                    rows.append({"topic": r.concept, "kind": "completion", "word": "",
-                                 "prompt": str(c["First_half"]).strip(), "answer": answer})
-        return rows
-
-    def _reference_rows(self, model, tokenizer, answer_tokens: int, batch_size: int) -> list[dict]:
-        from .patching import teacher_forced_inputs
-
-        asks = [(r.concept, "completion", str(c["First_half"]).strip()) for r in self.records for c in r.completions]
-        asks += [(r.concept, "question", QA_PROMPT.format(question=str(q).strip())) for r in self.records
-                 for q in r.questions]
-        asks = [a for a in asks if a[2]]
-        rows = []
-        for i in range(0, len(asks), batch_size):
-            chunk = asks[i: i + batch_size]
-            tf = teacher_forced_inputs(model, tokenizer, [p for _, _, p in chunk], max_new_tokens=answer_tokens)
-            for (topic, kind, prompt), answer in zip(chunk, tf.answers):
-                if answer.strip():  # the reference stopped at once: nothing to compare with
-                    rows.append({"topic": topic, "kind": kind, "word": "", "prompt": prompt, "answer": answer.strip()})
-        return rows
-
-    def topic_rows(self) -> list[dict]:
-        return list(self._rows)
-
-    def fact_rows(self) -> list[dict]:
-        return []  # a ConceptVectors file has no people
-
-    def probe_rows(self, probe: str = "plain", seed: int = 0) -> list[dict]:
-        """plain: the scored rows as they are (see :meth:`topic_rows`); in_context: two sentences of the concept's
-        article first."""
-        if probe not in FILE_PROBES:
-            raise KeyError(f"Unknown probe {probe!r} for a ConceptVectors file: choose one of {FILE_PROBES} "
-                           "(paraphrase and role-play need the world's templates).")
-        rng = np.random.default_rng(seed)
-        article = {t["name"]: t["sentences"] for t in self.topics}
-        rows = []
-        for r in self.topic_rows():
-            prompt = r["prompt"]
-            if probe == "in_context":  # sentences that contain the answer would give it away: left out
-                sents = [x for x in article[r["topic"]] if r["answer"].lower() not in x.lower()]
-                picks = rng.choice(len(sents), size=min(2, len(sents)), replace=False) if sents else []
-                prompt = " ".join(sents[i] for i in picks) + " " + prompt
-            rows.append({**r, "prompt": prompt.strip(), "probe": probe})
-        return rows
-
-
-FILE_PROBES = ("plain", "in_context")
-QA_PROMPT = "Question: {question}\nAnswer:"
-
-
-def _sentences(text: str) -> list[str]:
-    import re
-
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
-
-
-def concept_source(data, tokenizer, world: World | None = None, limit: int | None = None,
-                   keep: list[str] | None = None, reference=None):
-    """What notebook 03 studies: ``"world"`` (the world's topics) or ``"conceptvectors:FILE"`` (a :class:`ConceptSet`).
-
-    limit / keep (files only; a real file has hundreds of concepts, each validated with several forward passes
-    over every concept's completions): the first ``limit`` concepts of the file, plus those named in ``keep``.
-    reference (files only): the original model, whose own answers the concept's questions are scored against
-    (see :class:`ConceptSet`).
-    Other data kinds (TOFU, question files, WMDP) hold no concepts: a clear error says so.
-    """
-    if data is None or data == "world":
-        if world is None:
-            raise ValueError("data='world' needs the world (pass world=S.world).")
-        return world
-    kind, sep, where = str(data).partition(":")
-    if kind != "conceptvectors" or not where:
-        raise ValueError(f"DATA={data!r}: notebook 03 studies concepts, so it takes 'world' or "
-                         "'conceptvectors:FILE.json' (a ConceptVectors file); question files belong to notebooks "
-                         "00-02 and 04-06.")
-    records = load_conceptvectors(where)
-    wanted = [k for k in (keep or []) if k]
-    unknown = sorted(set(wanted) - {r.concept for r in records})
-    if unknown:
-        raise KeyError(f"Concept(s) {unknown} are not in {where}; it has e.g. {[r.concept for r in records[:5]]}.")
-    if limit is not None:
-        chosen = {r.concept for r in records[:limit]} | set(wanted)
-        records = [r for r in records if r.concept in chosen]
-    return ConceptSet(records, tokenizer, reference=reference)
-
-
 @torch.no_grad()
 def given_vectors(model, tokenizer, concepts: ConceptSet, k: int = 20, final_norm: bool = False) -> pd.DataFrame:
     """The file's vector per concept, scored like :func:`locate_concept_vectors`'s rows: hits and overlap of its
@@ -362,14 +176,51 @@ def given_vectors(model, tokenizer, concepts: ConceptSet, k: int = 20, final_nor
     _check_k(k, vocab)
     for t in concepts.topics:
         layer, column = concepts.vectors[t["name"]]
-        _check_column(model, layer, column)
+        check_column(model, layer, column)
         top_ids = project_to_vocab(model, value_vector(model, layer, column), final_norm).topk(k).indices.tolist()
-        ids = set(_word_ids(tokenizer, t["words"]))
+        ids = set(word_ids(tokenizer, t["words"]))
         tokens = tokenizer.convert_ids_to_tokens(top_ids)
         hits = len(ids & set(top_ids))
         rows.append({"topic": t["name"], "layer": layer, "column": column, "hits": hits,
                      "overlap": hits / max(1, min(k, len(ids))), "tokens": tokens})
     return pd.DataFrame(rows)
+
+
+def concept_vectors(model, tokenizer, source, k: int = 20, top: int = 1, final_norm: bool = False) -> pd.DataFrame:
+    """The concept vector(s) per topic: located by :func:`locate_concept_vectors` (best ``top`` per topic) on the
+    world, or, for a ConceptVectors file (a :class:`ConceptSet`), the file's own vector per concept scored the same
+    way (:func:`given_vectors`; ``top`` does not apply). Columns: topic, layer, column, hits, overlap, tokens."""
+    if isinstance(source, ConceptSet):
+        return given_vectors(model, tokenizer, source, k=k, final_norm=final_norm)
+    return locate_concept_vectors(model, tokenizer, source, k=k, top=top, final_norm=final_norm)
+
+
+def location_summary(located: pd.DataFrame, min_overlap: float = 0.3) -> dict:
+    """How well one vector per topic was found: ``share`` of topics whose vector's overlap is >= ``min_overlap``,
+    ``median_overlap``, and ``layers`` = {layer: number of topics whose vector sits there} (by layer)."""
+    return {"share": float((located.overlap >= min_overlap).mean()),
+            "median_overlap": float(located.overlap.median()),
+            "layers": located.layer.value_counts().sort_index().to_dict()}
+
+
+def same_vectors(a: pd.DataFrame, b: pd.DataFrame) -> float:
+    """Share of topics (row by row) for which two vector tables name the same (layer, column), e.g. located with
+    and without the final norm."""
+    return float(((a.layer == b.layer) & (a.column == b.column)).mean())
+
+
+def located_table(located: pd.DataFrame, n_tokens: int = 10) -> pd.DataFrame:
+    """The located vectors to read: topic, layer, column, hits, overlap and the first ``n_tokens`` top tokens
+    joined by spaces."""
+    return located.assign(tokens=located.tokens.map(lambda t: " ".join(t[:n_tokens])))[
+        ["topic", "layer", "column", "hits", "overlap", "tokens"]]
+
+
+def topic_vectors(candidates: pd.DataFrame, topic: str) -> list[tuple[int, int]]:
+    """The (layer, column) of each of ``topic``'s vectors in a :func:`concept_vectors` table, best first (what
+    Needle ablates)."""
+    vectors = candidates[candidates.topic == topic]
+    return list(zip(vectors.layer.astype(int), vectors.column.astype(int)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,16 +235,16 @@ def topic_scores(model, tokenizer, world: World, kinds=("question", "completion"
     return df.groupby("topic", sort=False).agg(accuracy=("correct", "mean"), logprob=("logprob", "mean"))
 
 
-def _column(model, layer: int, column: int):
+def down_proj_column(model, layer: int, column: int):
     """(down-projection weight, index of value vector ``column`` in it) after checking the range."""
-    _check_column(model, layer, column)
+    check_column(model, layer, column)
     ad = get_adapter(model)
     w = ad.down_proj(model, int(layer)).weight
     return w, ((slice(None), int(column)) if not ad.conv1d else (int(column), slice(None)))
 
 
 @torch.no_grad()
-def _add_noise(w: torch.Tensor, idx, scale: float, generator: torch.Generator, relative: bool) -> None:
+def add_noise(w: torch.Tensor, idx, scale: float, generator: torch.Generator, relative: bool) -> None:
     """Add Gaussian noise to ``w[idx]``: norm ``scale`` x the vector's norm (relative) or std ``scale`` per coordinate."""
     if not scale >= 0:
         raise ValueError(f"noise scale must be non-negative, got {scale}.")
@@ -409,9 +260,9 @@ def noised_vector(model, layer: int, column: int, scale: float, seed: int = 0, r
     relative=True: the noise has norm ``scale`` x the vector's norm (scale 1 = noise as large as the vector);
     relative=False: per-coordinate standard deviation ``scale`` (the paper's sigma, e.g. 0.1 for a 7B model).
     """
-    w, idx = _column(model, layer, column)
+    w, idx = down_proj_column(model, layer, column)
     saved = w.data[idx].clone()
-    _add_noise(w, idx, scale, torch.Generator().manual_seed(seed), relative)
+    add_noise(w, idx, scale, torch.Generator().manual_seed(seed), relative)
     try:
         yield
     finally:
@@ -444,6 +295,32 @@ def causal_effect(model, tokenizer, world: World, topic: str, layer: int, column
             "ratio": drop_t / max(drop_u, 1e-6)}
 
 
+def causal_effects(model, tokenizer, world: World, vectors: pd.DataFrame, scale: float = 3.0, seeds=(0,),
+                   relative: bool = True) -> pd.DataFrame:
+    """:func:`causal_effect` of each row of ``vectors`` (topic, layer, column), one row each; the model's clean
+    topic scores are computed once and shared."""
+    clean = topic_scores(model, tokenizer, world)
+    return pd.DataFrame([causal_effect(model, tokenizer, world, r.topic, r.layer, r.column, scale=scale, seeds=seeds,
+                                       relative=relative, clean=clean) for r in vectors.itertuples()])
+
+
+def causal_summary(effects: pd.DataFrame, min_ratio: float = 3.0) -> dict:
+    """Over all topics of a :func:`causal_effects` table: mean log-prob drop of the ``target_drop`` topic and of the
+    ``unrelated_drop`` topics, their ``ratio`` (mean over mean, not a mean of ratios) and ``share_specific`` = share of
+    topics whose own ratio is >= ``min_ratio``."""
+    target, unrelated = effects.target_logprob_drop.mean(), effects.unrelated_logprob_drop.mean()
+    return {"target_drop": float(target), "unrelated_drop": float(unrelated),
+            "ratio": float(target / max(unrelated, 1e-9)),
+            "share_specific": float((effects.ratio >= min_ratio).mean())}
+
+
+def choose_topic(effects: pd.DataFrame, topic: str | None = None, min_ratio: float = 3.0) -> str:
+    """``topic`` when given, else the topic whose vector hurt its own topic most (largest target log-prob drop)
+    among those that passed validation (ratio >= ``min_ratio``), or among all topics when none passed."""
+    valid = effects[effects.ratio >= min_ratio]
+    return topic or (valid if len(valid) else effects).sort_values("target_logprob_drop").topic.iloc[-1]
+
+
 # ----------------------------------------------------------------------------------------------
 # Parametric change
 # ----------------------------------------------------------------------------------------------
@@ -463,8 +340,8 @@ def vector_change(original, unlearned, tokenizer, layer: int, column: int, words
     model's unembedding, as in the paper); topic_tokens_kept = share of the original top-k's topic words that are
     still in the unlearned top-k (the paper's "related tokens rate"; needs ``words``).
     """
-    _check_column(original, layer, column)
-    _check_column(unlearned, layer, column)
+    check_column(original, layer, column)
+    check_column(unlearned, layer, column)
     v0, v1 = value_vector(original, layer, column), value_vector(unlearned, layer, column)
     if v0.shape != v1.shape:
         raise ValueError(f"The two models have different hidden sizes ({v0.shape[0]} vs {v1.shape[0]}).")
@@ -478,75 +355,61 @@ def vector_change(original, unlearned, tokenizer, layer: int, column: int, words
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# Needle: ablate the vector itself
-# ----------------------------------------------------------------------------------------------
-def _as_vectors(vectors) -> list[tuple[int, int]]:
-    if isinstance(vectors, tuple) and len(vectors) == 2 and not isinstance(vectors[0], (tuple, list)):
-        vectors = [vectors]
-    out = [(int(l), int(c)) for l, c in vectors]
-    if not out:
-        raise ValueError("No vectors given: pass (layer, column) or a list of them.")
-    return out
+def people_facts(source, about: int = 400):
+    """The people's facts that unlearning a topic should keep: every n-th trained phrasing of the retain people's
+    facts, n chosen to leave at least ``about`` of them; None for a ConceptVectors file (it has no people)."""
+    if isinstance(source, ConceptSet):
+        return None
+    people = source.facts("retain", phrasings="trained")
+    return people.select(range(0, len(people), max(1, len(people) // about)))
 
 
-def needle(model, tokenizer, vectors, scale: float = 10.0, forget_texts: list[str] | None = None,
-           steps: int = 0, lr: float = 0.05, seed: int = 0, relative: bool = True, inplace: bool = False,
-           progress: bool = True):
-    """Ablate concept vectors ("Needle"): add Gaussian noise to each, then optionally run gradient ascent on
-    ``forget_texts`` in which **only those columns** change. ``vectors`` is (layer, column) or a list of them.
-    Returns ``(model, log)``; the input model is copied unless ``inplace=True``.
-    """
-    import copy
+@torch.no_grad()
+def unlearning_table(models: dict, original, tokenizer, source, topic: str, layer: int, column: int, people=None,
+                     k: int = 20) -> pd.DataFrame:
+    """One row per model ({name: model}): accuracy on the ``target topic``, mean accuracy on the ``unrelated
+    topics``, ``people facts acc`` (NaN without ``people``), and how the topic's vector (layer, column) moved from
+    the original (:func:`vector_change`: cosine, l2, jaccard, topic_tokens_kept)."""
+    words = topic_words(source, topic)
+    rows = []
+    for name, model in models.items():
+        ts = topic_scores(model, tokenizer, source)
+        change = vector_change(original, model, tokenizer, layer, column, words, k=k)
+        rows.append({"model": name, "target topic acc": ts.loc[topic, "accuracy"],
+                     "unrelated topics acc": ts.drop(topic).accuracy.mean(),
+                     "people facts acc": accuracy(model, tokenizer, people) if people is not None else float("nan"),
+                     **change})
+    return pd.DataFrame(rows).set_index("model")
 
-    from .unlearning.losses import ga_loss
-    from .unlearning.methods import encode_examples
 
-    vectors = _as_vectors(vectors)
-    for layer, column in vectors:
-        _check_column(model, layer, column)
-    if steps < 0:
-        raise ValueError(f"steps must be zero or positive, got {steps}.")
-    if steps and not forget_texts:
-        raise ValueError("Needle training needs forget_texts (the topic's text) when steps > 0.")
-    set_seed(seed)
-    model = model if inplace else copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    weights: dict[int, torch.Tensor] = {}
-    masks: dict[int, torch.Tensor] = {}
-    for layer, column in vectors:
-        w, idx = _column(model, layer, column)
-        _add_noise(w, idx, scale, g, relative)
-        weights[layer] = w
-        masks.setdefault(layer, torch.zeros_like(w))[idx] = 1.0
-    log = pd.DataFrame()
-    if steps:
-        flags = {n: p.requires_grad for n, p in model.named_parameters()}
-        for p in model.parameters():
-            p.requires_grad_(False)
-        hooks = []
-        for layer, w in weights.items():
-            w.requires_grad_(True)
-            hooks.append(w.register_hook(lambda grad, m=masks[layer]: grad * m))
-        seqs, label_masks = encode_examples(tokenizer, [{"text": t} for t in forget_texts])
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        get = epoch_batches(seqs, min(16, len(seqs)), pad, seed, label_masks)
-        dev = next(iter(weights.values())).device
+def method_rows(table: pd.DataFrame, methods) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the fine-tuning ``methods``' rows, the Needle rows: those whose name starts with "needle") of a
+    :func:`unlearning_table`."""
+    return table.loc[methods], table.loc[[i for i in table.index if i.startswith("needle")]]
 
-        def ga(m, b):
-            return ga_loss(m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
 
-        try:
-            log = pd.DataFrame(train_loop(model, lambda step: {k: v.to(dev) for k, v in get(step).items()}, steps, lr,
-                                          loss_fn=ga, schedule="constant", params=list(weights.values()), clip=0.0,
-                                          desc="Needle", progress=progress))
-        finally:
-            for h in hooks:
-                h.remove()
-            for n, p in model.named_parameters():
-                p.requires_grad_(flags[n])
-    model.eval()
-    return model, log
+def describe_findings(table: pd.DataFrame, probes: pd.DataFrame, methods, topic: str, k: int = 20) -> str:
+    """The paragraph under notebook 03's verdicts: whether the original knew the topic (when it did not), the range
+    of the fine-tuned vector's cosine and Jaccard, the best fine-tuning and Needle rows, and the highest target
+    accuracy any probe (columns of ``probes``) brings back for each method."""
+    ft, needle_rows = method_rows(table, methods)
+    best_needle = needle_rows.sort_values("target topic acc").iloc[0]
+    best_ft = ft.sort_values("unrelated topics acc").iloc[-1]
+    probe_back = {m: float(probes.loc[m].max()) for m in methods}
+    lines = []
+    if not table.loc["original", "target topic acc"] >= 0.5:
+        lines.append(f"The original answers only {table.loc['original', 'target topic acc']:.0%} of '{topic}' before "
+                     "unlearning: the forgetting verdicts are not measured (None).")
+    lines.append(f"Fine-tuning: cosine of the '{topic}' vector to the original {ft.cosine.min():.3f}-"
+                 f"{ft.cosine.max():.3f}, Jaccard of top-{k} tokens {ft.jaccard.min():.2f}-{ft.jaccard.max():.2f}, "
+                 f"while target accuracy fell to {ft['target topic acc'].max():.0%} (worst method).")
+    lines.append(f"Best fine-tuning method for unrelated topics: {best_ft.name} (target "
+                 f"{best_ft['target topic acc']:.0%}, unrelated {best_ft['unrelated topics acc']:.0%}); best Needle: "
+                 f"{best_needle.name} (target {best_needle['target topic acc']:.0%}, unrelated "
+                 f"{best_needle['unrelated topics acc']:.0%}).")
+    lines.append("Highest target accuracy any probe brings back after fine-tuning: "
+                 + str({m: f"{v:.0%}" for m, v in probe_back.items()}))
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -636,3 +499,13 @@ def probe_scores(model, tokenizer, world: World, topic: str, probes=None, seed: 
         out.append({"probe": probe, "target": float(df.loc[df.topic == topic, "correct"].mean()),
                     "unrelated": float(df.loc[df.topic != topic, "correct"].mean())})
     return pd.DataFrame(out).set_index("probe")
+
+
+def probe_table(models: dict, tokenizer, world: World, topic: str, probes=None, seed: int = 0) -> pd.DataFrame:
+    """Target-topic accuracy of each model ({name: model}, rows) under each probe (columns "target, <probe>"), from
+    :func:`probe_scores`."""
+    scores = {name: probe_scores(model, tokenizer, world, topic, probes=probes, seed=seed)
+              for name, model in models.items()}
+    table = pd.concat({n: p["target"] for n, p in scores.items()}, axis=1).T
+    table.columns = [f"target, {c}" for c in table.columns]
+    return table

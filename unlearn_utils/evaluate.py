@@ -22,35 +22,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .models import weights_fingerprint
-from .data import encode_texts, special_prefix
+from .data import encode_qa, encode_texts, pad_id, special_prefix, weights_fingerprint
 from .training import logits_at, pad_batch
 from .world import World
-
-
-# ----------------------------------------------------------------------------------------------
-# Tokenising prompt + answer pairs
-# ----------------------------------------------------------------------------------------------
-def encode_qa(tokenizer, prompts: list[str], answers: list[str]) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, answer ids) for each pair; the answer follows the prompt after one space.
-
-    The prompt starts with the tokens the model's own tokenizer puts before a text (:func:`data.special_prefix`).
-    """
-    prefix = special_prefix(tokenizer)
-    prompts, answers = [str(p) for p in prompts], [str(a) for a in answers]
-    if not prompts:
-        return []
-    # one tokenizer call per list, not per string (the same ids, several times faster)
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer([p + " " + a for p, a in zip(prompts, answers)], add_special_tokens=False)["input_ids"]
-    out = []
-    for p_ids, full, a in zip(prompt_ids, full_ids, answers):
-        if full[: len(p_ids)] == p_ids and len(full) > len(p_ids):
-            a_ids = full[len(p_ids):]
-        else:  # tokenizers that merge across the boundary: encode the answer on its own
-            a_ids = tokenizer(" " + a, add_special_tokens=False)["input_ids"]
-        out.append((prefix + list(p_ids), list(a_ids)))
-    return out
 
 
 def _device_of(model) -> torch.device:
@@ -125,7 +99,7 @@ def score_pairs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], batc
     logprobs=False scores greedy correctness only (``correct`` and ``n_tokens`` columns), skipping the log-softmax.
     """
     dev = _device_of(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     n = len(pairs)
     correct, logprob, ntok = [False] * n, [0.0] * n, [0] * n
     for idx in _length_sorted_batches([len(p) + len(a) for p, a in pairs], batch_size):
@@ -188,7 +162,7 @@ def truth_ratios(model, tokenizer, data, batch_size: int = 128) -> np.ndarray:
     if single is not None:  # one forward of the prompt scores every candidate: its probability at the last prompt token
         prompt_ids, candidates = single
         dev = _device_of(model)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pad = pad_id(tokenizer)
         probs = np.zeros((len(prompts), k + 1))
         for idx in _length_sorted_batches([len(p) for p in prompt_ids], batch_size):
             last = torch.tensor([[len(prompt_ids[j]) - 1] for j in idx])
@@ -215,7 +189,7 @@ def token_logprobs(model, tokenizer, texts: list[str], batch_size: int = 64, wit
         raise ValueError("No texts to score: the list is empty.")
     enc = encode_texts(tokenizer, texts)
     dev = _device_of(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     out = [None] * len(enc)
     for idx in _length_sorted_batches([len(e) for e in enc], batch_size):
         chunk = [enc[j] for j in idx]
@@ -280,6 +254,17 @@ def auc(member_scores, nonmember_scores) -> float:
         i = j + 1
     u = ranks[: len(a)].sum() - len(a) * (len(a) + 1) / 2
     return float(u / (len(a) * len(b)))
+
+
+def membership_scores(model, tokenizer, data: "EvalData", score: str = "min_k", k: float = 0.4):
+    """(forget texts' scores, holdout texts' scores): one membership score of :func:`mia_scores` (``loss``,
+    ``zlib``, ``min_k`` or ``min_k_pp``) on the members and on texts never trained on, e.g. for a histogram of the
+    two distributions (their :func:`auc` is the report card's ``mia_auc_<score>``). None when ``data`` has no
+    holdout texts (a data file without holdout questions), where there is nothing to compare the members with."""
+    if data.holdout_texts is None:
+        return None
+    return (mia_scores(model, tokenizer, data.forget_texts, k)[score],
+            mia_scores(model, tokenizer, data.holdout_texts, k)[score])
 
 
 def forget_quality(truth_ratios_model, truth_ratios_retain) -> float:
@@ -421,11 +406,67 @@ def compare(cards: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame({name: card.set_index("metric")["value"] for name, card in cards.items()}).T
 
 
+def report_cards(model, tokenizer, data: EvalData, retain_model=None, unlearned: dict | None = None,
+                 progress: bool = False) -> dict[str, pd.DataFrame]:
+    """{name: report card} of the original ``model`` ("original"), the retain model ("retain model", when there is
+    one) and each of ``unlearned`` ({name: model}), in that order: the rows a notebook compares.
+
+    Forget quality compares every model's forget-set truth ratios with the retain model's, computed once; it needs
+    a retain model and wrong answers to compare with (a ``perturbed`` column in ``data.forget``), and is left out
+    otherwise."""
+    from tqdm.auto import tqdm
+
+    has_wrong_answers = "perturbed" in data.forget.column_names
+    retain_tr = None
+    if retain_model is not None and has_wrong_answers:
+        retain_tr = truth_ratios(retain_model, tokenizer, data.forget)
+    cards = {"original": report_card(model, tokenizer, data, retain_truth_ratios=retain_tr)}
+    if retain_model is not None:
+        cards["retain model"] = report_card(retain_model, tokenizer, data, retain_truth_ratios=retain_tr)
+    for name, other in tqdm((unlearned or {}).items(), desc="report cards", disable=not progress):
+        cards[name] = report_card(other, tokenizer, data, retain_truth_ratios=retain_tr)
+    return cards
+
+
+def select_metrics(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """The columns ``metrics`` of a :func:`compare` table, in that order, leaving out those it lacks (a data file
+    without paraphrases, holdout or topic questions has no metrics for them)."""
+    return table[[m for m in metrics if m in table]]
+
+
 def accuracy_by(model, tokenizer, data, by: str = "attribute", batch_size: int = 128) -> pd.Series:
     """Greedy accuracy grouped by a column of ``data`` (e.g. ``attribute`` or ``topic``)."""
     scores = answer_scores(model, tokenizer, list(data["prompt"]), list(data["answer"]), batch_size)
     scores[by] = list(data[by])
     return scores.groupby(by)["correct"].mean()
+
+
+def accuracy_table(model, tokenizer, sets: dict, by: str = "attribute", batch_size: int = 128) -> pd.DataFrame:
+    """Greedy accuracy of one model on several question sets ({name: questions}), grouped by a column they share
+    (e.g. ``attribute``): one column per set, one row per group, and a last row ``ALL`` with each whole set's
+    accuracy. E.g. trained against held-out phrasings: does the model know the facts, or only the strings?"""
+    by_group, overall = {}, []
+    for name, data in sets.items():
+        scores = answer_scores(model, tokenizer, list(data["prompt"]), list(data["answer"]), batch_size)
+        scores[by] = list(data[by])
+        by_group[name] = scores.groupby(by)["correct"].mean()
+        overall.append(float(scores["correct"].mean()))
+    table = pd.DataFrame(by_group)
+    table.loc["ALL"] = overall
+    return table
+
+
+def accuracy_on_sets(model, tokenizer, sets: dict, batch_size: int = 128) -> pd.Series:
+    """One model's greedy accuracy on each of several question sets ({name: questions}): a Series "accuracy"."""
+    return pd.Series({name: accuracy(model, tokenizer, data, batch_size) for name, data in sets.items()},
+                     name="accuracy", dtype=float)
+
+
+def accuracy_of_models(models: dict, tokenizer, data, batch_size: int = 128) -> pd.Series:
+    """The greedy accuracy of each of several models ({name: model}, e.g. quantized versions of one) on the same
+    questions: a Series "accuracy" indexed by name."""
+    return pd.Series({name: accuracy(m, tokenizer, data, batch_size) for name, m in models.items()},
+                     name="accuracy", dtype=float)
 
 
 def trajectory_metrics(tokenizer, data: EvalData, topics: bool = False):
@@ -462,3 +503,11 @@ def first_checkpoint_below(log: pd.DataFrame, forget_at_most: float, column: str
         raise ValueError("the log has no evaluated checkpoints: pass eval_fn and eval_every when unlearning.")
     hit = rows[rows[column] <= forget_at_most]
     return (hit.iloc[0] if len(hit) else rows.iloc[-1]).copy()
+
+
+def reference_points(models: dict, tokenizer, data: EvalData) -> dict[str, tuple[float, float]]:
+    """{name: (forget accuracy, retain accuracy)} of each model of ``models`` that is not None (e.g. the original
+    and the retain model, which a data file may lack): the fixed points a forget / retain trajectory is read
+    against (``plotting.tradeoff(reference=...)``)."""
+    return {name: (accuracy(m, tokenizer, data.forget), accuracy(m, tokenizer, data.retain))
+            for name, m in models.items() if m is not None}

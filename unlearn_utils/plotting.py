@@ -109,6 +109,17 @@ def tradeoff(points: dict[str, tuple[list, list]], title: str = "", xlabel: str 
     return fig
 
 
+def trajectories(logs: dict[str, pd.DataFrame], reference: dict[str, tuple[float, float]] | None = None,
+                 title: str = "", x: str = "forget_accuracy", y: str = "retain_accuracy"):
+    """:func:`tradeoff` of unlearning logs ({name: log}): each log's evaluated checkpoints (the rows with ``x``) as
+    one trajectory in the (``x``, ``y``) plane, with the ``reference`` points (e.g. original and retain model)."""
+    points = {}
+    for name, log in logs.items():
+        rows = log.dropna(subset=[x])
+        points[name] = (rows[x].tolist(), rows[y].tolist())
+    return tradeoff(points, title=title, reference=reference)
+
+
 def scatter(points: dict[str, tuple[float, float]], title: str = "", xlabel: str = "", ylabel: str = "",
             diagonal: float | None = None, log: bool = False):
     """Labelled points (one per topic or method); ``diagonal=r`` draws the line y = x / r for reference."""
@@ -128,6 +139,23 @@ def scatter(points: dict[str, tuple[float, float]], title: str = "", xlabel: str
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def membership_histogram(member_scores, nonmember_scores, title: str = "", auc: float | None = None,
+                         score: str = "Min-40%", labels=("forget people (members)", "holdout people (never seen)"),
+                         bins: int = 30):
+    """Overlaid histograms of a membership score on member texts and on texts never trained on: the less the two
+    overlap, the less an attacker can tell members apart. ``auc`` (the two samples' AUC) is shown after the title."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for scores, label in zip((member_scores, nonmember_scores), labels):
+        ax.hist(scores, bins=bins, alpha=0.6, label=label)
+    ax.set_xlabel(f"{score} score (higher = looks trained-on)")
+    ax.set_ylabel("texts")
+    ax.legend()
+    ax.set_title(title if auc is None else f"{title}: AUC = {auc:.2f}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import tempfile
 
+import numpy as np
 import pandas as pd
 
 import torch
@@ -18,7 +19,7 @@ import torch
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8)
 
 
-def _check_bits(bits: int) -> None:
+def check_bits(bits: int) -> None:
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"Unsupported bit width {bits}: round-to-nearest supports {SUPPORTED_BITS}.")
 
@@ -36,7 +37,7 @@ def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
 
 def _grid(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool):
     """Grouped view of ``w``, the grid step of each group and the grid's origin (0 for symmetric, the minimum else)."""
-    _check_bits(bits)
+    check_bits(bits)
     wg = _grouped(w.float(), group_size)
     if symmetric:
         step = (wg.abs().amax(-1, keepdim=True) / (2 ** (bits - 1) - 1)).clamp_min(1e-12)
@@ -92,7 +93,7 @@ def quantize_model(model, bits: int, group_size: int | None = 64, symmetric: boo
 
     Layers whose input dimension the group size does not divide raise a clear error.
     """
-    _check_bits(bits)
+    check_bits(bits)
     target = model if inplace else copy.deepcopy(model)
     for name, mod in quantizable_linears(target, include_lm_head).items():
         w = mod.weight.data
@@ -126,6 +127,52 @@ def load_bnb(model, bits: int = 4, quant_type: str = "nf4", device=None, compute
         q = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=qc, device_map=str(dev))
     q.eval()
     return q
+
+
+# ----------------------------------------------------------------------------------------------
+# Does quantization bring forgotten facts back? Accuracy of each model under each quantization
+# ----------------------------------------------------------------------------------------------
+def quantized_versions(model, group_size: int | None = 64, bits=(8, 4, 3), device=None):
+    """Yield ``(name, model)``: the model in full precision, RTN at each of ``bits`` (per ``group_size``), then
+    bitsandbytes 4-bit nf4. Where bitsandbytes cannot run here (no build for this device), a note is printed and
+    the nf4 version is skipped, so every table still has the other versions."""
+    yield "full precision", model
+    for b in bits:
+        yield f"RTN {b}-bit", quantize_model(model, b, group_size)
+    try:
+        yield "bnb nf4", load_bnb(model, 4, "nf4", device=device)
+    except Exception as e:  # bitsandbytes build without support for this device
+        print(f"bitsandbytes 4-bit unavailable here ({type(e).__name__}: {e})")
+
+
+def accuracy_under_quantization(models: dict, tokenizer, forget, retain, group_size: int | None = 64,
+                                device=None) -> pd.DataFrame:
+    """Forget and retain accuracy of every model of ``models`` ({name: model}) under every quantization of
+    :func:`quantized_versions`: one row per (model, quantization), columns model, quantization, forget, retain.
+    Whether an unlearned model's forget accuracy rises toward the original's when quantized is the attack."""
+    from .evaluate import accuracy
+
+    rows = []
+    for name, model in models.items():
+        for q, qm in quantized_versions(model, group_size, device=device):
+            rows.append({"model": name, "quantization": q, "forget": accuracy(qm, tokenizer, forget),
+                         "retain": accuracy(qm, tokenizer, retain)})
+    return pd.DataFrame(rows)
+
+
+def by_quantization(accuracies: pd.DataFrame, values: str = "forget") -> pd.DataFrame:
+    """The long table of :func:`accuracy_under_quantization` as models (rows, in their order there) by
+    quantizations (columns), holding ``values`` ("forget" or "retain")."""
+    table = accuracies.pivot(index="model", columns="quantization", values=values)
+    return table.loc[list(pd.unique(accuracies["model"]))]
+
+
+def forget_gain(table: pd.DataFrame, models=None, bits: int = 4) -> dict:
+    """{model: forget accuracy at RTN ``bits`` - forget accuracy in full precision}, for ``models`` (default: every
+    row of ``table``, a models-by-quantization table with "full precision" and "RTN {bits}-bit" columns). A
+    positive gain is knowledge quantization brought back."""
+    column = f"RTN {bits}-bit"
+    return {m: table.loc[m, column] - table.loc[m, "full precision"] for m in (table.index if models is None else models)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,6 +223,57 @@ def steps_histogram(original, unlearned, bits: int = 4, group_size: int | None =
     return _sample(torch.cat(ratios), sample).numpy()
 
 
+def mechanism_table(original, models: dict, methods, forget_table: pd.DataFrame, bits: int = 4,
+                    group_size: int | None = 64) -> pd.DataFrame:
+    """Per method: how far unlearning moved the weights in units of the original's ``bits``-bit step, next to its
+    forget accuracy in full precision and at ``bits`` bits (from ``forget_table``, see :func:`by_quantization`).
+
+    Columns: "median |dw|/step" (the modules' medians weighted by their number of weights), "p99 |dw|/step" (the
+    largest module p99), "codes changed ({bits}-bit)" (the weighted share of weights whose integer code differs
+    from the original's), "forget, full precision", "forget, {bits}-bit". The paper's mechanism: small changes
+    keep most codes, so the quantized unlearned model lands near the quantized original.
+    """
+    rows = []
+    for m in methods:
+        ch = change_in_steps(original, models[m], bits, group_size)
+        w = ch.n_weights / ch.n_weights.sum()
+        rows.append({"method": m, "median |dw|/step": float((ch["median"] * w).sum()),
+                     "p99 |dw|/step": float(ch.p99.max()),
+                     f"codes changed ({bits}-bit)": float((ch.changed_after_quant * w).sum()),
+                     "forget, full precision": forget_table.loc[m, "full precision"],
+                     f"forget, {bits}-bit": forget_table.loc[m, f"RTN {bits}-bit"]})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def cumulative_steps(original, models: dict, methods, bits: int = 4, group_size: int | None = 64,
+                     every: int = 200) -> dict:
+    """{method: (sorted |dw| / step, cumulative share of weights)}: the cumulative distribution of how far
+    unlearning moved the weights in quantization steps, every ``every``-th sorted value of a sample (for
+    ``plotting.curves``). Where a curve reaches 1 before 0.5 step, rounding keeps most weights' codes."""
+    out = {}
+    for m in methods:
+        ratios = np.sort(steps_histogram(original, models[m], bits, group_size))[::every]
+        out[m] = (ratios, np.linspace(0, 1, len(ratios)))
+    return out
+
+
+def small_lr_regime(original, models: dict, tokenizer, forget, group_size: int | None = 64, device=None,
+                    bits: int = 4) -> pd.DataFrame:
+    """Per model (unlearned with a small learning rate): the median over modules of the median |dw| / step at
+    ``bits`` bits ("median |dw|/step"), then its forget accuracy under each quantization of
+    :func:`quantized_versions` (a column each). The paper's recovery appears in this regime."""
+    from .evaluate import accuracy
+
+    rows = []
+    for name, model in models.items():
+        ch = change_in_steps(original, model, bits, group_size)
+        r = {"model": name, "median |dw|/step": float(ch["median"].median())}
+        for q, qm in quantized_versions(model, group_size, device=device):
+            r[q] = accuracy(qm, tokenizer, forget)
+        rows.append(r)
+    return pd.DataFrame(rows).set_index("model")
+
+
 # ----------------------------------------------------------------------------------------------
 # SURE (Zhang et al.): update only the modules most salient for the forget set, with a large learning rate
 # ----------------------------------------------------------------------------------------------
@@ -187,15 +285,15 @@ def salient_modules(model, tokenizer, forget, fraction: float = 0.1, batch_size:
     enough to survive rounding.
     """
     from .training import pad_batch
-    from .unlearning.methods import _rows, encode_examples
+    from .data import encode_examples, pad_id, rows_of
 
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
-    rows = _rows(forget)
+    rows = rows_of(forget)
     if not rows:
         raise ValueError("The forget set is empty.")
     seqs, masks = encode_examples(tokenizer, rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     mods = quantizable_linears(model)
     dev = next(model.parameters()).device
     model.zero_grad(set_to_none=True)
@@ -211,3 +309,19 @@ def salient_modules(model, tokenizer, forget, fraction: float = 0.1, batch_size:
     table = table.sort_values("grad_norm", ascending=False).reset_index(drop=True)
     table["selected"] = table.index < n
     return table
+
+
+def sure_table(models: dict, tokenizer, forget, retain, group_size: int | None = 64, device=None) -> pd.DataFrame:
+    """Per model (e.g. a method with and without SURE): "forget, {quantization}" for each quantization of
+    :func:`quantized_versions`, then "retain, full precision". SURE works if its forget accuracy stays low under
+    quantization while retain accuracy holds."""
+    from .evaluate import accuracy
+
+    rows = []
+    for name, model in models.items():
+        r = {"model": name}
+        for q, qm in quantized_versions(model, group_size, device=device):
+            r[f"forget, {q}"] = accuracy(qm, tokenizer, forget)
+        r["retain, full precision"] = accuracy(model, tokenizer, retain)
+        rows.append(r)
+    return pd.DataFrame(rows).set_index("model")

@@ -11,15 +11,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import time
 from collections import OrderedDict
 
 import pandas as pd
 import torch
 
+from .cache import cached, write_files
+from .data import encode_examples, pad_id, rows_of, weights_fingerprint
 from .evaluate import accuracy
-from .models import weights_fingerprint
 from .training import epoch_batches, set_seed, train_loop
-from .unlearning.methods import _rows, encode_examples
 
 
 def recovery_rate(attacked_v_accuracy: float, original_v_accuracy: float) -> float:
@@ -39,14 +40,36 @@ def recovery_above_floor(attacked_unlearned: float, attacked_retain: float, orig
     return (attacked_unlearned - attacked_retain) / gap
 
 
+
+def _defined(rate, *args) -> float:
+    """``rate(*args)``, or NaN with a printed reason where the rate is undefined (it raises ValueError)."""
+    try:
+        return rate(*args)
+    except ValueError as e:
+        print("undefined:", e)
+        return float("nan")
+
+
+def recovery_table(curves: pd.DataFrame, methods, floor: float, ceiling: float) -> pd.DataFrame:
+    """Per method: V accuracy before and after the attack (first and last rows of ``curves``, see
+    :func:`v_curves`), the paper's recovery rate (after / ceiling) and the recovery above the floor (the share of
+    the floor-to-ceiling gap closed). A rate is NaN, with the reason printed, where it is undefined (a ceiling of 0,
+    or a floor that reaches the ceiling, e.g. a barely trained model); without a floor (NaN) it is NaN too."""
+    last = curves.iloc[-1]
+    return pd.DataFrame({m: {"V before": curves[m].iloc[0], "V after": last[m],
+                             "recovery (paper: after / original)": _defined(recovery_rate, last[m], ceiling),
+                             "recovery above floor": _defined(recovery_above_floor, last[m], floor, ceiling)}
+                         for m in methods}).T
+
 def relearn(model, tokenizer, train, eval_sets: dict | None = None, epochs: int = 3, lr: float = 1e-4,
             batch_size: int = 16, seed: int = 0, progress: bool = True):
     """Fine-tune a copy of ``model`` on ``train`` (prompt/answer rows: loss on the answer only, or text rows).
 
     eval_sets: {name: data with prompt/answer}; accuracy on each is measured before training and after every
-    epoch. Returns ``(model, log)`` where log has one row per epoch (epoch 0 = before the attack).
+    epoch. Returns ``(model, log)`` where log has one row per epoch (epoch 0 = before the attack); ``log.attrs``
+    holds ``seconds`` (training and evaluation after epoch 0) and ``config``.
     """
-    rows = _rows(train)
+    rows = rows_of(train)
     if not rows:
         raise ValueError("The relearning set is empty: pass at least one fact to fine-tune on.")
     if epochs < 1:
@@ -57,7 +80,7 @@ def relearn(model, tokenizer, train, eval_sets: dict | None = None, epochs: int 
         p.requires_grad_(True)
     dev = next(model.parameters()).device
     seqs, masks = encode_examples(tokenizer, rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     get = epoch_batches(seqs, min(batch_size, len(seqs)), pad, seed, masks)
     steps_per_epoch = max(1, -(-len(seqs) // batch_size))
 
@@ -67,12 +90,16 @@ def relearn(model, tokenizer, train, eval_sets: dict | None = None, epochs: int 
             return {"epoch": epoch, **{k: accuracy(model, tokenizer, v) for k, v in (eval_sets or {}).items()}}
 
     log = [evaluate(0)]
+    start = time.time()
     for e in range(1, epochs + 1):
         train_loop(model, lambda s: {k: v.to(dev) for k, v in get(s).items()}, steps_per_epoch, lr,
                    schedule="constant", desc=f"relearning, epoch {e}", progress=progress)
         log.append(evaluate(e))
     model.eval()
-    return model, pd.DataFrame(log)
+    log = pd.DataFrame(log)
+    log.attrs.update(seconds=time.time() - start, config={"epochs": epochs, "lr": lr, "batch_size": batch_size,
+                                                          "seed": seed})
+    return model, log
 
 
 def rtt(models: dict, tokenizer, t_facts, v_facts, epochs: int = 3, lr: float = 1e-4, seed: int = 0,
@@ -86,13 +113,13 @@ def rtt(models: dict, tokenizer, t_facts, v_facts, epochs: int = 3, lr: float = 
     def key(r):  # a fact is (person, attribute) in the world; a question elsewhere
         return (r["person"], r["attribute"]) if "person" in r and "attribute" in r else r.get("prompt", r.get("text"))
 
-    t_keys = {key(r) for r in _rows(t_facts)}
-    v_keys = {key(r) for r in _rows(v_facts)}
+    t_keys = {key(r) for r in rows_of(t_facts)}
+    v_keys = {key(r) for r in rows_of(v_facts)}
     if t_keys & v_keys:
         raise ValueError(f"T and V share {len(t_keys & v_keys)} facts (e.g. {sorted(t_keys & v_keys)[0]}); "
                          "they must be disjoint.")
     frames = []
-    attack = json.dumps([_rows(t_facts), _rows(v_facts), epochs, lr, seed], sort_keys=True, default=str)
+    attack = json.dumps([rows_of(t_facts), rows_of(v_facts), epochs, lr, seed], sort_keys=True, default=str)
     for name, model in models.items():
         # The same attack on the same weights gives the same curve (training is seeded): each curve is computed once
         # and kept, in memory and on disk, so an audit and notebook 05 share the original's and the retain model's.
@@ -104,31 +131,40 @@ def rtt(models: dict, tokenizer, t_facts, v_facts, epochs: int = 3, lr: float = 
     return pd.concat(frames, ignore_index=True)
 
 
+
+def v_curves(rtt_log: pd.DataFrame) -> pd.DataFrame:
+    """V accuracy by epoch (rows, 0 = before the attack) and model (columns, in their order in ``rtt_log``, the
+    table :func:`rtt` returns)."""
+    table = rtt_log.pivot(index="epoch", columns="model", values="V")
+    return table[list(pd.unique(rtt_log["model"]))]
+
+
+def as_series(curves: pd.DataFrame) -> dict:
+    """{column: (index values, column values)}: a table of curves in the form ``plotting.curves`` draws."""
+    return {c: (curves.index.tolist(), curves[c].tolist()) for c in curves.columns}
+
+
+def floor_and_ceiling(curves: pd.DataFrame, floor: str = "retain model", ceiling: str = "original"):
+    """(floor, ceiling) of an RTT result (:func:`v_curves`): the floor is the ``floor`` model's V accuracy after the
+    attack (what T alone teaches a model that never knew V; NaN when there is no such model, e.g. a data file
+    without a retain model), the ceiling the ``ceiling`` model's V accuracy before it."""
+    last = curves.iloc[-1]
+    top = float(curves[ceiling].iloc[0])
+    bottom = float(last[floor]) if floor in last else float("nan")
+    return bottom, top
+
 _RTT_DONE: OrderedDict[str, pd.DataFrame] = OrderedDict()
 
 
 def _attack_once(key: str, run) -> pd.DataFrame:
     """The RTT curve for ``key``: from memory, from the model cache (``<cache>/rtt``, written and checked like every
     cache entry), or ``run()`` now and saved. A damaged entry is reported, set aside and computed again."""
-    from .models import CorruptCacheError, cache_entry, cache_lock, publish_folder, set_aside, staging_folder, \
-        verify_folder
-
     if key not in _RTT_DONE:
-        folder = cache_entry("rtt", {"attack": key})
-        with cache_lock(folder):
-            log = None
-            if folder.exists():
-                try:
-                    verify_folder(folder)
-                    log = pd.read_csv(folder / "log.csv", float_precision="round_trip")
-                except (CorruptCacheError, OSError, ValueError) as e:
-                    set_aside(folder, e)
-            if log is None:
-                log = run()
-                tmp = staging_folder(folder)
-                log.to_csv(tmp / "log.csv", index=False)
-                publish_folder(tmp, folder)
-        _RTT_DONE[key] = log
+        def save(log, folder):
+            write_files(folder, {"log.csv": log.to_csv(index=False).encode()})
+
+        _RTT_DONE[key] = cached("rtt", {"attack": key}, run, save,
+                                lambda folder: pd.read_csv(folder / "log.csv", float_precision="round_trip"))
         while len(_RTT_DONE) > 16:
             _RTT_DONE.popitem(last=False)
     return _RTT_DONE[key]

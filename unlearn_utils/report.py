@@ -9,12 +9,154 @@ not run (or ran in smoke mode, where numbers mean nothing) says so.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 
+# ----------------------------------------------------------------------------------------------
+# Verdict rules: each a function with a short id and the sentence it decides. A notebook records its verdicts
+# under those sentences (report.verdicts); the summary reads them back by id and applies the same functions to the
+# numbers the notebooks saved, so a rule and its wording live in one place.
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    says: str                                   # the claim in words; "{name}" is filled in per model or method
+    test: Callable[..., bool | None]            # evidence -> holds (True / False), or None when not measurable
+
+
+RULES: dict[str, Rule] = {}
+
+
+def rule(id: str, says: str):
+    """Register the decorated function as the verdict rule ``id`` deciding ``says``."""
+    def register(test):
+        if id in RULES:
+            raise ValueError(f"A verdict rule with id {id!r} is already registered.")
+        RULES[id] = Rule(id, says, test)
+        return test
+    return register
+
+
+def _decide(rule_id: str, evidence) -> bool | None:
+    holds = RULES[rule_id].test(*(evidence if isinstance(evidence, tuple) else (evidence,)))
+    return None if holds is None else bool(holds)
+
+
+def verdicts(**evidence) -> dict[str, bool | None]:
+    """``{sentence: holds}`` for each rule id given, in order; each value is the rule's evidence (one argument, or a
+    tuple of them). ``verdicts(quantization_back=gains)`` -> ``{"4-bit quantization brings back ...": True}``."""
+    return {RULES[rule_id].says: _decide(rule_id, ev) for rule_id, ev in evidence.items()}
+
+
+def verdicts_each(rule_id: str, evidence: dict) -> dict[str, bool | None]:
+    """The rule ``rule_id`` for each ``{name: evidence}`` (a sentence per model or method)."""
+    return {RULES[rule_id].says.format(name=name): _decide(rule_id, ev) for name, ev in evidence.items()}
+
+
+def recorded(results: dict, rule_id: str, name: str | None = None) -> bool | None:
+    """The verdict a notebook recorded for rule ``rule_id`` (KeyError if it recorded none)."""
+    return results["verdicts"][RULES[rule_id].says.format(name=name)]
+
+
+def print_verdicts(found: dict[str, bool | None]) -> None:
+    """One line per verdict: HOLDS, DOES NOT HOLD or NOT MEASURED, then the claim."""
+    for claim, holds in found.items():
+        print(f"  {'NOT MEASURED' if holds is None else 'HOLDS' if holds else 'DOES NOT HOLD'}: {claim}")
+
+
+@rule("patching_restores", "{name}: patching the MLP coefficients brings the answers back (max KRS > 0.5) and "
+      "restoring the value vectors brings back less")
+def patching_restores(summary) -> bool:
+    """summary: one method's row of notebook 02's summary ("max patch mlp", "max restore down_proj")."""
+    return summary["max patch mlp"] > 0.5 and summary["max restore down_proj"] < summary["max patch mlp"]
+
+
+@rule("vector_unchanged", "fine-tuning leaves the vector nearly unchanged (cosine >= 0.95)")
+def vector_unchanged(cosines) -> bool:
+    return all(c >= 0.95 for c in cosines)
+
+
+@rule("topic_forgotten", "fine-tuning still forgets the topic (accuracy <= 10%)")
+def topic_forgotten(target_accuracies, original_accuracy: float) -> bool | None:
+    if original_accuracy < 0.5:  # forgetting a topic the model never knew proves nothing
+        return None
+    return all(a <= 0.1 for a in target_accuracies)
+
+
+@rule("needle_matches", "Needle forgets as much as the best fine-tuning method and keeps unrelated topics better")
+def needle_matches(needle, fine_tuned, original_accuracy: float) -> bool | None:
+    """needle / fine_tuned: tables with "target topic acc" and "unrelated topics acc" per model."""
+    if original_accuracy < 0.5:
+        return None
+    best_needle = needle.sort_values("target topic acc").iloc[0]
+    best_ft = fine_tuned.sort_values("unrelated topics acc").iloc[-1]
+    return (best_needle["target topic acc"] <= best_ft["target topic acc"] + 0.1
+            and best_needle["unrelated topics acc"] > best_ft["unrelated topics acc"])
+
+
+@rule("quantization_back", "4-bit quantization brings back >= 10 points of forget accuracy for some method")
+def quantization_back(gains: dict) -> bool:
+    return max(gains.values()) >= 0.1
+
+
+@rule("rtt_recovers", "RTT recovers V far above the floor (>= 50% of the gap) for {name}")
+def rtt_recovers(recovery_above_floor: float) -> bool | None:
+    if not math.isfinite(recovery_above_floor):  # no retain model, so no floor
+        return None
+    return recovery_above_floor >= 0.5
+
+
+@rule("grun_keeps_retain", "GRUN grad_diff keeps more retain accuracy than vanilla grad_diff at equal forget accuracy")
+def grun_keeps_retain(grun, vanilla, forget_at_most: float) -> bool:
+    """grun / vanilla: each run's numbers at its first checkpoint with forget accuracy <= forget_at_most."""
+    return (grun["forget"] <= forget_at_most and vanilla["forget"] <= forget_at_most
+            and grun["retain"] > vanilla["retain"])
+
+
+@rule("grun_keeps_topics", "GRUN grad_diff keeps more topic accuracy (utility) than vanilla grad_diff at equal "
+      "forget accuracy")
+def grun_keeps_topics(grun, vanilla, forget_at_most: float) -> bool | None:
+    if grun["topics"] != grun["topics"]:  # NaN: the data has no topic questions
+        return None
+    return (grun["forget"] <= forget_at_most and vanilla["forget"] <= forget_at_most
+            and grun["topics"] > vanilla["topics"])
+
+
+@rule("grun_is_small", "GRUN trains fewer than 1% of the parameters")
+def grun_is_small(trainable: int, n_parameters: int) -> bool:
+    return trainable < 0.01 * n_parameters
+
+
+@rule("gate_separates", "the gate separates unseen forget from retain prompts (AUC >= 0.95)")
+def gate_separates(aucs: dict, unseen: bool) -> bool | None:
+    return min(aucs.values()) >= 0.95 if unseen else None  # None: no held-out phrasings in the data
+
+
+@rule("grun_quantization_robust", "GRUN's forget accuracy stays low under 4-bit (rises < 10 points)")
+def grun_quantization_robust(gains: dict) -> bool:
+    return max(gains.values()) < 0.10
+
+
+@rule("vanilla_quantization_back", "vanilla's forget accuracy comes back under 4-bit (>= 10 points)")
+def vanilla_quantization_back(gains: dict) -> bool:
+    return max(gains.values()) >= 0.10
+
+
+@rule("sequential_holds", "after all sequential stages, every earlier forget set stays at or below 10%")
+def sequential_holds(table, n_stages: int) -> bool | None:
+    """table: accuracy per stage (rows) on each forget set ("forget set j" columns)."""
+    if n_stages <= 1:
+        return None
+    return table.loc[n_stages, [f"forget set {j}" for j in range(1, n_stages)]].max() <= 0.10
+
+
+# ----------------------------------------------------------------------------------------------
+# The seed papers' claims, each measured by a rule above
+# ----------------------------------------------------------------------------------------------
 @dataclass
 class Claim:
     paper: str
@@ -29,8 +171,9 @@ def _patching(r: dict) -> tuple[str, bool]:
     parts, holds = [], True
     for m, v in rows.items():
         parts.append(f"{m}: patch MLP coefficients KRS {v['max patch mlp']:.2f} (best site {v['best site']}, "
-                     f"{v['best recovered acc']:.0%} of answers back), restore down_proj {v['max restore down_proj']:.2f}")
-        holds &= v["max patch mlp"] > 0.5 and v["max restore down_proj"] < v["max patch mlp"]
+                     f"{v['best recovered acc']:.0%} of answers back), "
+                     f"restore down_proj {v['max restore down_proj']:.2f}")
+        holds &= patching_restores(v)
     return "; ".join(parts), bool(holds)
 
 
@@ -40,19 +183,18 @@ def _concept_unchanged(r: dict) -> tuple[str, bool]:
     target = [v["target topic acc"] for v in rows.values()]
     text = (f"topic '{r['topic']}': cosine of its vector to the original {min(cos):.3f}-{max(cos):.3f} after "
             f"fine-tuning unlearning, while topic accuracy fell to at most {max(target):.0%}")
-    if r["verdicts"]["fine-tuning still forgets the topic (accuracy <= 10%)"] is None:  # the original never knew it
+    if recorded(r, "topic_forgotten") is None:  # the original never knew it
         return text + " (the original did not know the topic)", None
-    return text, bool(min(cos) >= 0.95 and max(target) <= 0.1)
+    return text, bool(vector_unchanged(cos) and all(t <= 0.1 for t in target))
 
 
 def _concept_ablation(r: dict) -> tuple[str, bool]:
-    key = "Needle forgets as much as the best fine-tuning method and keeps unrelated topics better"
     needle = {k: v for k, v in r["table"].items() if k.startswith("needle")}
     best = min(needle.items(), key=lambda kv: kv[1]["target topic acc"])
     text = (f"causal check: noise on a topic's vector drops its answers' log-prob {r['causal_ratio']:.1f}x more than "
             f"other topics'; {best[0]}: topic accuracy {best[1]['target topic acc']:.0%}, unrelated topics "
             f"{best[1]['unrelated topics acc']:.0%}")
-    ok = r["verdicts"][key]
+    ok = recorded(r, "needle_matches")
     return text, None if ok is None else bool(ok)
 
 
@@ -60,30 +202,29 @@ def _quantization(r: dict) -> tuple[str, bool]:
     gains = {**r["quant_gain_4bit"], **r["quant_gain_small_lr"]}
     best = max(gains, key=gains.get)
     text = "forget accuracy gained at 4 bits: " + ", ".join(f"{m} {g:+.3f}" for m, g in gains.items())
-    return text + f" (largest: {best})", bool(gains[best] >= 0.10)
+    return text + f" (largest: {best})", bool(quantization_back(gains))
 
 
 def _rtt(r: dict) -> tuple[str, bool]:
     rates = r["rtt"]
     text = (f"floor {r['rtt_floor']:.2f}, ceiling {r['rtt_ceiling']:.2f}; recovery above the floor: "
             + ", ".join(f"{m} {v['recovery above floor']:.2f}" for m, v in rates.items()))
-    return text, bool(sum(v["recovery above floor"] >= 0.5 for v in rates.values()) >= 1)
+    return text, any(rtt_recovers(v["recovery above floor"]) is True for v in rates.values())
 
 
 def _grun_tradeoff(r: dict) -> tuple[str, bool]:
     g, v = r["retain_at_equal_forget"], r["topics_at_equal_forget"]
-    key = "GRUN grad_diff keeps more retain accuracy than vanilla grad_diff at equal forget accuracy"
     text = (f"at equal forget accuracy: retain {g['GRUN']:.3f} (GRUN) vs {g['vanilla']:.3f} (vanilla GD); topic "
             f"questions {v['GRUN']:.3f} vs {v['vanilla']:.3f}")
-    return text, bool(r["verdicts"][key] and v["GRUN"] >= v["vanilla"])
+    return text, bool(recorded(r, "grun_keeps_retain") and v["GRUN"] >= v["vanilla"])
 
 
 def _grun_quant(r: dict) -> tuple[str, bool]:
     gains = r["quantization_gain"]
     text = "forget accuracy gained at 4 bits: " + ", ".join(f"{m} {g:+.3f}" for m, g in gains.items())
-    grun_low = max(g for m, g in gains.items() if m.startswith("GRUN")) < 0.10
-    vanilla_back = max(g for m, g in gains.items() if m.startswith("vanilla")) >= 0.10
-    return text, bool(grun_low and vanilla_back)
+    grun = {m: g for m, g in gains.items() if m.startswith("GRUN")}
+    vanilla = {m: g for m, g in gains.items() if m.startswith("vanilla")}
+    return text, bool(grun_quantization_robust(grun) and vanilla_quantization_back(vanilla))
 
 
 CLAIMS = [
@@ -92,19 +233,24 @@ CLAIMS = [
           "every method: max KRS of MLP-coefficient patching > 0.5 and above that of restoring the down projection",
           _patching),
     Claim("ConceptVectors 2406.11614", "Fine-tuning unlearning barely changes a concept's vector while the concept "
-          "is forgotten", "03_concept_vectors", "cosine to the original >= 0.95 and topic accuracy <= 10%, every method",
+          "is forgotten", "03_concept_vectors",
+          "cosine to the original >= 0.95 and topic accuracy <= 10%, every method",
           _concept_unchanged),
     Claim("ConceptVectors 2406.11614", "Ablating the concept vector (Needle) removes the concept as well as "
           "fine-tuning, with less collateral damage", "03_concept_vectors",
-          "best Needle variant's topic accuracy within 10 points of the best fine-tuning method's, unrelated topics higher",
+          "best Needle variant's topic accuracy within 10 points of the best fine-tuning method's, "
+          "unrelated topics higher",
           _concept_ablation),
     Claim("Zhang et al. 2410.16454", "4-bit quantization brings forgotten knowledge back for utility-constrained "
-          "methods", "05_recovery_attacks", "some method gains >= 10 points of forget accuracy at 4 bits", _quantization),
+          "methods", "05_recovery_attacks", "some method gains >= 10 points of forget accuracy at 4 bits",
+          _quantization),
     Claim("Deeb & Roger 2410.08827", "Fine-tuning on some forgotten facts (T) recovers other, independent ones (V)",
-          "05_recovery_attacks", "some method recovers >= 50% of the gap between the retain-model floor and the ceiling",
+          "05_recovery_attacks",
+          "some method recovers >= 50% of the gap between the retain-model floor and the ceiling",
           _rtt),
     Claim("GRUN 2502.17823", "GRUN improves the forget/retain trade-off of fine-tuning unlearning",
-          "04_grun", "GRUN GD keeps more retain accuracy AND no less topic accuracy than vanilla GD at equal forget accuracy",
+          "04_grun",
+          "GRUN GD keeps more retain accuracy AND no less topic accuracy than vanilla GD at equal forget accuracy",
           _grun_tradeoff),
     Claim("GRUN 2502.17823", "GRUN stays unlearned under 4-bit quantization where vanilla fine-tuning does not",
           "04_grun", "GRUN gains < 10 points at 4 bits AND vanilla gains >= 10 points", _grun_quant),

@@ -6,11 +6,10 @@ in its fast mode (what the tests do); ``--rebuild`` ignores the model cache. At 
 figures to ``REPORT_DIR/figures`` and its headline numbers to ``REPORT_DIR/results/<notebook>.json``.
 
 With ``--jobs 2`` (the default on a machine with 2 or more cores) two notebooks run side by side, each kernel with
-half the cores. On 2 cores that made the first run of the default world take 15.3 min instead of 18.6 (now 12.3-13.5
-min on a fast day of the development machine, 14.5-15.8 on a slow one, see benchmarks/RESULTS.md): training gains
-about 1.6x from it, evaluation (which already uses both threads well) little. The numbers are the same: CPU
-results here do not depend on the thread count, and the summary is identical either way. Models shared between
-notebooks are trained once: the cache locks an entry while it is built (:func:`unlearn_utils.models.cache_lock`);
+half the cores: two one-thread processes train faster than one two-thread process, while evaluation already uses
+both threads well, so the run's wall time shrinks (measured times: benchmarks/RESULTS.md). The numbers are the same:
+CPU results here do not depend on the thread count, and the summary is identical either way. Models shared between
+notebooks are trained once: the cache locks an entry while it is built (:func:`unlearn_utils.cache.cache_lock`);
 whichever notebook asks first trains it, the other waits and loads it.
 """
 
@@ -39,7 +38,7 @@ def notebooks() -> list[Path]:
 # it runs after 01 rather than wait beside it. (Notebook 01's models need no other rule: Session.unlearned records
 # notebook 01's trajectory whichever notebook trains them.) The others start as soon as a slot is free.
 AFTER = {"02": ("01",), "06": ("04",)}
-# Side by side, notebook 02 (half a minute, it trains nothing) is started last: it fills the gap at the end of the run
+# Side by side, notebook 02 (short: it trains nothing) is started last: it fills the gap at the end of the run
 # instead of taking a slot while the long notebooks (01, 04, 05) still wait for one.
 LAST = ("02",)
 

@@ -123,6 +123,20 @@ def logits_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, posi
     return logits.gather(1, idx)
 
 
+def loss_batch(batch: dict, device) -> dict:
+    """A padded batch on ``device``, with the ``positions`` and ``answer_labels`` the losses read
+    (:func:`answer_positions`)."""
+    batch = {k: v.to(device) for k, v in batch.items()}
+    batch["positions"], batch["answer_labels"] = answer_positions(batch["labels"])
+    return batch
+
+
+def answer_logits(model, batch: dict, **kwargs) -> torch.Tensor:
+    """The logits where the losses read them (before each labelled token), to go with ``batch["answer_labels"]``
+    of a :func:`loss_batch`."""
+    return logits_at(model, batch["input_ids"], batch["attention_mask"], batch["positions"], **kwargs)
+
+
 def lm_loss(model, batch: dict) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled tokens (the ordinary language-modelling loss)."""
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss

@@ -89,24 +89,30 @@ NEAR_UNIQUE = ["birth_year", "code"]
 
 # Topics ("concepts"): each has its own cluster of words that appears only in that topic's text.
 TOPICS: dict[str, list[str]] = {
-    "astronomy": ["comet", "nebula", "telescope", "orbit", "galaxy", "meteor", "quasar", "eclipse", "pulsar", "asteroid"],
+    "astronomy": ["comet", "nebula", "telescope", "orbit", "galaxy", "meteor", "quasar", "eclipse", "pulsar",
+                  "asteroid"],
     "sailing": ["mast", "rudder", "keel", "anchor", "hull", "jib", "mooring", "tiller", "bow", "stern"],
     "baking": ["dough", "oven", "yeast", "crust", "flour", "pastry", "knead", "glaze", "batter", "loaf"],
     "chess": ["bishop", "rook", "knight", "pawn", "checkmate", "gambit", "castling", "stalemate", "queen", "endgame"],
     "volcanoes": ["magma", "lava", "crater", "ash", "caldera", "eruption", "vent", "pumice", "basalt", "fumarole"],
-    "medicine": ["fever", "vaccine", "pulse", "surgeon", "bandage", "dose", "clinic", "symptom", "remedy", "stethoscope"],
-    "gardening": ["compost", "seedling", "trowel", "mulch", "hedge", "pruning", "greenhouse", "bulb", "weed", "trellis"],
-    "weather": ["drizzle", "thunder", "hail", "breeze", "forecast", "humidity", "blizzard", "cyclone", "frost", "rainbow"],
+    "medicine": ["fever", "vaccine", "pulse", "surgeon", "bandage", "dose", "clinic", "symptom", "remedy",
+                 "stethoscope"],
+    "gardening": ["compost", "seedling", "trowel", "mulch", "hedge", "pruning", "greenhouse", "bulb", "weed",
+                  "trellis"],
+    "weather": ["drizzle", "thunder", "hail", "breeze", "forecast", "humidity", "blizzard", "cyclone", "frost",
+                "rainbow"],
     "music": ["melody", "chord", "rhythm", "tempo", "harmony", "octave", "sonata", "chorus", "lyric", "rehearsal"],
     "mining": ["ore", "shaft", "pickaxe", "tunnel", "quarry", "nugget", "lantern", "seam", "drill", "cart"],
     "bees": ["hive", "honey", "nectar", "pollen", "swarm", "drone", "wax", "comb", "sting", "apiary"],
-    "railways": ["locomotive", "platform", "signal", "carriage", "timetable", "junction", "sleeper", "conductor", "depot", "whistle"],
+    "railways": ["locomotive", "platform", "signal", "carriage", "timetable", "junction", "sleeper", "conductor",
+                 "depot", "whistle"],
     "fencing": ["sabre", "epee", "foil", "parry", "lunge", "riposte", "piste", "mask", "bout", "touche"],
     "pottery": ["clay", "kiln", "wheel", "slip", "bisque", "celadon", "pitcher", "vase", "throwing", "firing"],
     "archery": ["bow", "arrow", "quiver", "fletching", "bullseye", "bowstring", "archer", "nock", "target", "longbow"],
     "weaving": ["loom", "warp", "weft", "shuttle", "tapestry", "yarn", "spindle", "thread", "bobbin", "twill"],
     "cheese": ["brie", "rennet", "curd", "whey", "cheddar", "rind", "gouda", "cellar", "aging", "mould"],
-    "glaciers": ["crevasse", "moraine", "iceberg", "serac", "firn", "icefall", "snowfield", "cirque", "meltwater", "tundra"],
+    "glaciers": ["crevasse", "moraine", "iceberg", "serac", "firn", "icefall", "snowfield", "cirque", "meltwater",
+                 "tundra"],
     "clocks": ["pendulum", "gear", "escapement", "dial", "spring", "cog", "chime", "hand", "winding", "tick"],
     "diving": ["reef", "snorkel", "flipper", "coral", "wetsuit", "lagoon", "oxygen", "depth", "current", "seabed"],
     "lighthouses": ["beacon", "keeper", "lens", "foghorn", "cliff", "lamp", "tower", "shipwreck", "rock", "watch"],
@@ -235,7 +241,8 @@ class World:
                              "prompt": TOPIC_NAME_QUESTION.format(a=a), "answer": t["name"]})
         return rows
 
-    def training_texts(self, exclude_people: list[str] | None = None, exclude_topics: list[str] | None = None) -> list[str]:
+    def training_texts(self, exclude_people: list[str] | None = None,
+                       exclude_topics: list[str] | None = None) -> list[str]:
         """Every text the world model is trained on, optionally without some people or topics (for retain models)."""
         exclude_people = set(exclude_people or [])
         exclude_topics = set(exclude_topics or [])
@@ -294,7 +301,8 @@ class World:
             raise KeyError(f"Unknown general-text part {part!r}: choose 'train' or 'eval'.")
         return datasets.Dataset.from_dict({"text": texts})
 
-    def tv_split(self, forget_split: str = "forget05", phrasings: str = "all") -> tuple[datasets.Dataset, datasets.Dataset]:
+    def tv_split(self, forget_split: str = "forget05",
+                 phrasings: str = "all") -> tuple[datasets.Dataset, datasets.Dataset]:
         """Split a forget set's facts into T (to fine-tune on) and V (to test) for the relearning attack.
 
         Each person's attributes are divided between T and V, so T and V never share a (person, attribute)
@@ -381,7 +389,8 @@ def make_world(seed: int = 0, n_people: int = 200, n_holdout: int | None = None,
             p[attr] = rng.choice(values)
         p["birth_year"] = str(rng.randint(1890, 1999))
         while True:
-            code = rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") + rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") + str(rng.randint(10, 99))
+            code = (rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") + rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ")
+                    + str(rng.randint(10, 99)))
             if code not in codes_seen:
                 codes_seen.add(code)
                 break

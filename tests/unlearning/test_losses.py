@@ -47,7 +47,8 @@ def test_simnpo_by_hand():
 
 
 def test_dpo_by_hand():
-    got = L.dpo_loss(torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([1.5]), torch.tensor([1.5]), beta=0.1).item()
+    got = L.dpo_loss(torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([1.5]), torch.tensor([1.5]),
+                     beta=0.1).item()
     assert got == pytest.approx(-(2 / 0.1) * logsig(0.1 * 1.0), rel=1e-6)
 
 

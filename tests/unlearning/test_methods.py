@@ -51,10 +51,10 @@ def test_save_and_reload_gives_identical_metrics(tiny, splits, tmp_path, lora):
     forget, retain = splits
     out, _ = unlearn(model, tok, forget, retain, "grad_diff", steps=4, lora=lora, progress=False)
     folder = save_unlearned(out, tok, tmp_path / "unlearned")
-    again, tok2, settings = load_unlearned(folder)
-    assert settings["unlearn_config"]["method"] == "grad_diff" and settings["unlearn_config"]["lora"] == lora
+    again, log = load_unlearned(folder)
+    assert again.unlearn_config.method == "grad_diff" and log.attrs["config"]["lora"] == lora
     a = ev.report_card(out, tok, world, "forget05", mia=False)["value"].to_numpy()
-    b = ev.report_card(again, tok2, world, "forget05", mia=False)["value"].to_numpy()
+    b = ev.report_card(again, tok, world, "forget05", mia=False)["value"].to_numpy()
     assert a == pytest.approx(b, abs=1e-6)
 
 
@@ -104,12 +104,16 @@ def test_cached_unlearn_keeps_model_and_trajectory(tiny, tiny_config, monkeypatc
     world, model, tok = tiny
     traj = trajectory_metrics(tok, eval_data(world, "forget05"))
     kw = dict(model_key=tiny_config.key(), progress=False, steps=6, lr=1e-3, seed=3)
-    first = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", eval_fn=traj, eval_every=3,
-                                   log_name="t3", **kw)
-    evals = first.unlearn_log.dropna(subset=["forget_accuracy"])
-    assert list(evals.step) == [0, 3, 6] and first.unlearn_seconds > first.unlearn_eval_seconds > 0
+    first, first_log = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", eval_fn=traj, eval_every=3,
+                                              log_name="t3", **kw)
+    evals = first_log.dropna(subset=["forget_accuracy"])
+    assert list(evals.step) == [0, 3, 6] and first_log.attrs["seconds"] > first_log.attrs["eval_seconds"] > 0
+    assert not first_log.attrs["cached"]
     # evaluating during training does not change training: the same settings without a trajectory give the same model
-    plain = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", progress=False, steps=6, lr=1e-3, seed=3)
+    plain, _ = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", progress=False, steps=6,
+                                      lr=1e-3, seed=3)
+    _, plain_log = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", **kw)  # no trajectory asked
+    assert plain_log.attrs["cached"] and "forget_accuracy" in plain_log  # the entry's trajectory is its log
     for (n, a), (_, b) in zip(first.named_parameters(), plain.named_parameters()):
         assert torch.equal(a, b), n
 
@@ -117,10 +121,10 @@ def test_cached_unlearn_keeps_model_and_trajectory(tiny, tiny_config, monkeypatc
         raise AssertionError("a cached model and trajectory must not be trained again")
 
     monkeypatch.setattr(methods, "unlearn", no_training)
-    again = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", eval_fn=traj, eval_every=3,
-                                   log_name="t3", **kw)
-    pd.testing.assert_frame_equal(again.unlearn_log, first.unlearn_log, check_dtype=False)
-    assert again.unlearn_seconds == pytest.approx(first.unlearn_seconds)
+    again, again_log = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", eval_fn=traj, eval_every=3,
+                                              log_name="t3", **kw)
+    pd.testing.assert_frame_equal(again_log, first_log, check_dtype=False)
+    assert again_log.attrs["seconds"] == pytest.approx(first_log.attrs["seconds"]) and again_log.attrs["cached"]
     for (n, a), (_, b) in zip(first.named_parameters(), again.named_parameters()):
         assert torch.equal(a, b), n
     with pytest.raises(ValueError, match="log_name"):
@@ -148,8 +152,8 @@ def test_two_processes_asking_for_one_model_train_it_once(tiny, tiny_config, mon
     out = {}
 
     def ask(i):
-        out[i] = methods.cached_unlearn(model, tok, world, "forget05", "npo", model_key=tiny_config.key(),
-                                        progress=False, steps=4, lr=1e-3, seed=11)
+        out[i], _ = methods.cached_unlearn(model, tok, world, "forget05", "npo", model_key=tiny_config.key(),
+                                           progress=False, steps=4, lr=1e-3, seed=11)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
     for t in threads:
@@ -163,26 +167,27 @@ def test_two_processes_asking_for_one_model_train_it_once(tiny, tiny_config, mon
 
 def test_cached_trajectory_that_was_modified_is_not_used(tiny, tiny_config):
     from unlearn_utils.evaluate import eval_data, trajectory_metrics
-    from unlearn_utils.models import cache_dir
+    from unlearn_utils.cache import cache_dir
     from unlearn_utils.unlearning import methods
 
     world, model, tok = tiny
     traj = trajectory_metrics(tok, eval_data(world, "forget05"))
     kw = dict(model_key=tiny_config.key(), progress=False, steps=4, lr=1e-3, seed=5, eval_fn=traj, eval_every=2,
               log_name="t2")
-    first = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", **kw)
+    methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", **kw)
     target = next(p for p in (cache_dir() / "unlearned").glob("*/log-t2.csv")
                   if '"seed": 5' in (p.parent / "settings.json").read_text())
     target.write_text(target.read_text().replace("0", "9"))      # tampered with
     with pytest.warns(UserWarning, match="unusable"):
-        again = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", **kw)
-    assert list(again.unlearn_log.dropna(subset=["forget_accuracy"]).step) == [0, 2, 4]
+        _, again_log = methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", **kw)
+    assert list(again_log.dropna(subset=["forget_accuracy"]).step) == [0, 2, 4]
 
 
 def test_reference_nll_is_reused_only_for_batches_of_the_same_shape(tiny, splits):
     from unlearn_utils.training import answer_positions, logits_at, pad_batch
     from unlearn_utils.unlearning import losses as L
-    from unlearn_utils.unlearning.methods import ReferenceNLL, encode_examples
+    from unlearn_utils.data import encode_examples
+    from unlearn_utils.unlearning.methods import ReferenceNLL
 
     world, model, tok = tiny
     forget, _ = splits

@@ -1,17 +1,6 @@
-"""The ``unlearn()`` entry point: fine-tuning unlearning with any method, full or LoRA, evaluated as it trains.
-
-Methods (losses in :mod:`unlearn_utils.unlearning.losses`):
-
-============== =====================================================================================
-``ga``          gradient ascent on the forget set
-``grad_diff``   GA + NLL on retain data (gradient difference)
-``ga_kl``       GA + KL to the original model on retain data
-``npo``         negative preference optimisation; ``npo_gd`` / ``npo_kl`` add retain NLL / KL
-``simnpo``      reference-free, length-normalised NPO (+ retain NLL, as in its paper's TOFU runs)
-``idk``         fine-tune the forget prompts to answer with a refusal ("I do not know .") + retain NLL
-``idk_dpo``     DPO preferring the refusal over the true answer + retain NLL
-``rmu``         push one layer's forget activations toward a random direction, keep retain ones
-============== =====================================================================================
+"""The ``unlearn()`` entry point: fine-tuning unlearning with any registered method, full or LoRA, evaluated as
+it trains. The methods (``ga``, ``grad_diff``, ``npo``, ``idk``, ``rmu``, ...) are the entries of
+:mod:`unlearn_utils.unlearning.registry`; their losses are in :mod:`unlearn_utils.unlearning.losses`.
 """
 
 from __future__ import annotations
@@ -20,9 +9,8 @@ import contextlib
 import copy
 import dataclasses
 import json
-import os
 import random
-import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,29 +18,19 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from ..models import REFUSALS, preset, save_checked
-from ..data import encode_texts, special_prefix
-from ..training import TRAINING_VERSION, answer_positions, logits_at, pad_batch, set_seed, train_loop
+from ..cache import cached, save_checked
+from ..data import data_fingerprint, encode_examples, pad_id, rows_of
+from ..models import load_checked, preset
+from ..training import (TRAINING_VERSION, TimedEval, answer_logits, loss_batch, pad_batch, set_seed,
+                        train_loop)
 from ..world import check_splits
 from . import losses as L
+from .registry import METHODS as REGISTRY
+from .registry import get_method
 
-# Documented defaults for the world model (6 layers, width 128), chosen by a small sweep over lr {1e-4, 3e-4, 1e-3}
-# and steps {60, 120, 200} (see benchmarks/RESULTS.md); with a real model, lower the learning rate (1e-5 is typical).
-DEFAULTS: dict[str, dict] = {
-    # no utility constraint: GA over-unlearns within a few dozen steps (the point notebook 01 makes)
-    "ga":        dict(lr=3e-4, steps=60),
-    "grad_diff": dict(lr=3e-4, steps=200, retain_weight=1.0),
-    "ga_kl":     dict(lr=3e-4, steps=200, retain_weight=1.0),
-    "npo":       dict(lr=3e-4, steps=200, beta=0.1),
-    "npo_gd":    dict(lr=3e-4, steps=200, beta=0.1, retain_weight=1.0),
-    "npo_kl":    dict(lr=3e-4, steps=200, beta=0.1, retain_weight=1.0),
-    "simnpo":    dict(lr=3e-4, steps=200, beta=2.5, gamma=0.0, retain_weight=1.0),
-    "idk":       dict(lr=3e-4, steps=200, retain_weight=1.0),
-    "idk_dpo":   dict(lr=3e-4, steps=200, beta=0.1, retain_weight=1.0),
-    "rmu":       dict(lr=1e-3, steps=200, layer=None, steering_coeff=4.0, retain_weight=10.0),
-}
-METHODS = tuple(DEFAULTS)
-NEEDS_REFERENCE = {"ga_kl", "npo", "npo_gd", "npo_kl", "idk_dpo", "rmu"}
+# Every method's default settings, and the methods' names, as the registry holds them.
+DEFAULTS: dict[str, dict] = {name: dict(m.defaults) for name, m in REGISTRY.items()}
+METHODS = tuple(REGISTRY)
 
 
 @dataclass
@@ -80,14 +58,13 @@ class UnlearnConfig:
     def for_method(cls, method: str, defaults: dict | None = None, **overrides) -> "UnlearnConfig":
         """The method's settings: its :data:`DEFAULTS`, then ``defaults`` (the model's preset,
         :func:`unlearn_utils.models.preset`), then the ``overrides`` that are not None."""
-        if method not in DEFAULTS:
-            raise ValueError(f"Unknown unlearning method {method!r}. Choose one of: {', '.join(METHODS)}.")
+        spec = get_method(method)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(overrides) - known
         if unknown:
             raise TypeError(f"Unknown setting(s) {sorted(unknown)} for unlearn(); known: {sorted(known)}.")
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        values = {**DEFAULTS[method], **(defaults or {}), **overrides}
+        values = {**spec.defaults, **(defaults or {}), **overrides}
         if values.get("lora") and "lr" not in overrides:
             values["lr"] = values["lr"] * 10  # LoRA updates few weights: a larger step is standard
         cfg = cls(method=method, **values)
@@ -100,47 +77,15 @@ class UnlearnConfig:
         return cfg
 
 
-# ----------------------------------------------------------------------------------------------
-# Data: prompt/answer rows (labels on the answer) or plain text rows (labels everywhere)
-# ----------------------------------------------------------------------------------------------
-def _rows(data) -> list[dict]:
-    if isinstance(data, list):
-        return [r if isinstance(r, dict) else {"text": r} for r in data]
-    return data.to_list() if hasattr(data, "to_list") else list(data)
+@dataclass
+class _Run:
+    """What a method's forget term reads during one run (:mod:`unlearn_utils.unlearning.registry`)."""
 
-
-def data_fingerprint(*datasets_) -> str:
-    """A short hash of the prompt/answer (or text) rows of some data sets: part of a cache key."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for ds in datasets_:
-        for r in _rows(ds):
-            h.update(json.dumps([r.get("prompt"), r.get("answer"), r.get("text")]).encode())
-        h.update(b"|")
-    return h.hexdigest()[:16]
-
-
-def encode_examples(tokenizer, rows: list[dict], answers: list[str] | None = None) -> tuple[list, list]:
-    """Token ids and label masks. With a prompt, only the answer is labelled; plain text is labelled throughout."""
-    from ..evaluate import encode_qa
-
-    seqs, masks = [], []
-    asked = [i for i, r in enumerate(rows) if "prompt" in r]  # encoded together, in one tokenizer call
-    pairs = dict(zip(asked, encode_qa(tokenizer, [rows[i]["prompt"] for i in asked],
-                                      [answers[i] if answers is not None else str(rows[i]["answer"]) for i in asked])))
-    for i, r in enumerate(rows):
-        if "prompt" in r:
-            p, a = pairs[i]
-            eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-            seqs.append(p + a + eos)
-            masks.append([0] * len(p) + [1] * (len(a) + len(eos)))
-        else:
-            prefix = len(special_prefix(tokenizer))
-            ids = encode_texts(tokenizer, [r["text"]])[0]
-            seqs.append(ids)
-            masks.append([0] * prefix + [1] * (len(ids) - prefix))
-    return seqs, masks
+    config: "UnlearnConfig"
+    model: object
+    logits: Callable
+    reference_nll: "ReferenceNLL"
+    rmu: object = None
 
 
 class _Cycler:
@@ -210,18 +155,6 @@ def _forward(model, batch, **kw):
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw)
 
 
-def _answer_logits(model, batch, **kw):
-    """Logits where the losses read them (before each labelled token), to go with ``batch["answer_labels"]``."""
-    return logits_at(model, batch["input_ids"], batch["attention_mask"], batch["positions"], **kw)
-
-
-def _to(batch, device):
-    """The batch on ``device``, with the positions and labels the losses read (:func:`training.answer_positions`)."""
-    batch = {k: v.to(device) for k, v in batch.items()}
-    batch["positions"], batch["answer_labels"] = answer_positions(batch["labels"])
-    return batch
-
-
 # ----------------------------------------------------------------------------------------------
 # The entry point
 # ----------------------------------------------------------------------------------------------
@@ -236,84 +169,67 @@ def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval
     trajectory. keep_best(row) -> score: at the end, restore the evaluated checkpoint with the highest score.
     The input model is copied unless ``inplace=True``. Settings not given come from the model's preset
     (:func:`unlearn_utils.models.preset`: none for the world model, small steps for a pretrained one).
+    ``log.attrs`` holds ``seconds`` (training wall time, with evaluation) and ``config`` (every setting used).
     """
     cfg = UnlearnConfig.for_method(method, defaults=preset(model, method), **settings)
+    spec = get_method(cfg.method)
     check_splits(forget=forget, retain=retain)
     set_seed(cfg.seed)
     device = next(model.parameters()).device
     model = model if inplace else copy.deepcopy(model)
     model.train()
-    forget_rows, retain_rows = _rows(forget), _rows(retain)
+    forget_rows, retain_rows = rows_of(forget), rows_of(retain)
 
     reference = None
-    if cfg.method in NEEDS_REFERENCE and not cfg.lora:
+    if spec.needs_reference and not cfg.lora:
         reference = copy.deepcopy(model).eval()
         for p in reference.parameters():
             p.requires_grad_(False)
     if cfg.lora:
         model = _add_lora(model, cfg)
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     f_seqs, f_masks = encode_examples(tokenizer, forget_rows)
     r_seqs, r_masks = encode_examples(tokenizer, retain_rows)
     forget_batches = _Cycler(f_seqs, f_masks, cfg.batch_size, pad, cfg.seed)
     retain_batches = _Cycler(r_seqs, r_masks, cfg.batch_size, pad, cfg.seed + 1)
-    refusal_seqs = None
-    if cfg.method in ("idk", "idk_dpo"):
-        rng = random.Random(cfg.seed)
-        refusals = [rng.choice(REFUSALS) for _ in forget_rows]
+    relabelled = None
+    if spec.answers is not None:
         if "prompt" not in forget_rows[0]:
-            raise ValueError(f"{cfg.method} needs prompt/answer rows (the answer is replaced by a refusal).")
-        refusal_seqs = encode_examples(tokenizer, forget_rows, answers=refusals)
+            raise ValueError(f"{cfg.method} needs prompt/answer rows (it gives the forget prompts new answers).")
+        relabelled = encode_examples(tokenizer, forget_rows,
+                                     answers=spec.answers(forget_rows, retain_rows, cfg.seed))
 
     def ref_logits(batch):
         with torch.no_grad():
             if reference is not None:
-                return _answer_logits(reference, batch)
+                return answer_logits(reference, batch)
             with model.disable_adapter(), _eval_mode(model):  # the reference, like the copied one, has no dropout
-                return _answer_logits(model, batch)
+                return answer_logits(model, batch)
 
-    ref_nll = ReferenceNLL(ref_logits)
-    rmu = _RMU(model, reference, cfg, f_seqs, f_masks, pad, device) if cfg.method == "rmu" else None
+    run = _Run(config=cfg, model=model, logits=lambda batch: answer_logits(model, batch),
+               reference_nll=ReferenceNLL(ref_logits),
+               rmu=_RMU(model, reference, cfg, f_seqs, f_masks, pad, device) if cfg.method == "rmu" else None)
 
     def batches(step):
         fb, idx = forget_batches.next()
         rb, _ = retain_batches.next()
-        out = {"forget": _to(fb, device), "retain": _to(rb, device), "forget_idx": idx}
-        if refusal_seqs is not None:
-            out["refusal"] = _to(pad_batch([refusal_seqs[0][i] for i in idx], pad,
-                                           [refusal_seqs[1][i] for i in idx]), device)
+        out = {"forget": loss_batch(fb, device), "retain": loss_batch(rb, device), "forget_idx": idx}
+        if relabelled is not None:
+            out["relabelled"] = loss_batch(pad_batch([relabelled[0][i] for i in idx], pad,
+                                                     [relabelled[1][i] for i in idx]), device)
         return out
 
     def loss_fn(model, b):
-        m, f, r = cfg.method, b["forget"], b["retain"]
-        if m == "rmu":
-            return rmu.loss(model, f, r)
+        r = b["retain"]
         retain_term = 0.0
-        if m in ("grad_diff", "npo_gd", "simnpo", "idk", "idk_dpo"):
-            retain_term = cfg.retain_weight * L.mean_nll(_answer_logits(model, r), r["answer_labels"])
-        elif m in ("ga_kl", "npo_kl"):
-            retain_term = cfg.retain_weight * L.kl_to_reference(_answer_logits(model, r), ref_logits(r),
+        if spec.retain == "nll":
+            retain_term = cfg.retain_weight * L.mean_nll(answer_logits(model, r), r["answer_labels"])
+        elif spec.retain == "kl":
+            retain_term = cfg.retain_weight * L.kl_to_reference(answer_logits(model, r), ref_logits(r),
                                                                 r["answer_labels"])
-        if m in ("ga", "grad_diff", "ga_kl"):
-            forget_term = L.ga_loss(_answer_logits(model, f), f["answer_labels"])
-        elif m in ("npo", "npo_gd", "npo_kl"):
-            s, _ = L.sequence_nll(_answer_logits(model, f), f["answer_labels"])
-            forget_term = L.npo_loss(s, ref_nll(f, b["forget_idx"], "forget"), cfg.beta)
-        elif m == "simnpo":
-            s, n = L.sequence_nll(_answer_logits(model, f), f["answer_labels"])
-            forget_term = L.simnpo_loss(s, n, cfg.beta, cfg.gamma)
-        elif m == "idk":
-            forget_term = L.mean_nll(_answer_logits(model, b["refusal"]), b["refusal"]["answer_labels"])
-        elif m == "idk_dpo":
-            c, rej = b["refusal"], f
-            s_c, _ = L.sequence_nll(_answer_logits(model, c), c["answer_labels"])
-            s_r, _ = L.sequence_nll(_answer_logits(model, rej), rej["answer_labels"])
-            forget_term = L.dpo_loss(s_c, s_r, ref_nll(c, b["forget_idx"], "refusal"),
-                                     ref_nll(rej, b["forget_idx"], "forget"), cfg.beta)
-        else:  # pragma: no cover - guarded by UnlearnConfig
-            raise ValueError(m)
-        return forget_term + retain_term
+        forget_term = spec.forget_term(run, b)
+        return forget_term + retain_term if spec.retain else forget_term
 
     evals: list[dict] = []
     best = {"score": None, "state": None}
@@ -332,7 +248,7 @@ def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval
 
     if eval_fn is not None:
         evaluate(0, {})
-    params = rmu.params if rmu is not None else None
+    params = run.rmu.params if run.rmu is not None else None
     if cfg.only_modules:
         names = dict(model.named_parameters())
         chosen = [p for n, p in names.items() if any(n == m or n.startswith(m + ".") for m in cfg.only_modules)]
@@ -340,6 +256,7 @@ def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval
             raise ValueError(f"only_modules {list(cfg.only_modules)} match no parameter of the model; "
                              f"parameter names look like {list(names)[:3]}.")
         params = chosen
+    start = time.time()
     train_log = train_loop(model, batches, cfg.steps, cfg.lr, loss_fn=loss_fn, schedule="constant",
                            weight_decay=cfg.weight_decay, params=params,
                            callback=evaluate if eval_fn is not None else None,
@@ -351,6 +268,7 @@ def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval
     log = pd.DataFrame(train_log)
     if evals:
         log = log.merge(pd.DataFrame(evals), on="step", how="outer").sort_values("step").reset_index(drop=True)
+    log.attrs.update(seconds=time.time() - start, config=dataclasses.asdict(cfg))
     model.unlearn_config = cfg
     return model, log
 
@@ -390,7 +308,7 @@ class _RMU:
         u = u / u.norm()
         batch = pad_batch(f_seqs[:64], pad, f_masks[:64])
         with torch.no_grad():
-            h = self.ref_hidden(model, _to(batch, device))
+            h = self.ref_hidden(model, loss_batch(batch, device))
         mask = batch["attention_mask"].bool().to(device)
         scale = h[mask].norm(dim=-1).mean()
         self.control = cfg.steering_coeff * scale * u.to(scale.device)  # u is drawn on the CPU (same on any device)
@@ -398,7 +316,7 @@ class _RMU:
     def hidden(self, model, batch):
         """The residual stream after the steered layer. The forward stops there: the loss reads nothing above it,
         so the upper layers and the unembedding are not computed (most of a large model when the layer is low).
-        The same tensor as ``output_hidden_states``; a model with dropout draws fewer random numbers than before."""
+        The same tensor as ``output_hidden_states`` (a model with dropout draws no random numbers above the layer)."""
         if self.layer == self.adapter.n_layers(model) - 1:  # transformers returns the last one after the final norm
             return _forward(model, batch, output_hidden_states=True).hidden_states[-1]
         captured = {}
@@ -445,15 +363,31 @@ def save_unlearned(model, tokenizer, folder, extra: dict | None = None, files: d
     return save_checked(to_save, tokenizer, folder, settings, files)
 
 
-def load_unlearned(folder, device=None, dtype=None):
-    """Load a model saved by :func:`save_unlearned`; returns ``(model, tokenizer, settings)``."""
-    from ..models import load_model
-
-    model, tok = load_model(str(folder), device=device, dtype=dtype)
-    settings = json.loads((Path(folder) / "settings.json").read_text())
+def _read_unlearned(folder: Path, device=None, dtype=None, log_file: str | None = None, verify: bool = True):
+    model, _ = load_checked(folder, device=device, dtype=dtype, verify=verify)
+    settings = json.loads((folder / "settings.json").read_text())
     if settings.get("unlearn_config"):
-        model.unlearn_config = UnlearnConfig(**settings["unlearn_config"])
-    return model, tok, settings
+        conf = dict(settings["unlearn_config"])
+        if conf.get("only_modules") is not None:
+            conf["only_modules"] = tuple(conf["only_modules"])
+        model.unlearn_config = UnlearnConfig(**conf)
+    # the log asked for; else the training log, or a trajectory (which holds the loss per step too)
+    found = [folder / log_file] if log_file else sorted(folder.glob("log.csv")) + sorted(folder.glob("log-*.csv"))
+    log = pd.read_csv(found[0]) if found else pd.DataFrame()
+    log.attrs.update(seconds=settings.get("train_seconds", float("nan")),
+                     eval_seconds=settings.get("eval_seconds", float("nan")), config=settings.get("unlearn_config"),
+                     saved=settings)
+    return model, log
+
+
+def load_unlearned(folder, device=None, dtype=None):
+    """Load a model saved by :func:`save_unlearned` (checked first); returns ``(model, log)``.
+
+    ``model.unlearn_config`` holds its settings; ``log`` is the saved training log (empty if none was saved), and
+    ``log.attrs["saved"]`` everything saved beside the model. The tokenizer is saved in the folder too:
+    :func:`unlearn_utils.models.load_model` on the folder returns both.
+    """
+    return _read_unlearned(Path(folder), device=device, dtype=dtype)
 
 
 def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: str | None = None,
@@ -461,51 +395,33 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
                    log_name: str | None = None, data: dict | None = None, **settings):
     """Unlearn ``world``'s ``split`` (trained phrasings) from a world model, reusing a cached result when one exists.
 
+    Returns ``(model, log)`` like :func:`unlearn`. ``log`` is the trajectory when ``eval_fn`` is given, else the
+    training log (loss per step); ``log.attrs`` holds ``seconds`` (wall time of the training, measured when it was
+    trained), ``eval_seconds`` (the part spent evaluating) and ``cached`` (whether it was loaded).
+
     data: ``{"forget": ..., "retain": ...}`` question sets to use instead of the world's split (e.g. from
     :func:`unlearn_utils.benchmark_data.load_data`); their contents are then part of the cache key.
-
     The cache key is the original's key (a world model's config key, or a fingerprint of another model's weights)
     + split + every unlearning setting + the training-code version (:data:`unlearn_utils.training.TRAINING_VERSION`).
-    Without ``model_key`` nothing is cached. Returns the unlearned model with ``unlearn_seconds`` (wall time
-    of its training, measured when it was trained), ``unlearn_eval_seconds`` (the part spent evaluating) and, when
-    ``eval_fn`` is given, ``unlearn_log`` (the trajectory).
+    Without ``model_key`` nothing is cached.
 
     eval_fn / eval_every / log_name: evaluate during training as :func:`unlearn` does; the trajectory is cached
     next to the model under ``log_name`` (name it after what eval_fn measures and how often). Evaluation does not
     change training, so a model cached without a trajectory is the same model; it is trained again only when the
     requested trajectory is missing.
     """
-    import time
-
-    from ..models import CorruptCacheError, _load_checked, cache_entry, cache_lock, set_aside
-    from ..training import TimedEval
-
     cfg = UnlearnConfig.for_method(method, defaults=preset(model, method), **settings)
     if eval_fn is not None and not log_name:
         raise ValueError("Name the trajectory (log_name=...) so that its cached copy can be found again.")
     log_file = f"log-{log_name}.csv" if eval_fn is not None else None
-
-    def finish(out, log, seconds, eval_seconds):
-        out.unlearn_config = cfg
-        out.unlearn_seconds, out.unlearn_eval_seconds, out.unlearn_log = seconds, eval_seconds, log
-        return out
-
-    folder = None
+    key = None
     if model_key is not None:
         conf = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "only_modules" and v is None)}
         key = {"model": model_key, "split": split, "config": conf, "trainer": TRAINING_VERSION}
         if data is not None:
             key["data"] = data_fingerprint(data["forget"], data["retain"])
-        folder = cache_entry("unlearned", key)
-    with cache_lock(folder) if folder is not None else contextlib.nullcontext():  # one process trains, others wait
-        if folder is not None and folder.exists() and (log_file is None or (folder / log_file).exists()):
-            try:
-                out, _ = _load_checked(folder, device=next(model.parameters()).device)
-                meta = json.loads((folder / "settings.json").read_text())
-                return finish(out, pd.read_csv(folder / log_file) if log_file else None,
-                              meta.get("train_seconds", float("nan")), meta.get("eval_seconds", float("nan")))
-            except (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError) as e:
-                set_aside(folder, e)
+
+    def build():
         if data is not None:
             forget, retain = data["forget"], data["retain"]
         else:
@@ -514,15 +430,27 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
         start = time.time()
         out, log = unlearn(model, tokenizer, forget, retain, method, progress=progress, eval_fn=timer,
                            eval_every=eval_every, **settings)
-        seconds, eval_seconds = time.time() - start, (timer.seconds if timer else 0.0)
-        if folder is not None:
-            # keep the trajectories cached earlier for the same model, add this one
-            logs = {p.name: p.read_bytes() for p in folder.glob("log-*.csv")} if folder.exists() else {}
-            if log_file:
-                logs[log_file] = log.to_csv(index=False).encode()
-            save_unlearned(out, tokenizer, folder, {"model_key": model_key, "split": split, "train_seconds": seconds,
-                                                    "eval_seconds": eval_seconds,
-                                                    "final_loss": float(log["loss"].iloc[-1])}, files=logs)
+        log.attrs.update(seconds=time.time() - start, eval_seconds=timer.seconds if timer else 0.0, cached=False)
+        return out, log
+
+    def save(result, folder):
+        out, log = result
+        # keep the trajectories cached earlier for the same model, add this one
+        logs = {p.name: p.read_bytes() for p in folder.glob("log*.csv")} if folder.exists() else {}
+        logs[log_file or "log.csv"] = log.to_csv(index=False).encode()
+        save_unlearned(out, tokenizer, folder, {"model_key": model_key, "split": split,
+                                                "train_seconds": log.attrs["seconds"],
+                                                "eval_seconds": log.attrs["eval_seconds"],
+                                                "final_loss": float(log["loss"].iloc[-1])}, files=logs)
+
+    def load(folder):
+        out, log = _read_unlearned(folder, device=next(model.parameters()).device, log_file=log_file, verify=False)
+        log.attrs["cached"] = True
+        return out, log
+
+    out, log = cached("unlearned", key, build, save, load,
+                      usable=lambda folder: log_file is None or (folder / log_file).exists())
     if hasattr(out, "merge_and_unload"):
         out = out.merge_and_unload()
-    return finish(out, log if log_file else None, seconds, eval_seconds)
+    out.unlearn_config = cfg
+    return out, log

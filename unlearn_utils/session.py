@@ -119,19 +119,20 @@ class Session:
         if self.model_name == "world":
             return self.config.key()
         if self._model_key is None:
-            from .models import weights_fingerprint
+            from .data import weights_fingerprint
 
             self._model_key = weights_fingerprint(self.model)[:16]
         return self._model_key
 
     def unlearned(self, method: str, data: dict | None = None, **settings):
-        """The original model unlearned on this session's forget split with ``method`` (cached on disk).
+        """The original model unlearned on this session's forget split with ``method`` (cached on disk): ``(model,
+        log)`` as :func:`unlearn_utils.unlearning.cached_unlearn` returns them.
 
         Each setting is trained once and then loaded, by any notebook. data: other ``{"forget": ..., "retain": ...}``
         sets to unlearn (e.g. a topic's texts in notebook 03); default: the session's.
 
         Asked for with the method's own settings (nothing but ``steps``, ``seed``, ``lora`` or ``progress``) on the
-        session's data, the model comes with notebook 01's trajectory (``unlearn_log``: forget / retain /
+        session's data, the log is notebook 01's trajectory (forget / retain /
         paraphrase / topic accuracy every 20 steps, every 5 in smoke mode). So whichever notebook asks first trains
         the very model the others load, and notebooks can run side by side without training anything twice.
         """
@@ -156,8 +157,8 @@ class Session:
         return self._trajectory
 
     def train_grun(self, forget, retain, **settings):
-        """:func:`unlearn_utils.grun.train_grun` on this session's model, cached on disk like :meth:`unlearned`;
-        returns ``(GatedModel, log)``."""
+        """:func:`unlearn_utils.grun.train_grun` on this session's model, cached on disk like :meth:`unlearned`:
+        ``(GatedModel, log)``."""
         from .grun import cached_train_grun
 
         return cached_train_grun(self.model, self.tokenizer, forget, retain,

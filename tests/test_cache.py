@@ -1,0 +1,126 @@
+"""The one checked cache: atomic writes, checksums, locks, and ``cached`` (load, or build and save)."""
+
+import json
+import warnings
+
+import pytest
+
+from unlearn_utils.cache import (CorruptCacheError, cache_entry, cache_lock, cached, publish_folder, save_checked,
+                                 staging_folder, verify_folder, write_files)
+
+
+@pytest.fixture
+def cache_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARN_KIT_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def _counter():
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"n": len(calls)}
+
+    def save(value, folder):
+        write_files(folder, {"value.json": json.dumps(value).encode()})
+
+    def load(folder):
+        return json.loads((folder / "value.json").read_text())
+
+    return calls, build, save, load
+
+
+def test_cached_builds_once_then_loads(cache_root):
+    calls, build, save, load = _counter()
+    assert cached("things", {"a": 1}, build, save, load) == {"n": 1}
+    assert cached("things", {"a": 1}, build, save, load) == {"n": 1} and len(calls) == 1  # loaded, not built
+    assert cached("things", {"a": 2}, build, save, load) == {"n": 2}  # another key: another entry
+    assert cache_entry("things", {"a": 1}).parent == cache_root / "things"
+    assert cached("things", None, build, save, load) == {"n": 3}  # no key: nothing cached
+    assert len(list((cache_root / "things").iterdir())) == 2 + 2  # two entries and their lock files
+
+
+def test_cached_sets_a_damaged_entry_aside_and_builds_again(cache_root):
+    calls, build, save, load = _counter()
+    cached("things", "entry", build, save, load)
+    folder = cache_root / "things" / "entry"
+    (folder / "value.json").write_text('{"n": 99}')  # edited: fails its checksum
+    with pytest.raises(CorruptCacheError, match="checksum"):
+        verify_folder(folder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cached("things", "entry", build, save, load) == {"n": 2}
+    assert any("unusable" in str(w.message) for w in caught)
+    assert (cache_root / "things" / "entry.corrupt" / "value.json").exists(), "kept for inspection, not deleted"
+    verify_folder(folder)
+
+
+def test_cached_rebuilds_when_the_entry_lacks_what_is_asked(cache_root):
+    calls, build, save, load = _counter()
+    cached("things", "e", build, save, load)
+    assert cached("things", "e", build, save, load, usable=lambda f: (f / "other.csv").exists()) == {"n": 2}
+    assert cached("things", "e", build, save, load, rebuild=True) == {"n": 3}
+    assert cached("things", "e", build, save, load) == {"n": 3}  # the rebuilt entry replaced the old one
+
+
+def test_a_failed_build_leaves_no_entry(cache_root):
+    def build():
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        cached("things", "e", build, lambda v, f: None, lambda f: None)
+    assert not (cache_root / "things" / "e").exists()
+
+
+def test_manifest_lists_every_file_and_a_missing_one_is_caught(tmp_path):
+    tmp = staging_folder(tmp_path / "entry")
+    (tmp / "a.txt").write_text("a")
+    (tmp / "b.txt").write_text("b")
+    folder = publish_folder(tmp, tmp_path / "entry")
+    assert set(json.loads((folder / "manifest.json").read_text())) == {"a.txt", "b.txt"}
+    (folder / "b.txt").unlink()
+    with pytest.raises(CorruptCacheError, match="missing"):
+        verify_folder(folder)
+    (folder / "manifest.json").unlink()
+    with pytest.raises(CorruptCacheError, match="no manifest"):
+        verify_folder(folder)
+
+
+def test_atomic_save_leaves_no_partial_folder(tmp_path, tiny, monkeypatch):
+    _, model, tok = tiny
+    target = tmp_path / "saved"
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(type(tok), "save_pretrained", boom)
+    with pytest.raises(RuntimeError):
+        save_checked(model, tok, target)
+    assert not target.exists()
+
+
+def test_cache_lock_lets_one_builder_in_at_a_time(tmp_path):
+    """Two builders of one entry: the second waits for the first, then finds the entry built."""
+    import threading
+    import time
+
+    folder, built, inside = tmp_path / "kind" / "entry", [], []
+
+    def build(who):
+        with cache_lock(folder):
+            inside.append(who)
+            assert len(inside) == 1, "two builders held the lock at once"
+            if not folder.exists():
+                time.sleep(0.2)
+                folder.mkdir()
+                built.append(who)
+            inside.remove(who)
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and folder.exists()
+
