@@ -12,11 +12,11 @@ Each probe asks the same question in its own way: *is the forgotten knowledge st
 =================== ===================================================================================
 
 The probes are the entries of :data:`PROBES` (one :class:`Probe` each, one runner signature ``run(ctx)``): adding
-one is a :func:`register_probe` call with its function. Every verdict is computed from the table: a probe "brings knowledge back" when it recovers at least
-``came_back_at`` of what unlearning removed, i.e. (probe accuracy - unlearned accuracy) / (original accuracy -
-unlearned accuracy), or for RTT the paper's recovery above the retain-model floor. The audit also runs on GRUN
-models (:class:`unlearn_utils.grun.GatedModel`): quantization hits the base and the module rides on top; the
-weight probes report that the weights are the original's.
+one is a :func:`register_probe` call with its function. Every verdict is computed from the table: a probe "brings
+knowledge back" when it recovers at least ``came_back_at`` of what unlearning removed, i.e. (probe accuracy -
+unlearned accuracy) / (original accuracy - unlearned accuracy), or for RTT the paper's recovery above the
+retain-model floor. The audit also runs on GRUN models (:class:`unlearn_utils.grun.GatedModel`): quantization hits
+the base and the module rides on top; the weight probes report that the weights are the original's.
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ class AuditReport:
 
     def to_markdown(self) -> str:
         """The verdicts, then the table, as Markdown."""
-        out = ["# Unlearning audit", "", "| probe | verdict | share back | knowledge still there? |", "|---|---|---|---|"]
+        out = ["# Unlearning audit", "", "| probe | verdict | share back | knowledge still there? |",
+               "|---|---|---|---|"]
         for r in self.verdicts.itertuples():
             share = "" if pd.isna(r.share_back) else f"{r.share_back:.0%}"
             still = {True: "yes", False: "no"}.get(r.still_there, "n/a")

@@ -245,7 +245,8 @@ def down_proj_column(model, layer: int, column: int):
 
 @torch.no_grad()
 def add_noise(w: torch.Tensor, idx, scale: float, generator: torch.Generator, relative: bool) -> None:
-    """Add Gaussian noise to ``w[idx]``: norm ``scale`` x the vector's norm (relative) or std ``scale`` per coordinate."""
+    """Add Gaussian noise to ``w[idx]``: norm ``scale`` x the vector's norm (relative) or std ``scale`` per
+    coordinate."""
     if not scale >= 0:
         raise ValueError(f"noise scale must be non-negative, got {scale}.")
     col = w[idx]
@@ -288,7 +289,8 @@ def causal_effect(model, tokenizer, world: World, topic: str, layer: int, column
     drop_t = float(clean.loc[topic, "logprob"] - noisy.loc[topic, "logprob"])
     drop_u = float((clean.loc[other, "logprob"] - noisy.loc[other, "logprob"]).mean())
     return {"topic": topic, "layer": int(layer), "column": int(column), "scale": scale,
-            "target_acc_clean": float(clean.loc[topic, "accuracy"]), "target_acc_noisy": float(noisy.loc[topic, "accuracy"]),
+            "target_acc_clean": float(clean.loc[topic, "accuracy"]),
+            "target_acc_noisy": float(noisy.loc[topic, "accuracy"]),
             "unrelated_acc_clean": float(clean.loc[other, "accuracy"].mean()),
             "unrelated_acc_noisy": float(noisy.loc[other, "accuracy"].mean()),
             "target_logprob_drop": drop_t, "unrelated_logprob_drop": drop_u,

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from .data import encode_qa, encode_texts, pad_id, special_prefix, weights_fingerprint
+from .data import encode_qa, encode_texts, pad_id, weights_fingerprint
 from .training import logits_at, pad_batch
 from .world import World
 
@@ -125,7 +124,8 @@ def score_pairs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], batc
 
 def accuracy(model, tokenizer, data, batch_size: int = 128) -> float:
     """Share of questions answered exactly by greedy decoding (higher = knows more). ``data`` has prompt/answer."""
-    return float(answer_scores(model, tokenizer, list(data["prompt"]), list(data["answer"]), batch_size)["correct"].mean())
+    return float(answer_scores(model, tokenizer, list(data["prompt"]), list(data["answer"]),
+                               batch_size)["correct"].mean())
 
 
 def _single_token_candidates(tokenizer, prompts, answers, perturbed):
@@ -184,7 +184,8 @@ def truth_ratios(model, tokenizer, data, batch_size: int = 128) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def token_logprobs(model, tokenizer, texts: list[str], batch_size: int = 64, with_stats: bool = False):
-    """Per text: log-probabilities of each token after the first (and for Min-K%++ the mean/std of log p over the vocabulary)."""
+    """Per text: log-probabilities of each token after the first (and for Min-K%++ the mean/std of log p over the
+    vocabulary)."""
     if not texts:
         raise ValueError("No texts to score: the list is empty.")
     enc = encode_texts(tokenizer, texts)
@@ -351,7 +352,10 @@ def eval_data_from(data: dict) -> EvalData:
     if missing:
         raise ValueError(f"The data has no {' or '.join(missing)} questions: a report card needs both.")
     holdout = data.get("holdout")
-    texts = (lambda ds: [p + " " + a for p, a in zip(ds["prompt"], ds["answer"])])
+
+    def texts(ds):
+        return [p + " " + a for p, a in zip(ds["prompt"], ds["answer"])]
+
     return EvalData(forget=data["forget"], retain=data["retain"], forget_para=data.get("forget_para"),
                     retain_para=data.get("retain_para"), holdout=holdout, topics=data.get("topics"),
                     utility=data.get("utility"), forget_texts=texts(data["forget"]) if holdout is not None else None,

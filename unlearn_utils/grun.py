@@ -125,7 +125,8 @@ class GRUNConfig:
             raise ValueError(f"Layer(s) {bad} out of range: this model has {n_layers} decoder layers "
                              f"(valid indices 0-{n_layers - 1}).")
         if not (isinstance(self.rank, int) and 0 < self.rank <= hidden_size):
-            raise ValueError(f"rank must be an integer between 1 and the hidden size ({hidden_size}), got {self.rank!r}.")
+            raise ValueError(f"rank must be an integer between 1 and the hidden size ({hidden_size}), "
+                             f"got {self.rank!r}.")
         if self.forget_loss not in FORGET_LOSSES:
             raise ValueError(f"Unknown forget loss {self.forget_loss!r}: choose one of {FORGET_LOSSES}.")
         if self.gate not in GATES:
@@ -143,8 +144,8 @@ class GRUN(nn.Module):
         super().__init__()
         self.config = config.resolved(n_layers, hidden_size)
         self.hidden_size, self.n_layers, self.model_type = hidden_size, n_layers, model_type
-        self.units = nn.ModuleDict({str(l): GatedLoReFT(hidden_size, self.config.rank, self.config.gate)
-                                    for l in self.config.layers})
+        self.units = nn.ModuleDict({str(layer): GatedLoReFT(hidden_size, self.config.rank, self.config.gate)
+                                    for layer in self.config.layers})
 
     @classmethod
     def for_model(cls, model, config: GRUNConfig | None = None, **settings) -> "GRUN":
@@ -202,7 +203,7 @@ class GatedModel(nn.Module):
         self.last_gates: dict = {}
         self._muted: set[int] = set()
         self._positions = None
-        self._layers = sorted({int(l) for m in modules for l in m.units})
+        self._layers = sorted({int(layer) for m in modules for layer in m.units})
         device = next(base.parameters()).device
         self.grun.to(device)
 
@@ -260,7 +261,7 @@ class GatedModel(nn.Module):
         self.last_gates = {}
         # hooks live only for this call, so the base model stays a plain model (copies of it carry no hooks)
         adapter = get_adapter(self.base)
-        handles = [adapter.layer(self.base, l).register_forward_hook(self._hook(l)) for l in self._layers]
+        handles = [adapter.layer(self.base, layer).register_forward_hook(self._hook(layer)) for layer in self._layers]
         try:
             return self.base(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         finally:

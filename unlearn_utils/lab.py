@@ -128,7 +128,8 @@ class WhatIfLab:
         from .plotting import curves
 
         df = pd.DataFrame(log)
-        fig = curves({"forget accuracy": (df.step, df.forget_accuracy), "retain accuracy": (df.step, df.retain_accuracy)},
+        fig = curves({"forget accuracy": (df.step, df.forget_accuracy),
+                      "retain accuracy": (df.step, df.retain_accuracy)},
                      title="while unlearning", xlabel="step", ylabel="accuracy", ylim=(-0.03, 1.03))
         fig.axes[0].set_xlim(-steps * 0.02, steps * 1.02)
         with self.plot:

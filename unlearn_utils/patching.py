@@ -34,7 +34,8 @@ ALL_COMPONENTS = COMPONENTS + ("block",)
 
 @dataclass
 class TeacherForced:
-    """Prompt + the original's answer, padded on the right; ``answer_mask`` marks the positions that predict answer tokens."""
+    """Prompt + the original's answer, padded on the right; ``answer_mask`` marks the positions that predict answer
+    tokens."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -278,7 +279,8 @@ def patch_sweep(original, unlearned, tokenizer, tf: TeacherForced, components=CO
     for (centre, comp), logits in zip(jobs, patched):
         krs = knowledge_recovery_score(cache["logits"], logits, target_logits, tf.answer_mask.to(dev))
         rows.append({"layer": centre, "layers": wins[centre], "component": comp,
-                     "krs": float(krs.nanmean()), "krs_std": float(krs[~krs.isnan()].std()) if (~krs.isnan()).sum() > 1 else 0.0,
+                     "krs": float(krs.nanmean()),
+                     "krs_std": float(krs[~krs.isnan()].std()) if (~krs.isnan()).sum() > 1 else 0.0,
                      "recovered_accuracy": float(answer_match(logits, tf).float().mean())})
     return pd.DataFrame(rows)
 
@@ -322,7 +324,8 @@ def run_patches(target, tokenizer, tf: TeacherForced, cache: dict, patches: list
 @torch.no_grad()
 def restoration_sweep(original, unlearned, tokenizer, tf: TeacherForced, parts=("down",), window: int = 1,
                       layers: list[int] | None = None) -> pd.DataFrame:
-    """Copy the original's weights (``parts`` of "down", "up", "attn") into the unlearned model per window, score, restore.
+    """Copy the original's weights (``parts`` of "down", "up", "attn") into the unlearned model per window, score,
+    restore.
 
     The unlearned model is left exactly as it was. One row per (window, parts) with krs and recovered_accuracy.
     """

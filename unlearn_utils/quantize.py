@@ -31,7 +31,8 @@ def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
     g = w.shape[1] if group_size is None else group_size
     if g <= 0 or w.shape[1] % g:
         raise ValueError(f"group size {group_size} does not divide the input dimension {w.shape[1]}; "
-                         f"choose a divisor such as {[d for d in (32, 64, 128) if w.shape[1] % d == 0] or [w.shape[1]]}.")
+                         "choose a divisor such as "
+                         f"{[d for d in (32, 64, 128) if w.shape[1] % d == 0] or [w.shape[1]]}.")
     return w.reshape(w.shape[0], w.shape[1] // g, g)
 
 
@@ -71,7 +72,8 @@ def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None = 64, sym
 
 
 def quantizable_linears(model, include_lm_head: bool = False) -> dict[str, torch.nn.Module]:
-    """The Linear layers RTN touches: every decoder Linear (embeddings and, by default, the unembedding stay full precision)."""
+    """The Linear layers RTN touches: every decoder Linear (embeddings and, by default, the unembedding stay full
+    precision)."""
     from .arch import get_adapter
 
     adapter = get_adapter(model)
@@ -172,7 +174,8 @@ def forget_gain(table: pd.DataFrame, models=None, bits: int = 4) -> dict:
     row of ``table``, a models-by-quantization table with "full precision" and "RTN {bits}-bit" columns). A
     positive gain is knowledge quantization brought back."""
     column = f"RTN {bits}-bit"
-    return {m: table.loc[m, column] - table.loc[m, "full precision"] for m in (table.index if models is None else models)}
+    return {m: table.loc[m, column] - table.loc[m, "full precision"]
+            for m in (table.index if models is None else models)}
 
 
 # ----------------------------------------------------------------------------------------------
