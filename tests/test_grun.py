@@ -366,12 +366,6 @@ def _trajectory(forget, retain, step=(0, 5, 10, 15), seconds=4.0, topics=None):
     return log
 
 
-def test_forget_retain_curves_skip_unevaluated_steps():
-    nan = float("nan")
-    log = _trajectory([0.9, nan, 0.4, 0.1], [0.95, nan, 0.9, 0.8])
-    assert grun.forget_retain_curves({"a": (None, log)}) == {"a": ([0.9, 0.4, 0.1], [0.95, 0.9, 0.8])}
-
-
 def test_equal_forget_table_reads_each_run_at_the_forget_level(tiny):
     from unlearn_utils.evaluate import EvalData, perplexity
 

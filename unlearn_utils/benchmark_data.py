@@ -249,7 +249,7 @@ def known_questions(model, tokenizer, questions: datasets.Dataset, batch_size: i
     def load(folder):
         known = json.loads((folder / "known.json").read_text())
         if not (isinstance(known, list) and len(known) == len(questions)):
-            raise CorruptCacheError(f"it holds {len(known)} answers for {len(questions)} questions")
+            raise CorruptCacheError(f"it does not hold one answer for each of the {len(questions)} questions")
         return [bool(k) for k in known]
 
     def build():

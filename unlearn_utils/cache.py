@@ -28,7 +28,7 @@ class CorruptCacheError(RuntimeError):
 
 
 # What reading a damaged entry raises: the entry is then set aside and built again.
-DAMAGED = (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError, TypeError)
+DAMAGED = (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError)
 
 
 def cache_dir() -> Path:

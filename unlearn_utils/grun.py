@@ -563,16 +563,6 @@ def training_seconds(log: pd.DataFrame) -> float:
     return log.attrs["seconds"] - log.attrs.get("eval_seconds", 0.0)
 
 
-def forget_retain_curves(runs: dict) -> dict[str, tuple[list, list]]:
-    """``{name: (forget accuracies, retain accuracies)}`` at each run's evaluated checkpoints, for
-    :func:`unlearn_utils.plotting.tradeoff`; runs: ``{name: (model, trajectory log)}``."""
-    curves = {}
-    for name, (_, log) in runs.items():
-        rows = log.dropna(subset=["forget_accuracy"])
-        curves[name] = (rows.forget_accuracy.tolist(), rows.retain_accuracy.tolist())
-    return curves
-
-
 def _accuracy_or_nan(model, tokenizer, questions) -> float:
     """Greedy accuracy; NaN for a question set the data source lacks (a file has no topics or paraphrases)."""
     from .evaluate import accuracy
