@@ -10,6 +10,17 @@ from unlearn_utils.cache import save_checked
 from unlearn_utils.session import start
 
 
+def _question_file(world, folder, n_retain: int):
+    """The world's forget05 facts and ``n_retain`` retain facts as a question file (``DATA = "qa:FILE"``)."""
+    rows = [{"split": "forget", "prompt": r["prompt"], "answer": r["answer"]}
+            for r in world.facts("forget05", "trained")]
+    rows += [{"split": "retain", "prompt": r["prompt"], "answer": r["answer"]}
+             for r in world.facts("retain", "trained").select(range(n_retain))]
+    qa = folder / "qa.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return qa
+
+
 def test_bad_training_parameters_are_refused_before_any_model(monkeypatch, cache):
     import unlearn_utils.session as nb
 
@@ -29,12 +40,7 @@ def test_notebook_settings_reach_every_run_and_any_model_is_cached(tiny, tmp_pat
 
     world, model, tok = tiny
     folder = save_checked(model, tok, tmp_path / "my-model")
-    rows = [{"split": "forget", "prompt": r["prompt"], "answer": r["answer"]}
-            for r in world.facts("forget05", "trained")]
-    rows += [{"split": "retain", "prompt": r["prompt"], "answer": r["answer"]}
-             for r in world.facts("retain", "trained").select(range(30))]
-    qa = tmp_path / "qa.jsonl"
-    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    qa = _question_file(world, tmp_path, n_retain=30)
     S = start(True, model=str(folder), data=f"qa:{qa}", retain_model=None,
               unlearning=dict(steps=2, batch_size=4), **TINY)
     assert len(S.model_key) == 16 and S.model_key != S.config.key()
@@ -77,17 +83,12 @@ def test_session_on_the_world_reads_its_split_and_writes_its_report(tiny, tmp_pa
 
 def test_session_on_a_question_file_has_no_world_retain_model(tiny, tmp_path):
     world = tiny[0]
-    rows = [{"split": "forget", "prompt": r["prompt"], "answer": r["answer"]}
-            for r in world.facts("forget05", "trained")]
-    rows += [{"split": "retain", "prompt": r["prompt"], "answer": r["answer"]}
-             for r in world.facts("retain", "trained").select(range(20))]
-    qa = tmp_path / "qa.jsonl"
-    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    qa = _question_file(world, tmp_path, n_retain=20)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tiny model does not know its facts: start() says so
         S = start(True, data=f"qa:{qa}", retain_model=None, **TINY)
     assert not S.on_world and S.retain_model is None
-    assert len(S.forget_set) == len(rows) - 20 and len(S.retain_set) == 20
+    assert len(S.forget_set) == len(world.facts("forget05", "trained")) and len(S.retain_set) == 20
     assert S.eval_data.forget_para is None  # a file without paraphrases: the report card leaves them out
