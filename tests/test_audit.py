@@ -210,3 +210,38 @@ def test_audit_each_audits_every_model_as_audit_does(tiny):
     assert reports["half"].table.equals(audit(model, other, tok, world, **settings).table)
     assert reports["same"].table.equals(audit(model, model, tok, world, **settings).table)
     assert not reports["half"].table.equals(reports["same"].table)
+
+
+def test_without_a_retain_model_rtt_takes_its_floor_from_unknown_facts(knowing, unlearned_pair):
+    """A dict with ``unknown`` facts (what the original does not know, e.g. a real model's unknown rows): RTT's
+    floor is the same attack on them, and the verdict says so."""
+    world, model, tok = knowing
+    data = {"forget": world.facts(SPLIT, "trained"), "retain": world.facts("retain", "trained", SPLIT),
+            "unknown": world.facts("holdout", "trained")}
+    assert accuracy(model, tok, data["unknown"]) < 0.2  # the holdout people were never trained on
+    rep = audit(model, unlearned_pair["grad_diff"], tok, data, progress=False, rtt_epochs=2,
+                probes=("relearning",))
+    rtt = rep.verdicts[rep.verdicts.probe == "relearning"].iloc[0]
+    assert "facts the original never knew" in rtt.verdict
+    floor_row = rep.table[rep.table.setting.str.contains("unknown facts")]
+    assert len(floor_row) == 1 and 0.0 <= floor_row.original.iloc[0] <= 1.0
+    assert not pd.isna(rtt.share_back) and rtt.still_there == (rtt.share_back >= rep.config.came_back_at)
+
+
+def test_a_checkpoint_on_a_quantization_grid_is_also_audited_on_that_grid(knowing, unlearned_pair):
+    """An original whose weights sit on a GGUF grid (as a model converted from a GGUF file does) gets one more
+    quantization verdict: unlearned in float, quantized again on its own grid."""
+    from unlearn_utils.quantize import native_grid, quantize_as
+
+    world, model, tok = knowing
+    on_grid = quantize_as(model, "Q4_0")
+    assert native_grid(model) is None and native_grid(on_grid) == "Q4_0"
+    rep = audit(on_grid, unlearned_pair["grad_diff"], tok, world, split=SPLIT, progress=False,
+                probes=("quantization",))
+    settings = list(rep.verdicts.setting)
+    assert settings == ["8-bit", "4-bit", "Q4_0 (own grid)"]
+    row = rep.table[(rep.table.setting == "Q4_0 (own grid)") & (rep.table.measure == "forget accuracy")].iloc[0]
+    assert row.original == pytest.approx(accuracy(on_grid, tok, eval_data(world, SPLIT).forget))  # moved nothing
+    no_grid = audit(on_grid, unlearned_pair["grad_diff"], tok, world, split=SPLIT, progress=False,
+                    probes=("quantization",), native_grid=False)
+    assert list(no_grid.verdicts.setting) == ["8-bit", "4-bit"]

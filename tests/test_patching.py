@@ -238,3 +238,209 @@ def test_intervention_table_and_method_summary_by_hand():
 
     found = report.verdicts_each("patching_restores", summary.to_dict(orient="index"))
     assert list(found.values()) == [False, True]  # gd: max patch mlp 0.1 <= 0.5; npo: 1.1 > 0.5 and restore 0.75 less
+
+
+# ---- the resumed sweep: the same numbers as rerunning the whole model for every patch ----------------------------
+def _same_sweeps(a, b, tol=1e-5):
+    assert list(a.layer) == list(b.layer) and list(a.component) == list(b.component)
+    assert (a["krs"] - b["krs"]).abs().max() < tol
+    assert (a["krs_std"] - b["krs_std"]).abs().max() < tol if "krs_std" in a else True
+    assert (a["recovered_accuracy"] == b["recovered_accuracy"]).all()
+
+
+@pytest.mark.parametrize("window", [1, 2])
+@pytest.mark.parametrize("positions", ["all", "answer"])
+def test_resumed_sweep_equals_the_full_rerun(pair, window, positions):
+    model, other, tok, tf = pair
+    resumed = P.patch_sweep(model, other, tok, tf, components=P.ALL_COMPONENTS, window=window, positions=positions)
+    full = P.patch_sweep(model, other, tok, tf, components=P.ALL_COMPONENTS, window=window, positions=positions,
+                         resume=False)
+    _same_sweeps(resumed, full)
+    assert resumed["krs"].std() > 0.01, "the patches differ from each other"
+    reverse = dict(direction="unlearned_to_original", components=["mlp"], window=window, positions=positions)
+    _same_sweeps(P.patch_sweep(model, other, tok, tf, **reverse),
+                 P.patch_sweep(model, other, tok, tf, resume=False, **reverse))
+
+
+def test_resumed_logits_equal_the_nnsight_patches(pair):
+    """Logit by logit at the answer positions, in any order of patches and with patches run together."""
+    model, other, tok, tf = pair
+    cache = P.cache_activations(model, tok, tf)
+    inputs = P.capture_layer_inputs(other, tf)
+    patches = [([1], "block"), ([0, 1], "both"), ([1], "mlp"), ([0], "attn"), ([0], "mlp")]
+    together = P.resumed_logits(other, inputs, patches, cache)
+    for (layers, comp), got in zip(patches, together):
+        want = P.run_patches(other, tok, tf, cache, [(layers, comp)], batched=False)[0]
+        want = want[torch.arange(len(tf))[:, None], inputs.positions]
+        assert (got - want).abs().max() < 1e-5, (layers, comp)
+        alone = P.resumed_logits(other, inputs, [(layers, comp)], cache)[0]
+        assert (alone - got).abs().max() < 1e-5
+    unpatched = other(input_ids=tf.input_ids, attention_mask=tf.attention_mask).logits
+    assert (together[0] - P.resumed_logits(other, inputs, [([0], None)])[0]).abs().max() > 1e-3
+    assert (inputs.logits - unpatched[torch.arange(len(tf))[:, None], inputs.positions]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_resumed_restoration_equals_the_full_rerun(pair, window):
+    model, other, tok, tf = pair
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    for parts in (("down",), ("down", "up", "attn")):
+        resumed = P.restoration_sweep(model, other, tok, tf, parts=parts, window=window)
+        full = P.restoration_sweep(model, other, tok, tf, parts=parts, window=window, resume=False)
+        _same_sweeps(resumed, full)
+        assert resumed["krs"].std() > 0.01
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+
+
+def _family_pair(tok, cfg):
+    torch.manual_seed(0)
+    a = tf_lib.AutoModelForCausalLM.from_config(cfg).eval()
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for name, p in b.named_parameters():
+            if "layers" in name or ".h." in name:
+                p.add_(0.05 * torch.randn_like(p))
+    return a, b
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "olmo2", "gpt2", "gpt_neox"])
+def test_resumed_equals_full_rerun_on_every_family(tiny, family):
+    from test_arch import FAMILIES
+
+    world, _, tok = tiny
+    cfg = FAMILIES[family]()
+    cfg.vocab_size = len(tok)
+    a, b = _family_pair(tok, cfg)
+    prompts = [r["prompt"] for r in world.fact_rows() if r["is_question"]][:5]
+    tfi = P.teacher_forced_inputs(a, tok, prompts, max_new_tokens=2)
+    assert P.resumable(b)
+    for window in (1, 2):
+        _same_sweeps(P.patch_sweep(a, b, tok, tfi, components=P.ALL_COMPONENTS, window=window),
+                     P.patch_sweep(a, b, tok, tfi, components=P.ALL_COMPONENTS, window=window, resume=False))
+    _same_sweeps(P.restoration_sweep(a, b, tok, tfi, parts=("down", "attn"), window=2),
+                 P.restoration_sweep(a, b, tok, tfi, parts=("down", "attn"), window=2, resume=False))
+
+
+def test_a_model_that_cannot_resume_falls_back_to_the_full_rerun(tiny):
+    """Gemma 2 caps its logits after the final norm: not resumable, so the sweep reruns it in full (a warning,
+    the same numbers); a model that does more than its layers (a hook on its body's output) is caught by the check
+    the sweep runs first."""
+    world, _, tok = tiny
+    prompts = [r["prompt"] for r in world.fact_rows() if r["is_question"]][:4]
+    cfg = tf_lib.Gemma2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, final_logit_softcapping=0.5)
+    a, b = _family_pair(tok, cfg)
+    assert not P.resumable(b)
+    tfi = P.teacher_forced_inputs(a, tok, prompts, max_new_tokens=2)
+    with pytest.warns(UserWarning, match="cannot be restarted"):
+        fell_back = P.patch_sweep(a, b, tok, tfi, components=["mlp", "block"])
+    _same_sweeps(fell_back, P.patch_sweep(a, b, tok, tfi, components=["mlp", "block"], resume=False), tol=1e-12)
+    assert fell_back.krs[fell_back.component == "block"].iloc[-1] == pytest.approx(1.0, abs=1e-5)
+    with pytest.warns(UserWarning, match="cannot be restarted"):
+        P.restoration_sweep(a, b, tok, tfi)
+    # the resumed runner on it really would be wrong: the soft cap is skipped
+    inputs = P.capture_layer_inputs(b, tfi)
+    assert (P.resumed_logits(b, inputs, [([0], None)])[0] - inputs.logits).abs().max() > 1e-3
+
+    from test_arch import FAMILIES
+
+    cfg = FAMILIES["llama"]()
+    cfg.vocab_size = len(tok)
+    a, b = _family_pair(tok, cfg)
+    assert P.resumable(b)
+    handle = b.model.register_forward_hook(lambda m, i, out: out.__setitem__(
+        "last_hidden_state", out.last_hidden_state * 0.5) or out)
+    try:
+        tfi = P.teacher_forced_inputs(a, tok, prompts, max_new_tokens=2)
+        with pytest.warns(UserWarning, match="cannot be restarted"):
+            fell_back = P.patch_sweep(a, b, tok, tfi, components=["attn"])
+        _same_sweeps(fell_back, P.patch_sweep(a, b, tok, tfi, components=["attn"], resume=False), tol=1e-12)
+    finally:
+        handle.remove()
+
+
+# ---- recovered accuracy: the answer's own tokens, not the punctuation the original wrote after them -------------
+class _CharTokenizer:
+    """Whole words, punctuation and line breaks as tokens (enough for :func:`P._own_tokens`)."""
+
+    vocab = [" Dublin", ".", "\n", " Nep", "ali", ",", " which", "<eos>", " St", " Petersburg"]
+    all_special_ids = [7]
+
+    def decode(self, ids):
+        return "".join(self.vocab[i] for i in ids)
+
+
+def test_the_answers_own_tokens():
+    tok = _CharTokenizer()
+    assert P._own_tokens(tok, [0, 1, 2, 2], None, set(tok.all_special_ids)) == [0]         # " Dublin.\n\n"
+    assert P._own_tokens(tok, [3, 4, 5, 6], None, set(tok.all_special_ids)) == [0, 1]      # " Nepali, which"
+    assert P._own_tokens(tok, [2, 0, 1], None, set(tok.all_special_ids)) == [1]            # "\n Dublin."
+    assert P._own_tokens(tok, [8, 1, 9, 1], "St. Petersburg", set()) == [0, 1, 2]           # the gold answer's span
+    assert P._own_tokens(tok, [8, 1, 9, 1], None, set()) == [0]                             # without it: "St"
+    assert P._own_tokens(tok, [2, 2], None, set()) == [0, 1]                                # nothing else: every token
+    assert P._own_tokens(tok, [7], None, set(tok.all_special_ids)) == [0]
+
+
+def test_recovered_accuracy_counts_the_answer_not_its_trailing_punctuation():
+    """The bug: a patch that brings back " Dublin" but not the "\\n\\n" the original wrote after "Dublin." scored 0.
+    Here the logits predict the answer's own token and the period right, and a wrong line break: recovered."""
+    ids = torch.tensor([[5, 0, 1, 2, 2]])  # prompt token 5, then " Dublin" "." "\n" "\n"
+    answer = torch.tensor([[True, True, True, True, False]])  # positions 0..3 predict tokens 1..4
+    own = torch.tensor([[True, False, False, False, False]])  # position 0 predicts " Dublin"
+    tf = P.TeacherForced(ids, torch.ones_like(ids), answer, ["p"], [" Dublin.\n\n"], own)
+    logits = torch.zeros(1, 5, 10)
+    logits[0, 0, 0] = logits[0, 1, 1] = logits[0, 2, 2] = 1.0
+    logits[0, 3, 6] = 1.0  # " which" instead of the second "\n"
+    assert P.answer_match(logits, tf).tolist() == [True]
+    old = P.TeacherForced(ids, torch.ones_like(ids), answer, ["p"], [" Dublin.\n\n"])  # no core: every position
+    assert P.answer_match(logits, old).tolist() == [False]
+    logits[0, 0, 0], logits[0, 0, 3] = 0.0, 1.0  # " Nep": the answer itself is wrong
+    assert P.answer_match(logits, tf).tolist() == [False]
+
+
+def test_teacher_forced_core_mask_on_the_world(pair):
+    model, _, tok, tf = pair
+    assert tf.core_mask is not None and (tf.core_mask <= tf.answer_mask).all() and tf.core_mask.any(1).all()
+    gold = P.teacher_forced_inputs(model, tok, tf.prompts, max_new_tokens=3, gold=[a.strip() for a in tf.answers])
+    assert torch.equal(gold.core_mask, gold.answer_mask) and torch.equal(gold.input_ids, tf.input_ids)
+    with pytest.raises(ValueError, match="gold answers"):
+        P.teacher_forced_inputs(model, tok, tf.prompts, gold=["x"])
+
+
+# ---- SmolLM2-135M (when fetched): a 2-layer window, 3 questions ------------------------------------------------
+def _have_smol():
+    from unlearn_utils.models import REAL_MODELS, downloads_dir
+
+    return (downloads_dir() / REAL_MODELS["smollm2-135m"].wheel).exists()
+
+
+@pytest.fixture(scope="module")
+def smol_pair(cache):
+    if not _have_smol():
+        pytest.skip("the real model is not fetched: run `make setup`")
+    from unlearn_utils.models import load_model
+
+    model, tok = load_model("smollm2-135m")
+    other = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for k in (27, 28, 29):
+            for p in other.model.layers[k].parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+    prompts = ["The capital of France is", "The capital of Ireland is", "The chemical symbol for sodium is"]
+    tf = P.teacher_forced_inputs(model, tok, prompts, gold=["Paris", "Dublin", "Na"])
+    return model, other, tok, tf
+
+
+def test_resumed_sweep_on_smollm2(smol_pair):
+    model, other, tok, tf = smol_pair
+    assert [a.split(".")[0] for a in tf.answers] == [" Paris", " Dublin", " Na"]
+    assert tf.core_mask.sum(1).tolist() == [1, 1, 1] and (tf.answer_mask.sum(1) > 1).all()  # " Dublin" of " Dublin."
+    settings = dict(components=P.ALL_COMPONENTS, window=2, layers=[28, 29])
+    resumed = P.patch_sweep(model, other, tok, tf, **settings)
+    _same_sweeps(resumed, P.patch_sweep(model, other, tok, tf, resume=False, **settings))
+    assert resumed.krs[resumed.component == "block"].iloc[-1] == pytest.approx(1.0, abs=1e-5)
+    assert resumed.recovered_accuracy[resumed.component == "block"].iloc[-1] == 1.0
+    restore = dict(parts=("down", "attn"), window=2, layers=[29])
+    _same_sweeps(P.restoration_sweep(model, other, tok, tf, **restore),
+                 P.restoration_sweep(model, other, tok, tf, resume=False, **restore))

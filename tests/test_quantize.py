@@ -204,3 +204,264 @@ def test_mechanism_table_weights_modules_by_size(tiny):
     assert list(curves) == ["moved", "same"] and len(x) == len(y) == len(range(0, n, 1000)) > 2
     assert (np.diff(x) >= 0).all() and x[0] == 0 and 0 < x[-1] <= 3.0 * (1 + 1e-3)  # most weights did not move
     assert y[0] == 0 and y[-1] == 1 and y[1] == pytest.approx(1 / (len(y) - 1)) and (curves["same"][0] == 0).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# GGUF block formats, schemes, valid group sizes, the grid effect
+# ----------------------------------------------------------------------------------------------
+def _llama(hidden, intermediate, seed=0):
+    """A random one-layer Llama with the given widths (input widths: hidden and intermediate)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=intermediate,
+                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)).eval()
+
+
+# per-block grid step of each format on its own terms, and how many steps a weight may move (Q4_0 / Q5_0 clip the
+# largest weight of the sign opposite to the block's absmax by one step; the others round to the nearest level)
+_STEP = {"Q4_0": (lambda b: b.abs().amax(-1, keepdim=True) / 8, 1.0),
+         "Q5_0": (lambda b: b.abs().amax(-1, keepdim=True) / 16, 1.0),
+         "Q8_0": (lambda b: b.abs().amax(-1, keepdim=True) / 127, 0.5),
+         "Q4_1": (lambda b: (b.amax(-1, keepdim=True) - b.amin(-1, keepdim=True)) / 15, 0.5),
+         "Q5_1": (lambda b: (b.amax(-1, keepdim=True) - b.amin(-1, keepdim=True)) / 31, 0.5)}
+
+
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
+def test_gguf_round_trip_on_random_data(fmt):
+    from unlearn_utils import quantize as Q
+
+    w = torch.randn(16, 128, generator=torch.Generator().manual_seed(1))
+    dq = Q.quantize_tensor_gguf(w, fmt)
+    assert dq.shape == w.shape and dq.dtype == w.dtype
+    blocks, err = w.reshape(16, 4, 32), (dq - w).abs().reshape(16, 4, 32)
+    step_of, allowed = _STEP[fmt]
+    step = step_of(blocks)
+    # fp16 scales (and minima) add a rounding error of a fraction of a percent of a step
+    assert (err <= allowed * step * 1.02 + 1e-3 * blocks.abs().amax(-1, keepdim=True)).all()
+    assert (err <= 0.5 * step * 1.02).float().mean() > 0.99  # all but the clipped extremes: half a step
+    assert (dq != w).float().mean() > 0.9  # random data is off every grid
+    # quantizing an already quantize-dequantized tensor moves nothing
+    assert torch.equal(Q.quantize_tensor_gguf(dq, fmt), dq)
+    # the integer codes are in the format's range, at most 2^bits levels per block, and rebuild the weight
+    bits = int(fmt[1])
+    _, codes = Q._quantized_weight(w, Q.as_scheme(fmt))
+    lo, hi = (0, 2 ** bits - 1) if fmt.endswith("_1") else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    assert lo <= int(codes.min()) and int(codes.max()) <= (127 if fmt == "Q8_0" else hi)
+    c = codes.reshape(16, 4, 32).float()
+    d = (dq.reshape(16, 4, 32) - (dq.reshape(16, 4, 32).amin(-1, keepdim=True) if fmt.endswith("_1") else 0))
+    ratio = d / c.where(c != 0, torch.ones_like(c))
+    nonzero = c != 0
+    assert torch.allclose(ratio[nonzero].reshape(-1), ratio.where(nonzero, torch.nan).nanmean(-1, keepdim=True)
+                          .expand_as(ratio)[nonzero].reshape(-1), rtol=1e-4)  # one scale per block
+
+
+def test_gguf_model_copy_leaves_the_original_and_embeddings(tiny):
+    from unlearn_utils import quantize as Q
+
+    world, model, tok = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    q = Q.quantize_model_gguf(model, "Q4_1")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    qs = q.state_dict()
+    for k in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"):
+        assert torch.equal(qs[k], before[k]), k
+    down = "model.layers.1.mlp.down_proj.weight"
+    assert torch.equal(qs[down], Q.quantize_tensor_gguf(before[down], "Q4_1"))
+    assert torch.equal(Q.quantize_as(model, "Q4_1").state_dict()[down], qs[down])
+    x = torch.tensor([[1, 5, 6, 7, 8]])
+    assert (Q.quantize_model_gguf(model, "Q8_0")(x).logits - model(x).logits).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q4_1", "Q5_1", "Q8_0"])
+def test_native_grid_finds_the_format_a_model_sits_on(tiny, fmt):
+    from unlearn_utils import quantize as Q
+
+    world, model, tok = tiny
+    on_grid = Q.quantize_model_gguf(model, fmt)
+    assert Q.native_grid(on_grid) == fmt
+    assert Q.weights_moved(on_grid, fmt) == 0
+    others = {f: Q.weights_moved(on_grid, f) for f in Q.GGUF_FORMATS if f != fmt}
+    # Q4_0's grid (d * k, k in -8..7, d = absmax / 8) is part of Q5_0's (d / 2 * k, k in -16..15): nested grids
+    nested = ["Q5_0"] if fmt == "Q4_0" else []
+    assert all(others[f] == 0 for f in nested) and all(v > 0.5 for f, v in others.items() if f not in nested)
+    assert Q.native_grid(model) is None and Q.weights_moved(model, fmt) > 0.9
+    assert Q.native_grid(on_grid, candidates=[f for f in others if f not in nested]) is None
+
+
+def test_smollm2_sits_on_its_files_q4_1_grid(smol):
+    from unlearn_utils import quantize as Q
+
+    model, _ = smol
+    assert Q.input_widths(model) == [576, 1536] and Q.default_group_size(model) == 64
+    assert Q.native_grid(model) == "Q4_1"
+    table = Q.grid_table(model, schemes=["Q4_1", "Q4_0", "RTN 4-bit g64"])
+    assert list(table.index) == ["GGUF Q4_1", "GGUF Q4_0", "RTN 4-bit g64"]
+    assert list(table.columns) == ["moved on original"] and table.loc["GGUF Q4_1", "moved on original"] == 0
+    assert (table["moved on original"].drop("GGUF Q4_1") > 0.5).all()
+    assert [s.name for s in Q.grid_schemes(model, native="Q4_1")] == [
+        "GGUF Q4_1", "GGUF Q4_0", "RTN 4-bit", "bnb nf4", "GGUF Q8_0", "RTN 8-bit"]
+
+
+def test_codes_changed_by_a_known_perturbation(tiny):
+    import copy
+
+    from unlearn_utils import quantize as Q
+
+    world, model, tok = tiny
+    original = Q.quantize_model_gguf(model, "Q4_1")  # a checkpoint released as Q4_1
+    schemes = ["Q4_1", "Q4_0", "RTN 4-bit g32", "nf4", "int8"]
+    same = Q.grid_table(original, copy.deepcopy(original), schemes)
+    assert (same[["codes changed", "values changed"]] == 0).all().all()
+    assert same.loc["GGUF Q4_1", "moved on original"] == 0
+    assert (same["moved on original"].drop("GGUF Q4_1") > 0.5).all()
+    total = sum(m.weight.numel() for m in Q.quantizable_linears(original).values())
+
+    def nudged(steps):
+        """The original with every 5th weight of one layer whose code is 1..13 moved up by ``steps`` of its block's
+        step (block minima and maxima, hence the blocks' scales, stay put)."""
+        other = copy.deepcopy(original)
+        w = other.model.layers[0].mlp.down_proj.weight
+        b = w.data.view(w.shape[0], -1, 32)
+        lo = b.amin(-1, keepdim=True)
+        step = (b.amax(-1, keepdim=True) - lo) / 15
+        codes = torch.round((b - lo) / step)
+        pick = (codes >= 1) & (codes <= 13) & (torch.arange(b.numel()).reshape(b.shape) % 5 == 0)
+        with torch.no_grad():
+            b.add_(torch.where(pick, steps * step, torch.zeros_like(b)))
+        return other, int(pick.sum())
+
+    other, n = nudged(1.0)  # one full step: exactly the picked codes change
+    table = Q.grid_table(original, other, ["Q4_1"]).loc["GGUF Q4_1"]
+    assert n > 100 and table["codes changed"] == n / total == table["values changed"]
+    other, n = nudged(0.3)  # a third of a step: every picked weight moved, yet the Q4_1 model is the original's
+    table = Q.grid_table(original, other, ["Q4_1"]).loc["GGUF Q4_1"]
+    assert table["codes changed"] == 0 and table["values changed"] == 0
+    assert Q.change_in_steps(original, other, 4, 32).moved.max() > 0
+    assert torch.equal(Q.quantize_model_gguf(other, "Q4_1").model.layers[0].mlp.down_proj.weight,
+                       original.model.layers[0].mlp.down_proj.weight)
+
+
+def test_bitsandbytes_codes_match_what_load_bnb_stores(tiny):
+    import bitsandbytes.functional as F
+
+    from unlearn_utils import quantize as Q
+
+    world, model, tok = tiny
+    w = model.model.layers[0].mlp.down_proj.weight.detach()
+    dq8, codes8 = Q._quantized_weight(w, Q.as_scheme("int8"))
+    lin8 = Q.load_bnb(model, 8, device="cpu").model.layers[0].mlp.down_proj
+    assert torch.equal(codes8, lin8.weight.data)
+    lin4 = Q.load_bnb(model, 4, "nf4", device="cpu").model.layers[0].mlp.down_proj
+    dq4, _ = Q._quantized_weight(w, Q.as_scheme("nf4"))
+    assert torch.equal(F.dequantize_4bit(lin4.weight.data, lin4.weight.quant_state).float(), dq4)
+    assert Q.weights_moved(model, "nf4") > 0.9 and Q.weights_moved(model, "bnb int8") > 0.9
+
+
+def test_group_sizes_a_model_allows():
+    from unlearn_utils import quantize as Q
+
+    odd = _llama(48, 96)  # widths 48 and 96: 64 and 32 do not divide them
+    assert Q.input_widths(odd) == [48, 96]
+    assert Q.valid_group_sizes(odd) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 48]
+    assert Q.default_group_size(odd) == 48 and Q.default_group_size(odd, preferred=32) == 24
+    assert Q.default_group_size(_llama(64, 128)) == 64 and Q.default_group_size(_llama(56, 88)) is None  # gcd 8
+    w = "model.layers.0.mlp.down_proj.weight"
+    auto = Q.quantize_model(odd, 4).state_dict()[w]
+    assert torch.equal(auto, Q.quantize_tensor(odd.state_dict()[w], 4, 48))
+    assert not torch.equal(auto, odd.state_dict()[w])
+    assert Q.resolve_group_size(odd, None) is None and Q.resolve_group_size(odd, 24) == 24
+
+
+def test_bad_group_size_and_format_are_refused_before_any_work(tiny, monkeypatch):
+    from unlearn_utils import evaluate as ev
+    from unlearn_utils import quantize as Q
+
+    odd = _llama(48, 96)
+    world, model, tok = tiny
+    forget = world.facts("forget10", "trained")
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the argument was checked")
+
+    monkeypatch.setattr(Q.copy, "deepcopy", no_work)
+    monkeypatch.setattr(ev, "accuracy", no_work)
+    with pytest.raises(ValueError, match=r"group size 32 does not divide .*\[48, 96\].*\[1, 2, 3, 4, 6, 8, 12, 16, 24"):
+        Q.quantize_model(odd, 4, group_size=32)
+    for bad in (0, 7.5, "64"):
+        with pytest.raises(ValueError, match="group size"):
+            Q.quantize_model(odd, 4, group_size=bad)
+    with pytest.raises(ValueError, match=r"blocks of 32 .*\[48, 96\]"):
+        Q.quantize_model_gguf(odd, "Q4_1")
+    with pytest.raises(ValueError, match="blocks of 32"):
+        Q.weights_moved(odd, "Q8_0")
+    with pytest.raises(ValueError, match="Unsupported GGUF format 'Q3_X'"):
+        Q.quantize_model_gguf(odd, "Q3_X")
+    with pytest.raises(ValueError, match=r"\[32, 64\]"):
+        Q.accuracy_under_quantization({"a": model}, tok, forget, forget, group_size=48)
+    with pytest.raises(ValueError, match=r"\[32, 64\]"):
+        Q.accuracy_under_quantization({"a": model}, tok, forget, forget, schemes=["Q4_1", "RTN 4-bit g48"])
+    with pytest.raises(ValueError, match="Unknown quantization scheme"):
+        Q.accuracy_under_quantization({"a": model}, tok, forget, forget, schemes=["Q4_1", "nf5"])
+    assert [s.name for s in Q.grid_schemes(odd, native=None)] == ["RTN 4-bit", "bnb nf4", "RTN 8-bit"]
+
+
+def test_scheme_names_round_trip_and_bad_names():
+    from unlearn_utils.quantize import Scheme, as_scheme
+
+    schemes = [Scheme.rtn(4, 64), Scheme.rtn(4, None), Scheme.rtn(8), Scheme.rtn(3, 32, symmetric=False),
+               Scheme.gguf("q4_1"), Scheme.bnb("nf4"), Scheme.bnb("int8")]
+    assert [s.name for s in schemes] == ["RTN 4-bit g64", "RTN 4-bit per channel", "RTN 8-bit", "RTN 3-bit g32 asym",
+                                         "GGUF Q4_1", "bnb nf4", "bnb int8"]
+    assert all(as_scheme(s.name) == s for s in schemes) and as_scheme("nf4") == Scheme.bnb("nf4")
+    assert as_scheme("Q4_1") == Scheme.gguf("Q4_1") and str(as_scheme("q8_0")) == "GGUF Q8_0"
+    with pytest.raises(ValueError, match="K-quants"):
+        as_scheme("Q4_K")
+    with pytest.raises(ValueError, match="Unsupported bit width 1"):
+        as_scheme("RTN 1-bit g64")
+    with pytest.raises(ValueError, match="Unknown bitsandbytes type"):
+        Scheme.bnb("nf3")
+    with pytest.raises(ValueError, match="Unsupported GGUF format 'Q4'"):
+        as_scheme("Q4")
+    with pytest.raises(ValueError, match="Unknown quantization scheme 'int4'"):
+        as_scheme("int4")
+
+
+def test_accuracy_under_schemes_and_the_grid_effect_table(tiny):
+    import copy
+
+    from unlearn_utils import evaluate as ev
+    from unlearn_utils import quantize as Q
+
+    world, model, tok = tiny
+    forget, retain = world.facts("forget10", "trained"), world.facts("retain", "trained", "forget10")
+    original = Q.quantize_model_gguf(model, "Q4_1")
+    unlearned = copy.deepcopy(original)
+    with torch.no_grad():
+        unlearned.model.layers[0].mlp.down_proj.weight.mul_(0.5)  # halves each block's scale, keeps every code
+        unlearned.model.layers[1].mlp.down_proj.weight.add_(0.01)  # shifts each block: its minimum, not its codes
+        unlearned.model.layers[1].mlp.up_proj.weight[:, :32].neg_()  # mirrors the first block of every row
+        unlearned.model.norm.weight.mul_(0.9)  # not quantized: survives every grid
+    schemes = ["Q4_1", Q.Scheme.rtn(4, 32), "Q8_0"]
+    long = Q.accuracy_under_quantization({"o": original, "u": unlearned}, tok, forget, retain, schemes=schemes)
+    names = ["full precision", "GGUF Q4_1", "RTN 4-bit g32", "GGUF Q8_0"]
+    assert list(long.quantization[:4]) == names
+    assert long.forget[5] == ev.accuracy(Q.quantize_model_gguf(unlearned, "Q4_1"), tok, forget)
+    assert list(Q.by_quantization(long).columns) == names
+    effect = Q.grid_effect(original, unlearned, tok, forget, retain, schemes=schemes, names=("o", "u"))
+    assert list(effect.index) == names
+    assert list(effect.columns) == ["forget, o", "forget, u", "retain, o", "retain, u", "moved on original",
+                                    "codes changed", "values changed"]
+    assert effect.loc["GGUF Q4_1", "forget, u"] == long.forget[5]
+    assert effect.loc["GGUF Q8_0", "retain, o"] == long.retain[3]
+    assert effect.loc["full precision", ["moved on original", "codes changed"]].isna().all()
+    shares = Q.grid_table(original, unlearned, schemes)
+    assert effect[shares.columns].drop("full precision").equals(shares)
+    total = sum(m.weight.numel() for m in Q.quantizable_linears(original).values())
+    layer = Q.quantizable_linears(original)
+    scaled = layer["model.layers.0.mlp.down_proj"].weight.numel() + layer["model.layers.1.mlp.down_proj"].weight.numel()
+    mirrored = layer["model.layers.1.mlp.up_proj"].weight[:, :32].numel()
+    # on Q4_1 a mirrored block's codes become 15 - code (a code 7 or 8 can land on 8 or 7: never the same)
+    assert shares.loc["GGUF Q4_1", "moved on original"] == 0
+    assert shares.loc["GGUF Q4_1", "codes changed"] == pytest.approx(mirrored / total)
+    assert shares.loc["GGUF Q4_1", "values changed"] == pytest.approx((scaled + mirrored) / total, rel=0.02)

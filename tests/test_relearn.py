@@ -135,3 +135,31 @@ def test_recovery_table_by_hand_and_undefined_rates(capsys):
     zero = RL.recovery_table(curves, ["ga"], float("nan"), 0.0)  # no ceiling and no floor
     assert zero.isna().loc["ga"].tolist() == [False, False, True, True]
     assert "nothing to recover" in capsys.readouterr().out
+
+
+def test_facts_like_follows_the_forget_sets_categories():
+    pool = [{"prompt": f"q{i}", "answer": "a", "category": c} for i, c in enumerate("aaaaabbbbbccccc")]
+    like = [{"category": "a"}, {"category": "a"}, {"category": "b"}]
+    rows = RL.facts_like(pool, like, 3, seed=1)
+    assert sorted(r["category"] for r in rows) == ["a", "a", "b"]
+    assert len({r["prompt"] for r in RL.facts_like(pool, like, 12, seed=1)}) == 12  # filled from other categories
+    assert RL.facts_like(pool, like, 3, seed=1) == rows  # deterministic
+    with pytest.raises(ValueError, match="pool holds 15"):
+        RL.facts_like(pool, like, 16)
+
+
+def test_unknown_facts_floor_attacks_disjoint_unknown_facts(tiny):
+    """The floor is the same attack on facts the model does not know: T and V disjoint, V starts unknown."""
+    world, model, tok = tiny
+    from unlearn_utils import evaluate as ev
+
+    facts = world.facts("retain", "trained").to_list()
+    known = ev.answer_scores(model, tok, [r["prompt"] for r in facts], [r["answer"] for r in facts])["correct"]
+    unknown = [{"prompt": r["prompt"], "answer": r["answer"], "category": r["attribute"]}
+               for r, k in zip(facts, known) if not k][:40]
+    log = RL.unknown_facts_floor(model, tok, unknown, like=unknown[:4], n_t=6, n_v=6, epochs=1, lr=3e-3,
+                                 progress=False)
+    assert set(log.model) == {"unknown facts (floor)"} and list(log.epoch) == [0, 1]
+    assert log["V"].iloc[0] == 0.0  # nothing of V is known before the attack
+    with pytest.raises(ValueError, match="at least 1"):
+        RL.unknown_facts_floor(model, tok, unknown, unknown, n_t=0, n_v=3)

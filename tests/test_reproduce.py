@@ -89,3 +89,105 @@ def test_two_notebooks_side_by_side_write_their_reports(tmp_path, cache):
     assert run["jobs"] == 2 and run["wall_seconds"] > 0
     assert all(json.loads((out / "results" / f"{nb}.json").read_text())["smoke"] for nb in timings)
     assert "The whole run took" in (out / "summary.md").read_text()
+
+
+class _Notebooks:
+    """A fake run_notebook: records each call's parameters and times, writes a results file, runs nothing."""
+
+    def __init__(self):
+        self.calls, self.spans, self.lock = {}, {}, threading.Lock()
+
+    def __call__(self, path, out_path, parameters=None, timeout=1800, cwd=None):
+        from pathlib import Path
+
+        from unlearn_utils.reproduce import write_results
+
+        start = time.perf_counter()
+        time.sleep({"01": 0.2, "04": 0.1}.get(Path(path).name[:2], 0.01))
+        name = Path(path).stem
+        write_results(name, {"smoke": parameters["SMOKE"], "model": parameters.get("MODEL", "world")},
+                      parameters["REPORT_DIR"])
+        with self.lock:
+            self.calls[name] = (str(out_path), dict(parameters))
+            self.spans[name[:2]] = (start, time.perf_counter())
+        return time.perf_counter() - start
+
+
+def _fake_machinery(monkeypatch, world_builds=None, prepared=None):
+    """Notebooks faked; the process pool a thread pool (so the fakes are seen); model preparation recorded."""
+    from unlearn_utils import reproduce
+
+    fake = _Notebooks()
+    monkeypatch.setattr(reproduce, "run_notebook", fake)
+    monkeypatch.setattr(reproduce, "ProcessPoolExecutor",
+                        lambda n, mp_context=None, initializer=None, initargs=(): ThreadPoolExecutor(n))
+
+    def build(smoke, split):
+        if world_builds is None:
+            raise AssertionError("a real-model run must not build the world models")
+        world_builds.append(split)
+        return 0.0
+
+    def prepare(name):
+        if prepared is None:
+            raise AssertionError("a world run must not prepare a real model")
+        assert not fake.calls, "the real model is prepared before any notebook starts"
+        prepared.append(name)
+        return 0.0
+
+    monkeypatch.setattr(reproduce, "_build_world_model", build)
+    monkeypatch.setattr(reproduce, "_prepare_real_model", prepare)
+    return fake
+
+
+def test_a_real_model_runs_into_its_own_folder_with_its_parameters(tmp_path, monkeypatch):
+    prepared = []
+    fake = _fake_machinery(monkeypatch, prepared=prepared)
+    (tmp_path / "results").mkdir()  # an earlier world run's numbers: its summary gains the real model's column
+    (tmp_path / "results" / "05_recovery_attacks.json").write_text(json.dumps({"smoke": False}))
+    assert reproduce_main(["--model", "smollm2-135m", "--out", str(tmp_path), "--jobs", "2"]) == 0
+    own = tmp_path / "smollm2-135m"
+    assert prepared == ["smollm2-135m"] and set(fake.calls) == {n[:-6] for n in NAMES}
+    for name, (out_path, params) in fake.calls.items():
+        assert out_path == str(own / f"{name}.ipynb")
+        assert params == {"SMOKE": False, "REPORT_DIR": str(own), "MODEL": "smollm2-135m", "DATA": "real",
+                          "RETAIN_MODEL": None}
+    for nb, needs in AFTER.items():  # the same order as on the world
+        for d in needs:
+            assert fake.spans[nb][0] >= fake.spans[d][1], f"{nb} started before {d} finished"
+    assert list(json.loads((own / "timings.json").read_text())) == [n[:-6] for n in NAMES]
+    run = json.loads((own / "run.json").read_text())
+    assert run["model"] == "smollm2-135m" and run["data"] == "real" and run["jobs"] == 2
+    assert (own / "results" / "04_grun.json").exists() and (own / "figures").is_dir()
+    assert not (tmp_path / "timings.json").exists() and not (tmp_path / "results" / "04_grun.json").exists()
+    assert (own / "summary.md").read_text().startswith("# unlearn-kit: reproduction summary (SmolLM2-135M)")
+    assert "| World: holds? |" in (tmp_path / "summary.md").read_text()
+
+
+def test_only_and_smoke_work_with_a_real_model(tmp_path, monkeypatch):
+    fake = _fake_machinery(monkeypatch, prepared=[])
+    assert reproduce_main(["--model", "smollm2-135m", "--smoke", "--only", "05", "--out", str(tmp_path),
+                           "--jobs", "1"]) == 0
+    assert list(fake.calls) == ["05_recovery_attacks"] and fake.calls["05_recovery_attacks"][1]["SMOKE"] is True
+    assert not (tmp_path / "summary.md").exists()  # no world run here: only the real model's own summary
+    assert (tmp_path / "smollm2-135m" / "summary.md").exists()
+
+
+def test_the_world_run_writes_reports_itself_as_before(tmp_path, monkeypatch):
+    builds = []
+    fake = _fake_machinery(monkeypatch, world_builds=builds)
+    assert reproduce_main(["--only", "00", "03", "--out", str(tmp_path), "--jobs", "2"]) == 0
+    assert sorted(builds, key=str) == sorted([None, "forget05"], key=str)  # the pre-build step, as before
+    assert {p["REPORT_DIR"] for _, p in fake.calls.values()} == {str(tmp_path)}
+    assert all(set(p) == {"SMOKE", "REPORT_DIR"} for _, p in fake.calls.values())  # the notebooks' defaults
+    assert "model" not in json.loads((tmp_path / "run.json").read_text())
+    assert "| paper | claim | what this run measured | holds? |" in (tmp_path / "summary.md").read_text()
+
+
+def test_an_unknown_model_is_refused_before_any_notebook(tmp_path, monkeypatch, capsys):
+    fake = _fake_machinery(monkeypatch)
+    with pytest.raises(SystemExit):
+        reproduce_main(["--model", "smollm2", "--out", str(tmp_path / "reports")])
+    err = capsys.readouterr().err
+    assert "Unknown model 'smollm2'" in err and "smollm2-135m" in err
+    assert not fake.calls and not (tmp_path / "reports").exists()

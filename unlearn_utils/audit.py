@@ -45,6 +45,7 @@ class AuditConfig:
     bits: tuple = (8, 4)              # RTN bit widths (the paper: 8 and 4)
     group_size: int | str | None = "auto"  # RTN group size: "auto" = 64, or the largest of 32/16 that divides every
                                             # layer's input size (else one grid per channel); None = per channel
+    native_grid: bool = True          # also quantize on the grid the original's weights already sit on (GGUF), if any
     rtt_epochs: int = 4
     rtt_lr: float = 3e-4              # the world model's RTT setting (notebook 05); ~1e-5 for a 7B model
     patch_window: int = 3             # layers per patch (the paper: 5 of 32)
@@ -79,6 +80,7 @@ class AuditData:
     t_facts: object | None = None
     v_facts: object | None = None
     in_context: object | None = None
+    unknown: object | None = None  # facts the original does not know: RTT's floor when there is no retain model
 
 
 @dataclass
@@ -214,7 +216,7 @@ def audit_data(data, split: str = "forget05", seed: int = 0) -> AuditData:
         if t is None and v is None:
             t, v = split_tv(data["forget"], seed)
         out = AuditData(forget=data["forget"], retain=data["retain"], forget_para=data.get("forget_para"),
-                        t_facts=t, v_facts=v, in_context=data.get("in_context"))
+                        t_facts=t, v_facts=v, in_context=data.get("in_context"), unknown=data.get("unknown"))
     else:
         raise TypeError(f"Cannot audit on {type(data).__name__}: pass a World, an AuditData, or a dict with "
                         "'forget' and 'retain'.")
@@ -346,10 +348,33 @@ def _probe_quantization(ctx: ProbeContext):
         v = recovery_verdict(f"under {bits}-bit quantization ({label})", accs["unlearned"][0], rows[0]["unlearned"],
                              rows[0]["original"], cfg.came_back_at, accs.get("retain_model", (None,))[0])
         verdicts.append({"probe": "quantization", "setting": f"{bits}-bit", **v})
+    grid = _native_grid(ctx.original) if cfg.native_grid else None
+    if grid is not None:  # a checkpoint released quantized (GGUF): unlearned in float, then quantized again
+        from .quantize import quantize_as
+
+        accs = {}
+        for name, m in models.items():
+            q = m.on(quantize_as(m.base, grid)) if _is_gated(m) else quantize_as(m, grid)
+            accs[name] = (accuracy(q, tok, data.forget), accuracy(q, tok, data.retain))
+            del q
+        for i, measure in enumerate(("forget accuracy", "retain accuracy")):
+            rows.append({"probe": "quantization", "setting": f"{grid} (own grid)", "measure": measure,
+                         **{n: a[i] for n, a in accs.items()}})
+        v = recovery_verdict(f"under {grid}, the grid the original's weights sit on", accs["unlearned"][0],
+                             rows[0]["unlearned"], rows[0]["original"], cfg.came_back_at,
+                             accs.get("retain_model", (None,))[0])
+        verdicts.append({"probe": "quantization", "setting": f"{grid} (own grid)", **v})
+
+
+def _native_grid(model) -> str | None:
+    """The GGUF format the model's float weights sit on exactly (a checkpoint converted from a GGUF file), or None."""
+    from .quantize import native_grid
+
+    return native_grid(model.base if _is_gated(model) else model)
 
 
 def _probe_relearning(ctx: ProbeContext):
-    from .relearn import recovery_above_floor, rtt
+    from .relearn import count_facts, recovery_above_floor, rtt
 
     models, tok, data, cfg, rows, verdicts = ctx.models, ctx.tokenizer, ctx.data, ctx.config, ctx.rows, ctx.verdicts
     progress = ctx.progress
@@ -368,20 +393,35 @@ def _probe_relearning(ctx: ProbeContext):
                  **{n: float(last.loc[n, "V"]) for n in models}})
     u_before, o_before = float(first.loc["unlearned", "V"]), float(first.loc["original", "V"])
     attacked = float(last.loc["unlearned", "V"])
+    floor, floor_from = None, "retain model after the same attack"
     if "retain_model" in models:
         floor = float(last.loc["retain_model", "V"])
+    elif data.unknown is not None and count_facts(data.unknown) >= 2:
+        from .relearn import unknown_facts_floor
+
+        n_unknown = count_facts(data.unknown)
+        n_t = min(count_facts(data.t_facts), n_unknown // 2)
+        n_v = min(count_facts(data.v_facts), n_unknown - n_t)
+        floor_log = unknown_facts_floor(models["original"], tok, data.unknown, data.forget, n_t, n_v,
+                                        epochs=cfg.rtt_epochs, lr=cfg.rtt_lr, seed=cfg.seed, progress=progress)
+        floor = float(floor_log[floor_log.epoch == floor_log.epoch.max()]["V"].iloc[0])
+        floor_from = "the same attack on facts the original never knew"
+        rows.append({"probe": "relearning", "setting": f"RTT {cfg.rtt_epochs} epochs on unknown facts (floor)",
+                     "measure": "V accuracy", "original": floor})
+    if floor is not None:
         try:
             share = recovery_above_floor(attacked, floor, o_before)
         except ValueError:
             share = float("nan")
         if np.isnan(share):
-            verdict = (f"undetermined: the retain model given the same attack answers {floor:.0%} of V, as many as "
-                       f"the original ({o_before:.0%})")
+            given = "the retain model given the same attack" if "retain_model" in models else \
+                f"the floor ({floor_from})"
+            verdict = f"undetermined: {given} answers {floor:.0%} of V, as many as the original ({o_before:.0%})"
             still = None
         else:
             still = share >= cfg.came_back_at
             verdict = (f"{'knowledge came back' if still else 'stays forgotten'} after fine-tuning on T: "
-                       f"{attacked:.0%} of V answered (before {u_before:.0%}; retain model after the same attack "
+                       f"{attacked:.0%} of V answered (before {u_before:.0%}; {floor_from} "
                        f"{floor:.0%}; original {o_before:.0%}); {max(share, 0):.0%} of the gap above the floor")
         verdicts.append({"probe": "relearning", "setting": "RTT", "verdict": verdict, "share_back": share,
                          "still_there": still})

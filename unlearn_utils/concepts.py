@@ -186,13 +186,25 @@ def given_vectors(model, tokenizer, concepts: ConceptSet, k: int = 20, final_nor
     return pd.DataFrame(rows)
 
 
-def concept_vectors(model, tokenizer, source, k: int = 20, top: int = 1, final_norm: bool = False) -> pd.DataFrame:
-    """The concept vector(s) per topic: located by :func:`locate_concept_vectors` (best ``top`` per topic) on the
-    world, or, for a ConceptVectors file (a :class:`ConceptSet`), the file's own vector per concept scored the same
-    way (:func:`given_vectors`; ``top`` does not apply). Columns: topic, layer, column, hits, overlap, tokens."""
+def concept_vectors(model, tokenizer, source, k: int = 20, top: int = 1, final_norm: bool = False,
+                    layers=None) -> pd.DataFrame:
+    """The concept vector(s) per topic: located by :func:`locate_concept_vectors` (best ``top`` per topic, searching
+    ``layers``, None = all) on the world or a real model's categories (a :class:`CategorySet`), or, for a
+    ConceptVectors file (a :class:`ConceptSet`), the file's own vector per concept scored the same way
+    (:func:`given_vectors`; ``top`` and ``layers`` do not apply). Columns: topic, layer, column, hits, overlap,
+    tokens."""
     if isinstance(source, ConceptSet):
         return given_vectors(model, tokenizer, source, k=k, final_norm=final_norm)
-    return locate_concept_vectors(model, tokenizer, source, k=k, top=top, final_norm=final_norm)
+    return locate_concept_vectors(model, tokenizer, source, k=k, layers=layers, top=top, final_norm=final_norm)
+
+
+def search_layers(model, layers=None, smoke: bool = False, smoke_layers: int = 4) -> list[int]:
+    """The layers whose value vectors are searched: ``layers`` when given, else all of them; in smoke mode only the
+    last ``smoke_layers`` (projecting every column of a 30-layer model takes about a minute on 2 cores)."""
+    n = get_adapter(model).n_layers(model)
+    if layers is not None:
+        return list(layers)
+    return list(range(max(0, n - smoke_layers), n)) if smoke else list(range(n))
 
 
 def location_summary(located: pd.DataFrame, min_overlap: float = 0.3) -> dict:
@@ -359,8 +371,9 @@ def vector_change(original, unlearned, tokenizer, layer: int, column: int, words
 
 def people_facts(source, about: int = 400):
     """The people's facts that unlearning a topic should keep: every n-th trained phrasing of the retain people's
-    facts, n chosen to leave at least ``about`` of them; None for a ConceptVectors file (it has no people)."""
-    if isinstance(source, ConceptSet):
+    facts, n chosen to leave at least ``about`` of them; None for a ConceptVectors file or a real model's categories
+    (they have no people)."""
+    if isinstance(source, (ConceptSet, CategorySet)):
         return None
     people = source.facts("retain", phrasings="trained")
     return people.select(range(0, len(people), max(1, len(people) // about)))
@@ -427,6 +440,8 @@ def topic_forget_retain(world: World, topic: str, n_retain_topics: int | None = 
     Returns ``(forget_rows, retain_rows, retained_topics)``. Rows have ``text`` (plain LM text), so every method
     of :func:`unlearn_utils.unlearning.unlearn` that trains on text works (not ``idk``, which needs questions).
     """
+    if isinstance(world, CategorySet):  # a real model's categories: their facts, as questions
+        return world.forget_retain(topic, n_retain_topics, n_retain_facts, seed)
     topic_words(world, topic)
     rng = np.random.default_rng(seed)
     others = [t["name"] for t in world.topics if t["name"] != topic]
@@ -490,10 +505,12 @@ def probe_rows(world: World, probe: str = "plain", seed: int = 0) -> list[dict]:
 
 def probe_scores(model, tokenizer, world: World, topic: str, probes=None, seed: int = 0) -> pd.DataFrame:
     """Accuracy on the target topic's questions and on the other topics', under each probe (default: all the
-    source has: plain, paraphrase, in_context, role_play on the world; plain, in_context for a ConceptSet)."""
+    source has: plain, paraphrase, in_context, role_play on the world; plain, in_context for a ConceptSet; plain,
+    paraphrase, in_context for a CategorySet)."""
     topic_words(world, topic)
     if probes is None:
-        probes = FILE_PROBES if isinstance(world, ConceptSet) else ("plain", "paraphrase", "in_context", "role_play")
+        probes = (FILE_PROBES if isinstance(world, ConceptSet) else CATEGORY_PROBES if isinstance(world, CategorySet)
+                  else ("plain", "paraphrase", "in_context", "role_play"))
     out = []
     for probe in probes:
         df = pd.DataFrame(probe_rows(world, probe, seed))
@@ -511,3 +528,155 @@ def probe_table(models: dict, tokenizer, world: World, topic: str, probes=None, 
     table = pd.concat({n: p["target"] for n, p in scores.items()}, axis=1).T
     table.columns = [f"target, {c}" for c in table.columns]
     return table
+
+
+# ----------------------------------------------------------------------------------------------
+# A real model: the real-knowledge set's categories are the concepts
+# ----------------------------------------------------------------------------------------------
+CATEGORY_PROBES = ("plain", "paraphrase", "in_context")
+
+
+def answer_token(tokenizer, answer: str) -> str | None:
+    """The vocabulary token of " answer" when it is one token (e.g. "ĠParis"), else None (a multi-token answer
+    has no single token a value vector could promote)."""
+    ids = tokenizer(" " + str(answer).strip(), add_special_tokens=False)["input_ids"]
+    return tokenizer.convert_ids_to_tokens(ids)[0] if len(ids) == 1 else None
+
+
+def _as_fact(row: dict) -> dict:
+    """A fact as a training row: prompt and answer (only the answer is trained on) and its sentence (Needle's
+    gradient ascent runs on text)."""
+    return {"prompt": row["prompt"], "answer": row["answer"], "text": f"{row['prompt']} {row['answer']}."}
+
+
+class CategorySet:
+    """The real-knowledge set's categories (capitals, chemical symbols, languages, ...) shaped like the world's topics,
+    so that every topic function of this module runs on a pretrained model.
+
+    data: the session's real-knowledge sets (``S.data`` of ``start(..., data="real")``: forget, retain, unknown,
+    known_by_category). The known facts are forget + retain. A category is a concept when the model knows at least
+    ``min_known`` of its facts (when fewer than two categories do, as with smoke mode's few questions: the two with
+    the most known facts).
+
+    topics: name, words (the category's answers that are one token, spelled as the vocabulary spells them, e.g.
+    "ĠParis", over all its questions, known or not) and sentences (its known facts). topic_rows(): up to
+    ``per_category`` known facts per concept (a fixed random sample), what knowing the concept is scored on; the
+    original answers every one of them. :meth:`forget_retain` and :meth:`probe_rows` are the world's
+    :func:`topic_forget_retain` and :func:`probe_rows`.
+    """
+
+    name = "real-knowledge categories"
+
+    def __init__(self, data: dict, tokenizer, min_known: int = 15, per_category: int | None = 16, seed: int = 0):
+        if not data or "forget" not in data or "retain" not in data:
+            raise ValueError("CategorySet needs the real-knowledge sets (S.data of start(..., data='real')).")
+        if min_known < 1:
+            raise ValueError(f"min_known must be at least 1, got {min_known}.")
+        known = [dict(r) for r in data["forget"]] + [dict(r) for r in data["retain"]]
+        unknown = [dict(r) for r in data["unknown"]] if data.get("unknown") is not None else []
+        by_cat: dict[str, list[dict]] = {}
+        for r in known:
+            by_cat.setdefault(r["category"], []).append(r)
+        counts = pd.Series({c: len(v) for c, v in by_cat.items()}).sort_index()
+        chosen = sorted(counts[counts >= min_known].index)
+        if len(chosen) < 2:
+            chosen = sorted(counts.sort_values(ascending=False, kind="stable").index[:2])
+        if len(chosen) < 2:
+            raise ValueError(f"The model knows facts of {len(chosen)} category: a concept needs others to compare.")
+        self.known = {c: by_cat[c] for c in chosen}
+        self.others = [r for c, v in by_cat.items() if c not in chosen for r in v]  # known facts of other categories
+        self.topics = []
+        for c in chosen:
+            answers = [r["answer"] for r in by_cat[c] + [u for u in unknown if u["category"] == c]]
+            words = sorted({w for w in (answer_token(tokenizer, a) for a in answers) if w})
+            self.topics.append({"name": c, "words": words,
+                                "sentences": [_as_fact(r)["text"] for r in by_cat[c]]})
+        rng = np.random.default_rng(seed)
+        self._rows = []
+        for c, rows in self.known.items():
+            keep = sorted(rng.choice(len(rows), size=per_category, replace=False)) \
+                if per_category is not None and len(rows) > per_category else range(len(rows))
+            self._rows += [{"topic": c, "kind": "question", "word": rows[i].get("subject", ""),
+                            "prompt": rows[i]["prompt"], "answer": rows[i]["answer"],
+                            "paraphrases": list(rows[i].get("paraphrases") or [])} for i in keep]
+
+    def topic_rows(self) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "paraphrases"} for r in self._rows]
+
+    def fact_rows(self) -> list[dict]:
+        return []  # no people
+
+    def counts(self) -> pd.DataFrame:
+        """Per concept: known facts, scored facts and one-token answer words."""
+        scored = pd.Series([r["topic"] for r in self._rows]).value_counts()
+        return pd.DataFrame({"known facts": {c: len(v) for c, v in self.known.items()},
+                             "scored": scored.to_dict(),
+                             "answer words": {t["name"]: len(t["words"]) for t in self.topics}})
+
+    def forget_retain(self, topic: str, n_retain_topics: int | None = 1, n_retain_facts: int = 600, seed: int = 0):
+        """Forget = every known fact of ``topic``; retain = the known facts of ``n_retain_topics`` other concepts
+        (None: all) and up to ``n_retain_facts`` known facts of the categories that are not concepts (the world's
+        people's facts). Rows have prompt, answer and text. Returns ``(forget, retain, retained_topics)``."""
+        topic_words(self, topic)
+        rng = np.random.default_rng(seed)
+        others = [c for c in self.known if c != topic]
+        if n_retain_topics is not None:
+            if not 0 <= n_retain_topics <= len(others):
+                raise ValueError(f"n_retain_topics must be between 0 and {len(others)}, got {n_retain_topics}.")
+            others = sorted(rng.choice(others, size=n_retain_topics, replace=False).tolist())
+        forget = [_as_fact(r) for r in self.known[topic]]
+        retain = [_as_fact(r) for c in others for r in self.known[c]]
+        facts = self.others
+        picks = sorted(rng.choice(len(facts), size=min(n_retain_facts, len(facts)), replace=False)) if facts else []
+        retain += [_as_fact(facts[i]) for i in picks]
+        return forget, retain, others
+
+    def probe_rows(self, probe: str = "plain", seed: int = 0) -> list[dict]:
+        """plain: the scored facts; paraphrase: one of the question's held-out phrasings (the data's own); in_context:
+        two other known facts of the same category first, as sentences (the concept given in context)."""
+        if probe not in CATEGORY_PROBES:
+            raise KeyError(f"Unknown probe {probe!r} for a real model's categories: choose one of {CATEGORY_PROBES}.")
+        rng = np.random.default_rng(seed)
+        rows = []
+        for r in self._rows:
+            prompt = r["prompt"]
+            if probe == "paraphrase" and r["paraphrases"]:
+                prompt = r["paraphrases"][int(rng.integers(len(r["paraphrases"])))]
+            elif probe == "in_context":
+                facts = [f for f in self.known[r["topic"]] if f["answer"] != r["answer"]]
+                picks = rng.choice(len(facts), size=min(2, len(facts)), replace=False)
+                context = " ".join(_as_fact(facts[i])["text"] for i in picks)
+                prompt = f"{context} {prompt}" if context else prompt  # a concept of one known fact: no context
+            rows.append({**{k: v for k, v in r.items() if k != "paraphrases"}, "prompt": prompt, "probe": probe})
+        return rows
+
+
+def concept_source(data, tokenizer, world: World | None = None, session_data: dict | None = None,
+                   min_known: int = 15, per_category: int | None = 16, seed: int = 0, **file_options):
+    """What notebook 03 studies: a real model's categories (a :class:`CategorySet`) when ``data`` is ``"real"`` or
+    ``"real:..."`` (from ``session_data``, the session's ``S.data``), else
+    :func:`unlearn_utils.concept_files.concept_source` (the world's topics or a ConceptVectors file; ``file_options``:
+    limit, keep, reference)."""
+    if str(data).split(":")[0] == "real":
+        if session_data is None or "known_by_category" not in session_data:
+            raise ValueError(f"DATA={data!r}: pass session_data=S.data (the session's real-knowledge sets).")
+        return CategorySet(session_data, tokenizer, min_known=min_known, per_category=per_category, seed=seed)
+    from .concept_files import concept_source as file_or_world
+
+    return file_or_world(data, tokenizer, world, **file_options)
+
+
+def unmeasured_claims(effects: pd.DataFrame, topic: str, min_ratio: float = 3.0) -> dict:
+    """``{"not_measured": {rule_id: reason}}`` for notebook 03's vector claims when ``topic``'s vector did not pass
+    causal validation (ratio >= ``min_ratio``, a row of :func:`causal_effects`): the claims are about a concept
+    vector, and this is none. ``{}`` when it passed, so ``S.record(**unmeasured_claims(...))`` records nothing."""
+    row = effects.set_index("topic").loc[topic]
+    if row.ratio >= min_ratio:
+        return {}
+    from .report import not_measured
+
+    passed = int((effects.ratio >= min_ratio).sum())
+    why = (f"the '{topic}' vector did not pass causal validation (noise on it hurt its own answers {row.ratio:.1f}x "
+           f"as much as the others', below {min_ratio:g}x; {passed} of {len(effects)} concepts' vectors passed), so "
+           "there is no concept vector to test")
+    return {"not_measured": not_measured(vector_unchanged=why, needle_matches=why)}

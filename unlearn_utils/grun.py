@@ -530,6 +530,46 @@ def forget_sets_by_person(facts, n_groups: int, people: list | None = None) -> l
     return [facts.filter(lambda r, g=set(g): r["person"] in g) for g in groups]
 
 
+def forget_sets_by_category(facts, n_groups: int, column: str = "category") -> list:
+    """``facts`` split into at most ``n_groups`` forget sets for :func:`sequential_unlearning`, each category's rows
+    (``column``) in one set: the categories, largest first, each join the set that is smallest so far (ties: the
+    earlier set), so the sets come out about the same size. On a real model the categories (capitals, chemical
+    symbols, ...) play the part the world's people play: one request to forget is one kind of fact."""
+    sizes: dict = {}
+    for value in facts[column]:
+        sizes[value] = sizes.get(value, 0) + 1
+    n = min(n_groups, len(sizes))
+    groups, totals = [set() for _ in range(n)], [0] * n
+    for value in sorted(sizes, key=lambda v: (-sizes[v], str(v))):
+        i = totals.index(min(totals))
+        groups[i].add(value)
+        totals[i] += sizes[value]
+    return [facts.filter(lambda r, g=g: r[column] in g) for g in groups]
+
+
+def sequential_sets(session, n_groups: int) -> tuple[list, object, dict]:
+    """``(forget sets, retain set, eval sets)`` for notebook 04's sequential unlearning in ``session``
+    (:class:`unlearn_utils.session.Session`).
+
+    On the world: the 10 % forget set's people in ``n_groups`` groups (:func:`forget_sets_by_person`), everyone
+    else's facts as the retain set, evaluated on retain and topic questions. On the real-knowledge set: the
+    session's forget facts by category (:func:`forget_sets_by_category`; row by row if they are all one category).
+    On another data file: its forget questions, whole people together when the rows name them, else row by row.
+    """
+    from . import evaluate as ev
+
+    if session.on_world:
+        world = session.world
+        facts, people = world.facts("forget10", "trained"), world.forget_people("forget10")
+        seq_data = ev.eval_data(world, "forget10")
+        return (forget_sets_by_person(facts, n_groups, people), world.facts("retain", "trained", "forget10"),
+                {"retain": seq_data.retain, "topics": seq_data.topics})
+    forget = session.forget_set
+    by_category = "category" in forget.column_names and len(set(forget["category"])) > 1
+    sets = forget_sets_by_category(forget, n_groups) if by_category else forget_sets_by_person(forget, n_groups)
+    return sets, session.retain_set, {"retain": session.eval_data.retain}
+
+
 def with_original_stage(table: pd.DataFrame, original, tokenizer, forget_sets: list,
                         eval_sets: dict | None = None) -> pd.DataFrame:
     """A copy of :func:`sequential_unlearning`'s table with a stage-0 row: the original model's accuracy on every
@@ -598,6 +638,109 @@ def equal_forget_table(runs: dict, tokenizer, data, forget_at_most: float, origi
                              else float("nan"),
                              "trainable params": 0}
     return table
+
+
+def seconds_per_step(runs: dict) -> dict[str, float]:
+    """``{name: training seconds per step}`` of each run (``{name: (model, log)}``), evaluation left out
+    (:func:`training_seconds` over the log's last step): GRUN's step against a full fine-tuning step."""
+    return {name: training_seconds(log) / max(int(log["step"].max()), 1) for name, (_, log) in runs.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# What notebook 04 runs on each model
+# ----------------------------------------------------------------------------------------------
+# GRUN's schedule in notebook 04. The world: 600 steps at batch 16 (40 epochs of forget05, as the paper's 40),
+# evaluated every 50 steps. A pretrained model (SmolLM2-135M on 2 cores): a GRUN step at batch 8 costs about half a
+# full fine-tuning step (the frozen base needs no weight gradients, and the backward pass stops at the first
+# module's layer), but every evaluation of the trajectory scores 300 questions (about 10 s), so the run is kept short:
+# 40 steps (13 epochs of the 25 facts), evaluated every 20 steps as notebook 01 evaluates the vanilla runs; the
+# sequential stages (8 or 9 facts each) train 20 steps.
+SCHEDULES = {
+    "world": {"steps": 600, "eval_every": 50, "batch_size": 16, "sequential_steps": None},
+    "world smoke": {"steps": 20, "eval_every": 5, "batch_size": 16, "sequential_steps": None},
+    "real": {"steps": 40, "eval_every": 20, "batch_size": 8, "sequential_steps": 20},
+    "real smoke": {"steps": 2, "eval_every": 2, "batch_size": 8, "sequential_steps": 2},
+}
+
+
+def schedule(session, steps: int | None = None, eval_every: int | None = None,
+             batch_size: int | None = None) -> dict:
+    """GRUN's settings in notebook 04 for ``session``'s model: ``steps``, ``eval_every``, ``batch_size``,
+    ``sequential_steps`` (each sequential stage; None: ``steps``) and ``vanilla_steps`` (the vanilla runs' steps:
+    None, their preset, or the session's smoke steps). A value given (not None) is kept, except in smoke mode, which
+    always runs the tiny schedule (:data:`SCHEDULES`)."""
+    kind = ("world" if session.on_world_model else "real") + (" smoke" if session.smoke else "")
+    out = dict(SCHEDULES[kind])
+    if not session.smoke:
+        given = {"steps": steps, "eval_every": eval_every, "batch_size": batch_size}
+        out.update({k: v for k, v in given.items() if v is not None})
+    out["sequential_steps"] = out["sequential_steps"] or out["steps"]
+    out["vanilla_steps"] = session.smoke_steps if session.smoke else None
+    return out
+
+
+def unknown_facts(session, limit: int = 100, seed: int = 0):
+    """A fixed sample of at most ``limit`` facts of the real-knowledge set that the model does *not* know: on a
+    real model they take the place of the world's never-seen people (prompts of the same kind, in no training set).
+    None when the session's data has none (the world, a data file)."""
+    import random
+
+    rows = (session.data or {}).get("unknown")
+    if rows is None or len(rows) <= limit:
+        return rows
+    return rows.select(sorted(random.Random(seed).sample(range(len(rows)), limit)))
+
+
+def retain_coverage(session, gated, forget_loss: str, **settings) -> pd.DataFrame | None:
+    """Notebook 04's retain-coverage experiment: GRUN trained again with every other topic joining the retain set
+    (:func:`retain_with_half_the_topics`), and :func:`coverage_table` of both modules and the original on the other
+    topics. None, with a printed note, when the session's data has no topic questions (a data file, the real
+    model's facts)."""
+    data = session.eval_data
+    if data.topics is None:
+        print("This data source has no topic questions: the retain-coverage experiment runs on the world "
+              "(DATA = 'world').")
+        return None
+    wider_retain, unseen_topics = retain_with_half_the_topics(session.retain_set, data.topics)
+    wide, _ = session.train_grun(session.forget_set, wider_retain, forget_loss=forget_loss, **settings)
+    return coverage_table({"retain = people only": gated, "retain = people + half the topics": wide,
+                           "original": session.model}, session.tokenizer, data, unseen_topics)
+
+
+def robustness_candidates(session, vanilla: dict, gated: dict) -> dict:
+    """The models notebook 04 quantizes: vanilla grad_diff, then on the world model a small-learning-rate grad_diff
+    run (lr 3e-5, 600 steps, the paper's regime; 10 steps in smoke mode) and on a pretrained model vanilla npo_gd
+    instead (the small-lr run would take about 30 minutes there), then every GRUN model.
+    vanilla / gated: ``{method: (model, log)}``."""
+    models = {"vanilla grad_diff": vanilla["grad_diff"][0]}
+    if session.on_world_model:
+        small_lr, _ = session.unlearned("grad_diff", **({"steps": 10} if session.smoke else {"lr": 3e-5,
+                                                                                                "steps": 600}))
+        models["vanilla grad_diff, lr 3e-5"] = small_lr
+    else:
+        models["vanilla npo_gd"] = vanilla["npo_gd"][0]
+    return {**models, **{f"GRUN {loss}": gm for loss, (gm, _) in gated.items()}}
+
+
+def results_off_the_world(session, runs: dict, n_stages: int, unseen: bool) -> dict:
+    """What notebook 04 records on a pretrained model beyond the world's results (``{}`` on the world model, whose
+    results stay as they were): ``seconds_per_step`` of every run (:func:`seconds_per_step`) and ``not_measured``
+    (:func:`unlearn_utils.report.not_measured`): the verdicts this data cannot decide, each with its reason."""
+    from .report import not_measured
+
+    if session.on_world_model:
+        return {}
+    reasons = {}
+    if session.eval_data.topics is None:
+        reasons["grun_keeps_topics"] = (
+            "no topic questions on this data: every fact the model knows is in the forget or the retain set, and "
+            "the facts it does not know score 0 for every model; the retain side (grun_keeps_retain) is measured")
+    if not unseen:
+        reasons["gate_separates"] = "the data has no held-out phrasings to test the gate on"
+    if n_stages <= 1:
+        reasons["sequential_holds"] = "the forget set makes a single group, so there is no earlier set to undo"
+    out = {"seconds_per_step": {k: round(v, 3) for k, v in seconds_per_step(runs).items()}}
+    return {**out, "not_measured": not_measured(**reasons)} if reasons else out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -705,14 +848,15 @@ def gate_auc(gated: GatedModel, tokenizer, forget_prompts: list[str], retain_pro
     return auc(f, r)
 
 
-def gate_prompt_sets(data) -> dict:
+def gate_prompt_sets(data, unknown=None) -> dict:
     """The prompt sets of an :class:`~unlearn_utils.evaluate.EvalData` to read the gate on, those the data has:
     trained and paraphrased forget prompts, paraphrased retain prompts (the trained ones where the data has no
-    paraphrases), never-seen people and topic questions."""
+    paraphrases), never-seen people and topic questions; then ``unknown`` (facts the model does not know, a real
+    model's never-seen prompts: :func:`unknown_facts`) when given."""
     sets = {"forget (trained)": data.forget, "forget (paraphrased)": data.forget_para,
             "retain (paraphrased)": data.retain_para,
             "retain (trained)": data.retain if data.retain_para is None else None,
-            "never-seen people": data.holdout, "topic questions": data.topics}
+            "never-seen people": data.holdout, "topic questions": data.topics, "unknown facts": unknown}
     return {name: d for name, d in sets.items() if d is not None}
 
 
@@ -766,36 +910,75 @@ def coverage_table(models: dict, tokenizer, data, unseen_topics) -> pd.DataFrame
 # Robustness to 4-bit quantization of the base
 # ----------------------------------------------------------------------------------------------
 QUANTIZATIONS = ("full precision", "RTN 4-bit", "bnb nf4")
+# A model converted from a GGUF file: its float weights sit on that file's grid, so the 4-bit grid that matters is
+# the checkpoint's own (a user who quantizes it again gets exactly that grid).
+GGUF_QUANTIZATIONS = {"Q4_1": ("full precision", "GGUF Q4_1")}
+
+
+def checkpoint_grid(model) -> str | None:
+    """The GGUF block format the kit converted ``model`` (or a GatedModel's base) from, e.g. ``"Q4_1"`` for
+    SmolLM2-135M (:data:`unlearn_utils.models.REAL_MODELS`); None for the world model or any other checkpoint."""
+    from .models import REAL_MODELS
+
+    base = model.base if isinstance(model, GatedModel) else model
+    spec = REAL_MODELS.get(getattr(base, "kit_name", None) or "")
+    if spec is None:
+        return None
+    fmt = Path(spec.member).stem.rpartition(".")[2]  # "SmolLM2-135M-Instruct.Q4_1.gguf" -> "Q4_1"
+    return fmt if fmt in GGUF_QUANTIZATIONS else None
+
+
+def quantizations_for(model) -> tuple[str, ...]:
+    """The quantizations section 6 applies to ``model``: its checkpoint's own 4-bit grid when it came from a GGUF
+    file (:func:`checkpoint_grid`), else :data:`QUANTIZATIONS` (RTN 4-bit and bitsandbytes nf4). The second entry is
+    the 4-bit quantization the verdicts read (:func:`quantization_gains`)."""
+    grid = checkpoint_grid(model)
+    return QUANTIZATIONS if grid is None else GGUF_QUANTIZATIONS[grid]
 
 
 def quantized_4bit(model, how: str, device=None):
-    """``model`` as :data:`QUANTIZATIONS` names it: unchanged, RTN 4-bit (group size 64) or reloaded through
-    bitsandbytes nf4. For a GatedModel the base is quantized and the full-precision module kept (as the paper does)."""
+    """``model`` as :data:`QUANTIZATIONS` or :data:`GGUF_QUANTIZATIONS` names it: unchanged, RTN 4-bit (group size
+    64), reloaded through bitsandbytes nf4, or quantize-dequantized in a GGUF block format ("GGUF Q4_1": blocks of 32
+    along each row, w = d * q + m; :func:`unlearn_utils.quantize.quantize_model_gguf`). For a GatedModel the base is
+    quantized and the full-precision module kept (as the paper does)."""
     from .audit import quantized
-    from .quantize import load_bnb
+    from .quantize import load_bnb, quantize_model_gguf
 
     if how == "full precision":
         return model
     if how == "RTN 4-bit":
         return quantized(model, 4, 64)
+    if how.startswith("GGUF "):
+        fmt = how.removeprefix("GGUF ")
+        if isinstance(model, GatedModel):
+            return model.on(quantize_model_gguf(model.base, fmt))
+        return quantize_model_gguf(model, fmt)
     if how != "bnb nf4":
-        raise ValueError(f"Unknown quantization {how!r}: choose one of {QUANTIZATIONS}.")
+        raise ValueError(f"Unknown quantization {how!r}: choose one of {QUANTIZATIONS} or 'GGUF <format>'.")
     if isinstance(model, GatedModel):
         return model.on(load_bnb(model.base, 4, "nf4", device=device))
     return load_bnb(model, 4, "nf4", device=device)
 
 
-def quantization_robustness(models: dict, tokenizer, data, device=None) -> pd.DataFrame:
-    """One row per model and quantization (:data:`QUANTIZATIONS`): forget, paraphrased forget (NaN without
-    paraphrases) and retain accuracy. A quantization this machine cannot do (a bitsandbytes build without
-    support for the device) is skipped with a printed note."""
+def quantization_robustness(models: dict, tokenizer, data, device=None,
+                            quantizations: tuple[str, ...] = QUANTIZATIONS) -> pd.DataFrame:
+    """One row per model and quantization (default :data:`QUANTIZATIONS`; a GGUF model's:
+    :func:`quantizations_for`): forget, paraphrased forget (NaN without paraphrases) and retain accuracy. A
+    quantization this machine cannot do (a bitsandbytes build without support for the device) is skipped with a
+    printed note."""
     from .evaluate import accuracy
 
-    rows = []
+    rows, gguf_bases = [], {}  # GRUN models on one base share its GGUF copy (made once: a real model's take seconds)
     for name, m in models.items():
-        for how in QUANTIZATIONS:
+        for how in quantizations:
             try:
-                qm = quantized_4bit(m, how, device)
+                if isinstance(m, GatedModel) and how.startswith("GGUF "):
+                    key = (id(m.base), how)
+                    if key not in gguf_bases:
+                        gguf_bases[key] = quantized_4bit(m.base, how, device)
+                    qm = m.on(gguf_bases[key])
+                else:
+                    qm = quantized_4bit(m, how, device)
             except Exception as e:  # a bitsandbytes build without support for this device
                 print(f"{how} unavailable here ({type(e).__name__}: {e})")
                 continue
@@ -805,11 +988,13 @@ def quantization_robustness(models: dict, tokenizer, data, device=None) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def quantization_gains(forget_by_quantization: pd.DataFrame, prefix: str = "") -> dict[str, float]:
-    """``{model: forget accuracy at RTN 4-bit minus at full precision}`` for the models (rows) whose name starts
-    with ``prefix``; forget_by_quantization: models x quantizations (0 gain where RTN was unavailable)."""
+def quantization_gains(forget_by_quantization: pd.DataFrame, prefix: str = "",
+                       quantized: str = "RTN 4-bit") -> dict[str, float]:
+    """``{model: forget accuracy at the 4-bit quantization ``quantized`` minus at full precision}`` for the models
+    (rows) whose name starts with ``prefix``; forget_by_quantization: models x quantizations (0 gain where that
+    quantization was unavailable)."""
     full = forget_by_quantization["full precision"]
-    q4 = forget_by_quantization.get("RTN 4-bit", full)
+    q4 = forget_by_quantization.get(quantized, full)
     return {n: float(q4[n] - forget_by_quantization.loc[n, "full precision"]) for n in q4.index
             if n.startswith(prefix)}
 

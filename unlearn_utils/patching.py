@@ -11,7 +11,11 @@ The question: after unlearning, is the knowledge gone, or does the model only st
    into the unlearned model for a window of layers.
 4. Score both with the **knowledge recovery score** on the answer positions:
    KRS = 1 - MSE(original logits, patched logits) / MSE(original logits, unlearned logits)
-   (1 = fully restored, 0 = no effect), and with the recovered forget accuracy.
+   (1 = fully restored, 0 = no effect), and with the recovered accuracy: the share of questions whose answer's own
+   tokens (" Dublin", not the ".\n\n" the original wrote after it) come back under greedy decoding.
+
+A patch or a restoration at layer l leaves every layer below l as it was, so the sweeps run the unlearned model once
+and each patch only from its lowest layer up (the "resumed sweep"; ``resume=False`` reruns the whole model).
 
 High KRS for coefficient patching but low KRS for value-vector restoration is the paper's reading:
 "retrieval changed, knowledge kept".
@@ -19,12 +23,14 @@ High KRS for coefficient patching but low KRS for value-vector restoration is th
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
-from .arch import get_adapter
+from .arch import get_adapter, resolve
 from .data import encode_texts, pad_id
 
 COMPONENTS = ("mlp", "attn", "both")
@@ -35,23 +41,38 @@ ALL_COMPONENTS = COMPONENTS + ("block",)
 @dataclass
 class TeacherForced:
     """Prompt + the original's answer, padded on the right; ``answer_mask`` marks the positions that predict answer
-    tokens."""
+    tokens, ``core_mask`` those that predict the answer's own tokens (" Dublin" of " Dublin.\n\n"): what must come
+    back for the answer to count as recovered. None (a hand-built one) means every answer position."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     answer_mask: torch.Tensor
     prompts: list[str]
     answers: list[str]
+    core_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    @property
+    def scored_mask(self) -> torch.Tensor:
+        """The positions :func:`answer_match` checks: ``core_mask``, or every answer position when there is none."""
+        return self.answer_mask if self.core_mask is None else self.core_mask
+
 
 @torch.no_grad()
-def teacher_forced_inputs(original, tokenizer, prompts: list[str], max_new_tokens: int = 4) -> TeacherForced:
-    """Greedy answers of the original model to ``prompts`` (up to ``max_new_tokens``, stopping at EOS), as inputs."""
+def teacher_forced_inputs(original, tokenizer, prompts: list[str], max_new_tokens: int = 4,
+                          gold: list[str] | None = None) -> TeacherForced:
+    """Greedy answers of the original model to ``prompts`` (up to ``max_new_tokens``, stopping at EOS), as inputs.
+
+    gold: the questions' reference answers, if known. The answer's own tokens (``core_mask``) are those of the gold
+    answer where the original's answer contains it, else the original's answer up to its first punctuation mark or
+    line break (" Dublin" of " Dublin.\n\n", " Nepali" of " Nepali, which").
+    """
     if not prompts:
         raise ValueError("The question list is empty: pass at least one forget question.")
+    if gold is not None and len(gold) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(gold)} gold answers.")
     device = next(original.parameters()).device
     seqs = encode_texts(tokenizer, prompts)
     starts = [len(s) for s in seqs]
@@ -76,7 +97,40 @@ def teacher_forced_inputs(original, tokenizer, prompts: list[str], max_new_token
     for i, (s, p) in enumerate(zip(seqs, starts)):
         mask[i, p - 1: len(s) - 1] = True  # logits at t predict token t+1: these predict the answer
     answers = [tokenizer.decode(s[p:]) for s, p in zip(seqs, starts)]
-    return TeacherForced(ids, att, mask, list(prompts), answers)
+    core = torch.zeros_like(mask)
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    for i, (s, p) in enumerate(zip(seqs, starts)):
+        own = _own_tokens(tokenizer, s[p:], None if gold is None else gold[i], special)
+        for j in own:
+            core[i, p - 1 + j] = True
+    return TeacherForced(ids, att, mask, list(prompts), answers, core)
+
+
+_ANSWER_END = re.compile(r"[.,;:!?](?=\s|$)|\n")
+
+
+def _own_tokens(tokenizer, answer_ids: list[int], gold: str | None, special: set) -> list[int]:
+    """Indices of the tokens of ``answer_ids`` that spell the answer itself: those overlapping the gold answer's
+    characters (where the decoded answer contains it), else the text before the first punctuation mark or line
+    break; special tokens (EOS) never count. Every token when nothing is left (an answer of only "\n")."""
+    text = tokenizer.decode(answer_ids)
+    span = None
+    if gold is not None and gold.strip():
+        at = text.lower().find(gold.strip().lower())
+        if at >= 0:
+            span = (at, at + len(gold.strip()))
+    if span is None:
+        first = re.search(r"\S", text)
+        if first is not None:
+            end = _ANSWER_END.search(text, first.start() + 1)
+            span = (first.start(), len(text) if end is None else end.start())
+    own = []
+    if span is not None:
+        for j, t in enumerate(answer_ids):
+            lo, hi = len(tokenizer.decode(answer_ids[:j])), len(tokenizer.decode(answer_ids[: j + 1]))
+            if t not in special and lo < span[1] and hi > span[0]:
+                own.append(j)
+    return own or list(range(len(answer_ids)))
 
 
 def _pad(seqs, pad):
@@ -108,10 +162,16 @@ def knowledge_recovery_score(original_logits, patched_logits, unlearned_logits, 
 
 
 def answer_match(logits: torch.Tensor, tf: TeacherForced) -> torch.Tensor:
-    """Per row: does greedy decoding reproduce the original's answer (every answer position's arg-max)?"""
+    """Per row: does greedy decoding give the original's answer back, i.e. is the arg-max at every position that
+    predicts one of the answer's own tokens (``tf.core_mask``) that token? Trailing punctuation and line breaks the
+    original happened to generate ("." and "\n\n" of " Dublin.\n\n") are not part of the answer and not checked."""
     targets = torch.roll(tf.input_ids, -1, dims=1).to(logits.device)
-    hit = (logits.argmax(-1) == targets) | ~tf.answer_mask.to(logits.device)
-    return hit.all(1)
+    return _matches(logits, targets, tf.scored_mask.to(logits.device))
+
+
+def _matches(logits, targets, mask):
+    """Per row: arg-max == target at every masked position."""
+    return ((logits.argmax(-1) == targets) | ~mask).all(1)
 
 
 @torch.no_grad()
@@ -188,26 +248,18 @@ def cache_activations(model, tokenizer, tf: TeacherForced) -> dict:
 
 
 def _layer_envoy(adapter, nn_model, layer):
-    from .arch import resolve
-
     return resolve(nn_model, adapter.layers)[layer]
 
 
 def _attn_site(adapter, nn_model, layer):
-    from .arch import resolve
-
     return resolve(_layer_envoy(adapter, nn_model, layer), adapter.attn_out)
 
 
 def _mlp_site(adapter, nn_model, layer):
-    from .arch import resolve
-
     return resolve(_layer_envoy(adapter, nn_model, layer), adapter.mlp_down)
 
 
 def _logits_site(adapter, nn_model):
-    from .arch import resolve
-
     return resolve(nn_model, adapter.unembed)
 
 
@@ -243,7 +295,7 @@ def _apply_patch(adapter, nn_model, layers, component, cache, pos_mask):
 @torch.no_grad()
 def patch_sweep(original, unlearned, tokenizer, tf: TeacherForced, components=COMPONENTS, window: int = 1,
                 layers: list[int] | None = None, positions: str = "all", direction: str = "original_to_unlearned",
-                batched: bool = True, invokes_per_trace: int = 8) -> pd.DataFrame:
+                batched: bool = True, invokes_per_trace: int = 8, resume: bool = True) -> pd.DataFrame:
     """Patch activations from one model into the other, per layer window and component; one row per patch.
 
     components: any of "mlp" (MLP coefficients = input of the down projection), "attn" (attention output), "both".
@@ -251,8 +303,15 @@ def patch_sweep(original, unlearned, tokenizer, tf: TeacherForced, components=CO
     positions: "all" or "answer" (only the positions that predict the answer).
     direction: "original_to_unlearned" (the paper's; KRS = recovery of the original) or "unlearned_to_original"
     (the score then measures how far the unlearned activations move the original toward the unlearned logits).
-    batched: many patches per nnsight trace (one invoke each); False runs one trace per patch (same numbers).
-    Returns columns: layer, layers, component, krs (mean over questions), krs_std, recovered_accuracy.
+    resume: a patch leaves the layers below it unchanged, so run the patched model once, keep every decoder layer's
+    input, and run each patch only from its lowest layer up (:func:`resumed_logits`: plain PyTorch hooks on the
+    decoder layers, not nnsight), about twice as fast on a deep model, the same numbers; False reruns the whole
+    model under nnsight for every patch (:func:`run_patches`). A model that cannot be restarted at a layer (a logit
+    soft cap, see :func:`resumable`) is rerun in full, with a warning.
+    batched: (full rerun) many patches per nnsight trace (one invoke each); False runs one trace per patch.
+    invokes_per_trace: patches run together, as invokes of one trace or as one stacked batch when resumed.
+    Returns columns: layer, layers, component, krs (mean over questions), krs_std, recovered_accuracy (the share of
+    questions whose answer's own tokens all come back under greedy decoding, :func:`answer_match`).
     """
     check_compatible(original, unlearned)
     if len(tf) == 0:
@@ -261,6 +320,8 @@ def patch_sweep(original, unlearned, tokenizer, tf: TeacherForced, components=CO
         raise ValueError(f"positions must be 'all' or 'answer', got {positions!r}.")
     if direction not in ("original_to_unlearned", "unlearned_to_original"):
         raise ValueError(f"Unknown direction {direction!r}.")
+    if not isinstance(invokes_per_trace, int) or invokes_per_trace < 1:
+        raise ValueError(f"invokes_per_trace must be a positive integer, got {invokes_per_trace!r}.")
     source, target = (original, unlearned) if direction == "original_to_unlearned" else (unlearned, original)
     adapter = get_adapter(target)
     n = adapter.n_layers(target)
@@ -271,18 +332,60 @@ def patch_sweep(original, unlearned, tokenizer, tf: TeacherForced, components=CO
         _sites(c)
     cache = cache_activations(source, tokenizer, tf)
     dev = next(target.parameters()).device
-    target_logits = target(input_ids=tf.input_ids.to(dev), attention_mask=tf.attention_mask.to(dev)).logits
     jobs = [(c, comp) for c in centres for comp in components]
-    patched = run_patches(target, tokenizer, tf, cache, [(wins[c], comp) for c, comp in jobs], positions, batched,
-                          invokes_per_trace)
+    patches = [(wins[c], comp) for c, comp in jobs]
+    scored = _Scorer(tf, cache["logits"], dev)
+    inputs = capture_layer_inputs(target, tf) if resume else None
+    if resume and not _resumes(target, inputs):
+        _fallback_warning(target, "patch_sweep")
+        inputs = None
+    if inputs is not None:
+        pos_mask = None if positions == "all" else tf.answer_mask.to(dev)[..., None]
+        scored.base = inputs.logits
+        results = []
+        for start in _progress(range(0, len(patches), invokes_per_trace), "patches", len(patches) > invokes_per_trace):
+            chunk = patches[start: start + invokes_per_trace]
+            results += [scored(logits, compact=True) for logits in resumed_logits(target, inputs, chunk, cache,
+                                                                                    pos_mask)]
+    else:
+        target_logits = target(input_ids=tf.input_ids.to(dev), attention_mask=tf.attention_mask.to(dev)).logits
+        scored.base = scored.compact(target_logits)
+        results = [scored(logits) for logits in run_patches(target, tokenizer, tf, cache, patches, positions, batched,
+                                                            invokes_per_trace)]
     rows = []
-    for (centre, comp), logits in zip(jobs, patched):
-        krs = knowledge_recovery_score(cache["logits"], logits, target_logits, tf.answer_mask.to(dev))
+    for (centre, comp), (krs, match) in zip(jobs, results):
         rows.append({"layer": centre, "layers": wins[centre], "component": comp,
                      "krs": float(krs.nanmean()),
                      "krs_std": float(krs[~krs.isnan()].std()) if (~krs.isnan()).sum() > 1 else 0.0,
-                     "recovered_accuracy": float(answer_match(logits, tf).float().mean())})
+                     "recovered_accuracy": float(match.float().mean())})
     return pd.DataFrame(rows)
+
+
+class _Scorer:
+    """KRS and answer match per question of patched logits, on the answer positions only (compact ``[rows, A,
+    vocab]`` tensors, so a sweep keeps no full logits): ``scorer(logits) -> (krs, match)``."""
+
+    def __init__(self, tf: TeacherForced, original_logits: torch.Tensor, dev):
+        self.positions, self.valid = _answer_positions(tf.answer_mask.to(dev))
+        targets = torch.roll(tf.input_ids, -1, dims=1).to(dev)
+        self.targets = _compact(targets, self.positions)
+        self.own = _compact(tf.scored_mask.to(dev), self.positions) & self.valid
+        self.original = self.compact(original_logits)
+        self.base = None  # the unpatched target's compact logits
+
+    def compact(self, logits):
+        return _compact(logits, self.positions)
+
+    def __call__(self, logits, compact: bool = False):
+        logits = logits if compact else self.compact(logits)
+        krs = knowledge_recovery_score(self.original, logits, self.base, self.valid)
+        return krs, _matches(logits, self.targets, self.own)
+
+
+def _progress(iterable, desc: str, show: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, disable=not show, leave=False)
 
 
 @torch.no_grad()
@@ -321,13 +424,194 @@ def run_patches(target, tokenizer, tf: TeacherForced, cache: dict, patches: list
     return out
 
 
+# ----------------------------------------------------------------------------------------------
+# The resumed sweep: run the lower layers once, then only the layers from the patch up
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class LayerInputs:
+    """One run of a model, kept so that later runs can start at any decoder layer: each layer's input hidden states
+    and the other arguments the model passed it (causal mask, position embeddings, position ids, ...), plus the
+    run's logits at the answer positions (compact: ``[rows, answer positions, vocab]``)."""
+
+    hidden: list[torch.Tensor]
+    args: list[tuple]
+    kwargs: list[dict]
+    positions: torch.Tensor   # [rows, A]: the sequence positions that predict answer tokens (0 where padding)
+    valid: torch.Tensor       # [rows, A]: which of them are real
+    logits: torch.Tensor      # [rows, A, vocab]
+    length: int               # the run's sequence length (the last token, which predicts nothing scored, dropped)
+
+    @property
+    def n_rows(self) -> int:
+        return self.positions.shape[0]
+
+
+def _answer_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked positions of each row, left-aligned and padded with 0: ``(positions [rows, A], valid [rows, A])``."""
+    width = max(int(mask.sum(1).max()), 1)
+    pos = torch.zeros(mask.shape[0], width, dtype=torch.long, device=mask.device)
+    valid = torch.zeros(mask.shape[0], width, dtype=torch.bool, device=mask.device)
+    for i, row in enumerate(mask):
+        at = row.nonzero().flatten()
+        pos[i, : len(at)], valid[i, : len(at)] = at, True
+    return pos, valid
+
+
+def _compact(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``x[i, positions[i]]`` for every row: [rows, T, ...] -> [rows, A, ...]."""
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], positions]
+
+
+def resumable(model) -> bool:
+    """Whether the model's logits are its last decoder layer's output through the final norm and the unembedding,
+    with nothing else on the way (Gemma 2 and 3 cap their logits with a tanh: those are rerun in full)."""
+    get_adapter(model)  # a clear error for an unsupported family
+    return getattr(_inner(model).config, "final_logit_softcapping", None) is None
+
+
+def _inner(model):
+    from .arch import _unwrap
+
+    return _unwrap(model)
+
+
+@torch.no_grad()
+def capture_layer_inputs(model, tf: TeacherForced) -> LayerInputs:
+    """Run ``model`` once on the teacher-forced inputs and keep what every decoder layer received (forward pre-hooks
+    on the layers, plain PyTorch), so :func:`resumed_logits` can restart the run at any layer."""
+    adapter = get_adapter(model)
+    layers = adapter.layer_list(model)
+    dev = next(model.parameters()).device
+    positions, valid = _answer_positions(tf.answer_mask.to(dev))
+    length = int(positions.max()) + 1  # causal: later positions do not change the answer positions' logits
+    hidden, args, kwargs = [None] * len(layers), [None] * len(layers), [None] * len(layers)
+
+    def keep(k):
+        def hook(module, a, kw):
+            kw = dict(kw)
+            h = a[0] if a else kw.pop("hidden_states")
+            hidden[k], args[k], kwargs[k] = h.detach().clone(), tuple(a[1:]), kw
+        return hook
+
+    handles = [layer.register_forward_pre_hook(keep(k), with_kwargs=True) for k, layer in enumerate(layers)]
+    try:
+        logits = model(input_ids=tf.input_ids[:, :length].to(dev), attention_mask=tf.attention_mask[:, :length].to(dev),
+                       use_cache=False).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return LayerInputs(hidden, args, kwargs, positions, valid, _compact(logits, positions), length)
+
+
+def _repeat(x, times: int, rows: int):
+    """Stack ``times`` copies along the batch of every tensor in ``x`` whose first dimension is the batch."""
+    if isinstance(x, torch.Tensor):
+        return x.repeat(times, *([1] * (x.ndim - 1))) if x.ndim >= 2 and x.shape[0] == rows and times > 1 else x
+    if isinstance(x, tuple):
+        return tuple(_repeat(v, times, rows) for v in x)
+    if isinstance(x, list):
+        return [_repeat(v, times, rows) for v in x]
+    if isinstance(x, dict):
+        return {k: _repeat(v, times, rows) for k, v in x.items()}
+    return x
+
+
+def _overwrite_rows(cur, jobs, rows, pos_mask):
+    """``cur`` with the rows of each patch (``(index, source)`` in ``jobs``) replaced by the source activations."""
+    new = cur.clone()
+    for p, src in jobs:
+        block = slice(p * rows, (p + 1) * rows)
+        new[block] = src if pos_mask is None else torch.where(pos_mask, src, cur[block])
+    return new
+
+
+@torch.no_grad()
+def resumed_logits(model, inputs: LayerInputs, patches: list[tuple[list[int], str | None]], cache: dict | None = None,
+                   pos_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits at the answer positions (``[patches, rows, A, vocab]``) of ``model`` under each patch, restarting from
+    :func:`capture_layer_inputs` at the patch's lowest layer instead of rerunning the whole model.
+
+    A patch is (layers, component) with activations from ``cache`` (:func:`cache_activations`); component None
+    patches nothing (a plain run from that layer, e.g. after restoring weights). All patches run in one stacked
+    batch that grows as the layers reach each patch's start. This calls the decoder layers directly and overwrites
+    the sites with PyTorch hooks (not nnsight): that skipping of the unchanged lower layers is what makes it fast.
+    """
+    adapter = get_adapter(model)
+    layers = adapter.layer_list(model)
+    rows, length = inputs.n_rows, inputs.length
+    order = sorted(range(len(patches)), key=lambda p: min(patches[p][0]))
+    patches = [patches[p] for p in order]  # sorted by start: the patches running at a layer are a prefix
+    starts = [min(layers_) for layers_, _ in patches]
+    src = {} if cache is None else {k: [t[:, :length] for t in cache[k]] for k in ("attn", "mlp", "block")}
+    pos_mask = None if pos_mask is None else pos_mask[:, :length]
+    handles, block_jobs = [], {}
+    try:
+        for k in range(starts[0], len(layers)):
+            jobs = {site: [(p, src[site][k]) for p, (ls, comp) in enumerate(patches)
+                           if comp is not None and k in ls and site in _site_names(comp)]
+                    for site in ("attn", "mlp", "block")}
+            if jobs["mlp"]:
+                handles.append(resolve(layers[k], adapter.mlp_down).register_forward_pre_hook(
+                    lambda m, a, jobs=jobs["mlp"]: (_overwrite_rows(a[0], jobs, rows, pos_mask),) + tuple(a[1:])))
+            if jobs["attn"]:
+                handles.append(resolve(layers[k], adapter.attn_out).register_forward_hook(
+                    lambda m, a, out, jobs=jobs["attn"]: _overwrite_rows(out, jobs, rows, pos_mask)))
+            block_jobs[k] = jobs["block"]
+        h = None
+        for k in range(starts[0], len(layers)):
+            joining = sum(s == k for s in starts)
+            if joining:
+                new = inputs.hidden[k].repeat(joining, 1, 1)
+                h = new if h is None else torch.cat([h, new])
+            times = h.shape[0] // rows
+            out = layers[k](h, *_repeat(inputs.args[k], times, rows), **_repeat(inputs.kwargs[k], times, rows))
+            h = _block_output(out)
+            if block_jobs[k]:
+                h = _overwrite_rows(h, block_jobs[k], rows, pos_mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    inner = _inner(model)
+    h = _compact(h, inputs.positions.repeat(len(patches), 1))
+    logits = resolve(inner, adapter.unembed)(resolve(inner, adapter.final_norm)(h))
+    logits = logits.view(len(patches), rows, *logits.shape[1:])
+    back = torch.empty_like(logits)
+    back[torch.tensor(order, device=logits.device)] = logits  # the caller's order
+    return back
+
+
+def _site_names(component: str) -> tuple[str, ...]:
+    do_attn, do_mlp, do_block = _sites(component)
+    return tuple(name for name, on in (("attn", do_attn), ("mlp", do_mlp), ("block", do_block)) if on)
+
+
+def _resumes(model, inputs: LayerInputs) -> bool:
+    """Whether restarting at the last layer with nothing patched gives the run's own logits (it does unless the model
+    does more than its layers, the final norm and the unembedding, e.g. a logit soft cap); one layer's cost."""
+    if not resumable(model):
+        return False
+    again = resumed_logits(model, inputs, [([len(inputs.hidden) - 1], None)])[0]
+    scale = float(inputs.logits.abs().max()) + 1.0
+    tol = 1e-4 if inputs.logits.dtype in (torch.float32, torch.float64) else 3e-2  # bf16 / fp16 rounding
+    return bool(((again.float() - inputs.logits.float()).abs().max() <= tol * scale).item())
+
+
+def _fallback_warning(model, what: str) -> None:
+    warnings.warn(f"{what}: a {_inner(model).config.model_type} model cannot be restarted at a layer (its logits are "
+                  "more than its last layer through the final norm and the unembedding); running the whole model for "
+                  "every patch instead (same numbers, slower).", stacklevel=3)
+
+
 @torch.no_grad()
 def restoration_sweep(original, unlearned, tokenizer, tf: TeacherForced, parts=("down",), window: int = 1,
-                      layers: list[int] | None = None) -> pd.DataFrame:
+                      layers: list[int] | None = None, resume: bool = True) -> pd.DataFrame:
     """Copy the original's weights (``parts`` of "down", "up", "attn") into the unlearned model per window, score,
     restore.
 
-    The unlearned model is left exactly as it was. One row per (window, parts) with krs and recovered_accuracy.
+    The unlearned model is left exactly as it was. resume: restoring a window's weights leaves the layers below it
+    unchanged, so run the unlearned model once and each restored model only from the window's lowest layer up
+    (:func:`resumed_logits`, calling the decoder layers directly); False reruns the whole model per window (same
+    numbers). One row per (window, parts) with krs and recovered_accuracy.
     """
     check_compatible(original, unlearned)
     if len(tf) == 0:
@@ -337,27 +621,36 @@ def restoration_sweep(original, unlearned, tokenizer, tf: TeacherForced, parts=(
     wins = windows(n, window)
     centres = list(range(n)) if layers is None else list(layers)
     _check_layers(centres, n)
+    for k in wins[centres[0]] if centres else []:
+        for part in parts:
+            adapter.layer_param_names(unlearned, k, part)  # an unknown part fails here, before any run
     dev = next(unlearned.parameters()).device
-    ids, att, mask = tf.input_ids.to(dev), tf.attention_mask.to(dev), tf.answer_mask.to(dev)
-    orig_logits = original(input_ids=ids, attention_mask=att).logits
-    unl_logits = unlearned(input_ids=ids, attention_mask=att).logits
+    ids, att = tf.input_ids.to(dev), tf.attention_mask.to(dev)
+    scored = _Scorer(tf, original(input_ids=ids, attention_mask=att).logits, dev)
+    inputs = capture_layer_inputs(unlearned, tf) if resume else None
+    if resume and not _resumes(unlearned, inputs):
+        _fallback_warning(unlearned, "restoration_sweep")
+        inputs = None
+    scored.base = inputs.logits if inputs is not None else scored.compact(unlearned(input_ids=ids,
+                                                                                    attention_mask=att).logits)
     orig_params = dict(original.named_parameters())
     unl_params = dict(unlearned.named_parameters())
     rows = []
-    for centre in centres:
+    for centre in _progress(centres, "restorations", len(centres) > 1):
         names = [name for k in wins[centre] for part in parts for name in adapter.layer_param_names(unlearned, k, part)]
         saved = {name: unl_params[name].detach().clone() for name in names}
         try:
             for name in names:
                 unl_params[name].copy_(orig_params[name])
-            logits = unlearned(input_ids=ids, attention_mask=att).logits
+            if inputs is not None:
+                krs, match = scored(resumed_logits(unlearned, inputs, [(wins[centre], None)])[0], compact=True)
+            else:
+                krs, match = scored(unlearned(input_ids=ids, attention_mask=att).logits)
         finally:
             for name, value in saved.items():
                 unl_params[name].copy_(value)
-        krs = knowledge_recovery_score(orig_logits, logits, unl_logits, mask)
         rows.append({"layer": centre, "layers": wins[centre], "component": "+".join(parts),
-                     "krs": float(krs.nanmean()),
-                     "recovered_accuracy": float(answer_match(logits, tf).float().mean())})
+                     "krs": float(krs.nanmean()), "recovered_accuracy": float(match.float().mean())})
     return pd.DataFrame(rows)
 
 

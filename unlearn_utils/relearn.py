@@ -14,6 +14,7 @@ import json
 import time
 from collections import OrderedDict
 
+import datasets
 import pandas as pd
 import torch
 
@@ -102,6 +103,16 @@ def relearn(model, tokenizer, train, eval_sets: dict | None = None, epochs: int 
     return model, log
 
 
+def _fact_key(r: dict):
+    """A fact is (person, attribute) in the world; a question elsewhere."""
+    return (r["person"], r["attribute"]) if "person" in r and "attribute" in r else r.get("prompt", r.get("text"))
+
+
+def count_facts(rows) -> int:
+    """How many distinct facts some rows hold (several phrasings of one fact count once)."""
+    return len({_fact_key(r) for r in rows_of(rows)})
+
+
 def rtt(models: dict, tokenizer, t_facts, v_facts, epochs: int = 3, lr: float = 1e-4, seed: int = 0,
         progress: bool = True) -> pd.DataFrame:
     """Run the same RTT attack on every model of ``models`` ({name: model}); returns V (and T) accuracy per epoch.
@@ -110,11 +121,8 @@ def rtt(models: dict, tokenizer, t_facts, v_facts, epochs: int = 3, lr: float = 
     """
     if len(t_facts) == 0 or len(v_facts) == 0:
         raise ValueError(f"T has {len(t_facts)} facts and V has {len(v_facts)}: both must be non-empty.")
-    def key(r):  # a fact is (person, attribute) in the world; a question elsewhere
-        return (r["person"], r["attribute"]) if "person" in r and "attribute" in r else r.get("prompt", r.get("text"))
-
-    t_keys = {key(r) for r in rows_of(t_facts)}
-    v_keys = {key(r) for r in rows_of(v_facts)}
+    t_keys = {_fact_key(r) for r in rows_of(t_facts)}
+    v_keys = {_fact_key(r) for r in rows_of(v_facts)}
     if t_keys & v_keys:
         raise ValueError(f"T and V share {len(t_keys & v_keys)} facts (e.g. {sorted(t_keys & v_keys)[0]}); "
                          "they must be disjoint.")
@@ -144,12 +152,15 @@ def as_series(curves: pd.DataFrame) -> dict:
     return {c: (curves.index.tolist(), curves[c].tolist()) for c in curves.columns}
 
 
-def floor_and_ceiling(curves: pd.DataFrame, floor: str = "retain model", ceiling: str = "original"):
+def floor_and_ceiling(curves: pd.DataFrame, floor: str = "retain model", ceiling: str = "original",
+                      ceiling_after: bool = False):
     """(floor, ceiling) of an RTT result (:func:`v_curves`): the floor is the ``floor`` model's V accuracy after the
     attack (what T alone teaches a model that never knew V; NaN when there is no such model, e.g. a data file
-    without a retain model), the ceiling the ``ceiling`` model's V accuracy before it."""
+    without a retain model), the ceiling the ``ceiling`` model's V accuracy before it, or with ``ceiling_after``
+    after the same attack (what the attack leaves of facts that were never hidden: on a real model, where the
+    attack itself can disturb V)."""
     last = curves.iloc[-1]
-    top = float(curves[ceiling].iloc[0])
+    top = float(last[ceiling] if ceiling_after else curves[ceiling].iloc[0])
     bottom = float(last[floor]) if floor in last else float("nan")
     return bottom, top
 
@@ -168,3 +179,70 @@ def _attack_once(key: str, run) -> pd.DataFrame:
         while len(_RTT_DONE) > 16:
             _RTT_DONE.popitem(last=False)
     return _RTT_DONE[key]
+
+
+def facts_like(pool, like, n: int, seed: int = 0):
+    """``n`` rows of ``pool`` drawn category by category in ``like``'s proportions (as far as ``pool`` allows, the
+    rest from any category): facts of the same kinds as the forget set, for a floor that asks the same sort of
+    question. Rows without a ``category`` column are drawn at random."""
+    import random
+
+    pool_rows, rng = rows_of(pool), random.Random(seed)
+    if n > len(pool_rows):
+        raise ValueError(f"Asked for {n} facts but the pool holds {len(pool_rows)}: use a smaller T and V.")
+    if not pool_rows or "category" not in pool_rows[0] or not rows_of(like) or "category" not in rows_of(like)[0]:
+        return [pool_rows[i] for i in sorted(rng.sample(range(len(pool_rows)), n))]
+    wanted = pd.Series([r["category"] for r in rows_of(like)]).value_counts()
+    by_cat: dict[str, list[int]] = {}
+    for i, r in enumerate(pool_rows):
+        by_cat.setdefault(r["category"], []).append(i)
+    chosen: list[int] = []
+    for cat, count in wanted.items():
+        idx = by_cat.get(cat, [])
+        chosen += rng.sample(idx, min(len(idx), round(count * n / len(rows_of(like)))))
+    taken = set(chosen[:n])
+    rest = [i for i in range(len(pool_rows)) if i not in taken]
+    chosen = chosen[:n] + rng.sample(rest, max(0, n - len(taken)))
+    return [pool_rows[i] for i in sorted(chosen)]
+
+
+def unknown_facts_floor(original, tokenizer, unknown, like, n_t: int, n_v: int, epochs: int = 3, lr: float = 1e-4,
+                        seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """RTT's floor where no model exists that never saw the forget facts (knowledge from pretraining).
+
+    The same attack (fine-tune on T, test on V, same epochs and learning rate) on ``n_t`` + ``n_v`` facts the
+    original does **not** know (``unknown``, e.g. ``real_splits(...)["unknown"]``), drawn like the forget set
+    ``like`` (same categories): what fine-tuning on T teaches about V when nothing is hidden (the answer format, the
+    kind of answer). Returns :func:`rtt`'s table with one model, ``"unknown facts (floor)"``.
+
+    What it cannot show: unknown facts may be harder than known ones (the model did not learn them for a reason),
+    so this floor can sit below what a model that never saw the forget facts would reach on them.
+    """
+    if n_t < 1 or n_v < 1:
+        raise ValueError(f"T has {n_t} facts and V has {n_v}: both must be at least 1.")
+    one_per_fact = list({_fact_key(r): r for r in rows_of(unknown)}.values())  # phrasings of a fact stay together
+    rows = facts_like(one_per_fact, like, n_t + n_v, seed)
+    import random
+
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    t_rows = datasets.Dataset.from_list([rows[i] for i in sorted(order[:n_t])])
+    v_rows = datasets.Dataset.from_list([rows[i] for i in sorted(order[n_t:])])
+    return rtt({"unknown facts (floor)": original}, tokenizer, t_rows, v_rows, epochs, lr, seed, progress)
+
+
+def rtt_with_floor(models: dict, tokenizer, t_facts, v_facts, epochs: int = 3, lr: float = 1e-4, seed: int = 0,
+                   unknown=None, like=None, progress: bool = True):
+    """RTT on every model plus its floor and ceiling: ``(curves, floor, ceiling)`` (see :func:`v_curves`).
+
+    With a ``"retain model"`` in ``models`` the floor is that model after the attack and the ceiling the original
+    before it. Without one, given ``unknown`` facts (a pretrained model's, e.g. ``real_splits(...)["unknown"]``), the
+    floor is :func:`unknown_facts_floor` (drawn like ``like``, the forget set) and the ceiling the original after the
+    same attack on its own facts. Otherwise the floor is NaN."""
+    curves = v_curves(rtt(models, tokenizer, t_facts, v_facts, epochs, lr, seed, progress))
+    if "retain model" in models or unknown is None:
+        return (curves, *floor_and_ceiling(curves))
+    floor_log = unknown_facts_floor(models["original"], tokenizer, unknown, like if like is not None else t_facts,
+                                    count_facts(t_facts), count_facts(v_facts), epochs, lr, seed, progress)
+    curves = curves.join(v_curves(floor_log))
+    return (curves, *floor_and_ceiling(curves, floor="unknown facts (floor)", ceiling_after=True))

@@ -5,6 +5,11 @@ in its fast mode (what the tests do); ``--rebuild`` ignores the model cache. At 
 ``summary.md`` / ``summary.html`` (the claims table, see :mod:`unlearn_utils.report`). Each notebook writes its
 figures to ``REPORT_DIR/figures`` and its headline numbers to ``REPORT_DIR/results/<notebook>.json``.
 
+``--model smollm2-135m`` (``make reproduce MODEL=smollm2-135m``) runs every notebook on that real model instead
+(``MODEL``, ``DATA="real"``, ``RETAIN_MODEL=None``) into its own folder, ``reports/smollm2-135m/``, with the same
+layout; the world's ``reports/summary.md`` then shows both runs' verdicts side by side. The world run (the default)
+writes ``reports/`` itself.
+
 With ``--jobs 2`` (the default on a machine with 2 or more cores) two notebooks run side by side, each kernel with
 half the cores: two one-thread processes train faster than one two-thread process, while evaluation already uses
 both threads well, so the run's wall time shrinks (measured times: benchmarks/RESULTS.md). The numbers are the same:
@@ -101,6 +106,29 @@ def _build_world_model(smoke: bool, exclude_split: str | None) -> float:
     return time.time() - start
 
 
+def _prepare_real_model(name: str) -> float:
+    """Fetch (unless an intact copy is here) and convert the real model once, before the notebooks all load it."""
+    from .models import fetch_model, real_model_folder
+
+    start = time.time()
+    fetch_model(name, quiet=True)
+    real_model_folder(name)
+    return time.time() - start
+
+
+def model_parameters(model: str) -> dict:
+    """The notebook parameters that select ``model``: none for the world (the notebooks' defaults), else the real
+    model on the real-knowledge questions, without a retain model (none exists for it). Unknown names: ValueError."""
+    if model == "world":
+        return {}
+    from .models import REAL_MODELS
+
+    if model not in REAL_MODELS:
+        raise ValueError(f"Unknown model {model!r}: reproduce runs 'world' (the default) or a real model the kit "
+                         f"ships: {', '.join(sorted(REAL_MODELS))}.")
+    return {"MODEL": model, "DATA": "real", "RETAIN_MODEL": None}
+
+
 def run_notebook(path: str | os.PathLike, out_path: str | os.PathLike, parameters: dict | None = None,
                  timeout: int = 1800, cwd: str | os.PathLike | None = None) -> float:
     """Execute one notebook with papermill, injecting ``parameters``; returns the wall time in seconds."""
@@ -129,7 +157,11 @@ def write_results(name: str, results: dict, report_dir: str | os.PathLike | None
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Execute every notebook headless and write reports/.")
     ap.add_argument("--smoke", action="store_true", help="fast mode (tiny world)")
-    ap.add_argument("--out", default=str(ROOT / "reports"), help="report folder (default: reports/)")
+    ap.add_argument("--out", default=str(ROOT / "reports"),
+                    help="report folder (default: reports/); a --model run writes into OUT/<model>/")
+    ap.add_argument("--model", default="world",
+                    help="world (default) or a real model (smollm2-135m): every notebook runs on it with DATA=real "
+                         "and no retain model, into OUT/<model>/")
     ap.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these prefixes")
     ap.add_argument("--timeout", type=int, default=1800, help="per-cell time limit in seconds")
     ap.add_argument("--rebuild", action="store_true",
@@ -142,7 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be at least 1, got {args.threads}")
-    out = Path(args.out).resolve()
+    try:  # before any folder is made or model fetched
+        model_params = model_parameters(args.model)
+    except ValueError as e:
+        ap.error(str(e))
+    base = Path(args.out).resolve()
+    out = base if args.model == "world" else base / args.model
     (out / "figures").mkdir(parents=True, exist_ok=True)
     if args.rebuild:  # the notebooks' kernels inherit the environment
         os.environ["UNLEARN_KIT_CACHE"] = str(out / f"cache-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -153,13 +190,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from .report import write_summary
 
+    if args.model != "world":
+        try:
+            print(f"{args.model}: {_prepare_real_model(args.model):.0f} s (fetched or found, converted once)",
+                  flush=True)
+        except Exception as e:
+            print(f"Cannot prepare {args.model} ({type(e).__name__}: {e}); no notebook was run.", file=sys.stderr)
+            return 1
     jobs = max(1, min(args.jobs, len(nbs)))
     threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
     if jobs == 1 and args.threads:  # the kernels inherit it (unlearn_utils.models.choose_threads reads it)
         os.environ["UNLEARN_KIT_THREADS"] = str(args.threads)
     index = {nb.name: i for i, nb in enumerate(nbs, 1)}
     times, failed, t0 = {}, [], time.time()
-    params = {"SMOKE": args.smoke, "REPORT_DIR": str(out)}
+    params = {"SMOKE": args.smoke, "REPORT_DIR": str(out), **model_params}
 
     def report(name: str, secs: float, error: str | None) -> None:
         i = index[name]
@@ -180,10 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Running {jobs} notebooks at a time, {threads} thread(s) each", flush=True)
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_limit_threads,
                                  initargs=(threads,)) as pool:
-            # the original and the retain world model, side by side, before the notebooks all ask for them
-            builds = [pool.submit(_build_world_model, args.smoke, split) for split in (None, "forget05")]
-            print("world models: " + ", ".join(f"{f.result():.0f} s" for f in builds) + " (built or found)",
-                  flush=True)
+            if args.model == "world":  # a real model was prepared above and has no retain model
+                # the original and the retain world model, side by side, before the notebooks all ask for them
+                builds = [pool.submit(_build_world_model, args.smoke, split) for split in (None, "forget05")]
+                print("world models: " + ", ".join(f"{f.result():.0f} s" for f in builds) + " (built or found)",
+                      flush=True)
             paths = {nb.name: nb for nb in nbs}
 
             def start(name: str):
@@ -195,10 +240,15 @@ def main(argv: list[str] | None = None) -> int:
                 report(name, *future.result())
     times = {nb.stem: times[nb.stem] for nb in nbs if nb.stem in times}  # teaching order
     (out / "timings.json").write_text(json.dumps(times, indent=2))
-    (out / "run.json").write_text(json.dumps({"wall_seconds": round(time.time() - t0, 1), "jobs": jobs,
-                                              "threads_per_notebook": threads if jobs > 1 else None}, indent=2))
+    run = {"wall_seconds": round(time.time() - t0, 1), "jobs": jobs,
+           "threads_per_notebook": threads if jobs > 1 else None}
+    if model_params:  # the summary names the model (a world run's run.json stays as it was)
+        run.update(model=args.model, data=model_params["DATA"])
+    (out / "run.json").write_text(json.dumps(run, indent=2))
     summary = write_summary(out)
     print(f"Reports written to {out} in {time.time() - t0:.0f} s; claims table in {summary}")
+    if out != base and (base / "results").is_dir():  # the world's summary gains this run's column
+        print(f"World and {args.model} side by side in {write_summary(base)}")
     if failed:
         print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -51,6 +51,31 @@ class Session:
         return self.data is None
 
     @property
+    def on_world_model(self) -> bool:
+        """True for the synthetic world's model; False for a pretrained model (SmolLM2 or any checkpoint)."""
+        return self.model_name == "world"
+
+    def default(self, value, world, real):
+        """A notebook parameter left at None takes the model's default: ``world`` on the world model, ``real`` on a
+        pretrained model (where a training step costs about 3 s on 2 cores instead of 0.05 s). A value given
+        explicitly is kept."""
+        if value is not None:
+            return value
+        return world if self.on_world_model else real
+
+    @property
+    def smoke_steps(self) -> int:
+        """Training steps of one run in smoke mode: 10 on the world, 2 on a pretrained model."""
+        return 10 if self.on_world_model else 2
+
+    @property
+    def known_by_category(self):
+        """On the real-knowledge set: how many facts of each category the original knows (known, total, share);
+        None on the world or a data file."""
+        table = (self.data or {}).get("known_by_category")
+        return None if table is None else table.assign(share=(table["known"] / table["total"]).round(3))
+
+    @property
     def forget_set(self):
         """The questions to forget: the world split's trained phrasings, or the data file's forget questions."""
         return self.world.facts(self.split, "trained") if self.on_world else self.data["forget"]
@@ -235,6 +260,9 @@ def start(smoke: bool = False, model: str = "world", device=None, dtype=None, se
         print(f"{loaded['name']}: the model knows {known['known'].sum()} of {known['total'].sum()} facts "
               f"(by category: {', '.join(f'{c} {k}' for c, k in known['known'].items())}); forgetting "
               f"{len(loaded['forget'])}, keeping {len(loaded['retain'])}")
+    if smoke and loaded is not None and model != "world":
+        loaded = smoke_sized(loaded)
+        print(f"smoke mode: {len(loaded['forget'])} forget and {len(loaded['retain'])} retain questions")
     session = Session(world=world, config=config, model=m, tokenizer=tok, split=split, smoke=smoke, device=dev,
                       dtype=dtype, report_dir=report_dir, notebook=notebook, model_name=model, data=loaded,
                       retain_model_name=retain_model, threads=n_threads,
@@ -242,6 +270,19 @@ def start(smoke: bool = False, model: str = "world", device=None, dtype=None, se
     if loaded is not None:
         warn_if_unknown(session)
     return session
+
+
+SMOKE_SIZES = {"forget": 6, "retain": 12, "forget_para": 6, "retain_para": 12, "unknown": 24}
+
+
+def smoke_sized(data: dict) -> dict:
+    """A pretrained model's data in smoke mode: the first few questions of each set (numbers then mean nothing;
+    the run checks that every cell works)."""
+    out = dict(data)
+    for name, n in SMOKE_SIZES.items():
+        if out.get(name) is not None and hasattr(out[name], "select") and len(out[name]) > n:
+            out[name] = out[name].select(range(n))
+    return out
 
 
 def warn_if_unknown(session: Session, margin: float = 0.2) -> float:
