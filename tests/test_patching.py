@@ -137,13 +137,7 @@ def test_sweep_runs_on_every_family(tiny, family):
     cfg = FAMILIES[family]()
     for attr in ("vocab_size",):
         setattr(cfg, attr, len(tok))
-    torch.manual_seed(0)
-    a = tf_lib.AutoModelForCausalLM.from_config(cfg).eval()
-    b = copy.deepcopy(a)
-    with torch.no_grad():
-        for name, p in b.named_parameters():
-            if "layers" in name or ".h." in name:
-                p.add_(0.05 * torch.randn_like(p))
+    a, b = _family_pair(tok, cfg)
     prompts = [r["prompt"] for r in world.fact_rows() if r["is_question"]][:6]
     tfi = P.teacher_forced_inputs(a, tok, prompts, max_new_tokens=2)
     batched = P.patch_sweep(a, b, tok, tfi, batched=True)

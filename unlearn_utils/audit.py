@@ -269,19 +269,11 @@ def _is_gated(model) -> bool:
 
 
 def auto_group_size(model, preferred: int = 64) -> int | None:
-    """The group size the audit uses by default: ``preferred`` (64, common in 4-bit formats) when it divides every
-    quantized layer's input size, else the largest of 32 / 16 that does, else None (one grid per output channel)."""
-    from .quantize import quantizable_linears
+    """The group size the audit uses by default: :func:`unlearn_utils.quantize.default_group_size` of the model (of a
+    GRUN model's base): ``preferred`` (64) where it divides every quantized layer's input width."""
+    from .quantize import default_group_size
 
-    base = model.base if _is_gated(model) else model
-    dims = set()
-    for mod in quantizable_linears(base).values():
-        w = mod.weight
-        dims.add(w.shape[0] if type(mod).__name__ == "Conv1D" else w.shape[1])
-    for g in (preferred, 32, 16):
-        if all(d % g == 0 for d in dims):
-            return g
-    return None
+    return default_group_size(model.base if _is_gated(model) else model, preferred)
 
 
 def quantized(model, bits: int, group_size: int | str | None = "auto"):
