@@ -148,6 +148,75 @@ def test_audit_command_line_on_saved_models(knowing, unlearned_pair, tmp_path):
         main(["audit", str(tmp_path / "npo"), "--data", "squad:questions.json"])
 
 
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any model load or world-model build fails the test: the audit command must check its arguments first."""
+    from unlearn_utils import models
+
+    def loaded(*a, **k):
+        raise AssertionError("a model was loaded (or trained) before the arguments were checked")
+
+    monkeypatch.setattr(models, "load_model", loaded)
+    monkeypatch.setattr(models, "build_world_model", loaded)
+
+
+def _model_folder(folder):
+    """A folder that looks like a saved model (config.json and weights) to the argument checks."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize("case", ["missing model", "missing original", "missing retain", "folder without a model",
+                                  "grun folder without a module", "bad bits", "unknown probe", "out under a file",
+                                  "unknown split"])
+def test_audit_command_refuses_bad_arguments_before_loading_anything(tmp_path, no_model_loads, case):
+    """A missing path was reported after a retain model had trained (43 s); --bits and --probes after the models
+    loaded; an unwritable --out after the whole audit. Each now fails at once, naming its argument."""
+    import time
+
+    from unlearn_utils.cli import main
+
+    good = str(_model_folder(tmp_path / "unlearned"))
+    (tmp_path / "a-file").write_text("")
+    args, error = {
+        "missing model": ([str(tmp_path / "missing")], "UNLEARNED: .*missing does not exist"),
+        "missing original": ([good, "--original", str(tmp_path / "no-original")], "--original: .*does not exist"),
+        "missing retain": ([good, "--retain", str(tmp_path / "no-retain")], "--retain: .*does not exist"),
+        "folder without a model": ([str(tmp_path)], "UNLEARNED: .* has no config.json"),
+        "grun folder without a module": ([good, "--grun"], "UNLEARNED: .*grun.json missing"),
+        "bad bits": ([good, "--bits", "4", "16"], "--bits: Unsupported bit width 16"),
+        "unknown probe": ([good, "--probes", "quantisation"], "--probes: unknown probe.*quantisation.*quantization"),
+        "out under a file": ([good, "--out", str(tmp_path / "a-file" / "audit")], "--out: .*a-file is a file"),
+        "unknown split": ([good, "--split", "forget50"], "--split: unknown forget split 'forget50'"),
+    }[case]
+    start = time.perf_counter()
+    with pytest.raises(SystemExit, match=error):
+        main(["audit", *args, "--out", str(tmp_path / "report")] if "--out" not in args else ["audit", *args])
+    assert time.perf_counter() - start < 2.0
+
+
+def test_audit_command_prints_the_report_before_saving_it(tmp_path, monkeypatch, capsys):
+    """A report that cannot be saved (the disk filled, the folder went read-only) was lost with the whole audit:
+    it is printed first, then saving fails with an error naming --out."""
+    from unlearn_utils import audit as audit_module
+    from unlearn_utils import models
+    from unlearn_utils.cli import main
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: (object(), None))
+    monkeypatch.setattr(audit_module, "audit", lambda *a, **k: _report([("quantization", "4-bit", "stays forgotten",
+                                                                         0.1, False)]))
+
+    def unwritable(self, folder):
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    monkeypatch.setattr(AuditReport, "save", unwritable)
+    with pytest.raises(SystemExit, match="--out: the audit above could not be saved.*Permission denied"):
+        main(["audit", str(_model_folder(tmp_path / "unlearned")), "--smoke", "--out", str(tmp_path / "report")])
+    assert "quantization: stays forgotten" in capsys.readouterr().out
+
+
 def test_audit_runs_on_tofu_files_with_a_random_real_architecture():
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -245,3 +314,10 @@ def test_a_checkpoint_on_a_quantization_grid_is_also_audited_on_that_grid(knowin
     no_grid = audit(on_grid, unlearned_pair["grad_diff"], tok, world, split=SPLIT, progress=False,
                     probes=("quantization",), native_grid=False)
     assert list(no_grid.verdicts.setting) == ["8-bit", "4-bit"]
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(probes="quantization"), "one string; give a list"),
+                                             (dict(bits=4), "give a list of bit widths")])
+def test_audit_config_refuses_a_single_value_where_a_list_is_asked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AuditConfig(**kwargs)

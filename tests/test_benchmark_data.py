@@ -1,5 +1,7 @@
 """Loaders of real benchmark formats, on small fixture files written for the kit (nothing downloaded)."""
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -97,6 +99,87 @@ def test_multiple_choice_bad_rows(tmp_path):
         load_multiple_choice(bad)
     with pytest.raises(FileNotFoundError, match="No data file"):
         read_records(tmp_path / "missing.json")
+
+
+GOOD_MC = {"question": "2 + 2 =", "choices": ["3", "4", "5"], "answer": 1}
+BAD_MC = {  # field -> value, and what the refusal says; each row was taken (or refused unclearly) before
+    "float_answer": ("answer", 1.7, "'answer' is 1.7; 'answer' must be the index of the right choice, an integer "
+                                    "from 0 to 2"),
+    "letter_answer": ("answer", "B", "'answer' is the letter 'B'; 'answer' must be the index of the right choice, "
+                                     "an integer from 0 to 2 (use the index 1)"),
+    "quoted_answer": ("answer", "2", "'answer' is the text '2'"),
+    "bool_answer": ("answer", True, "'answer' is True"),
+    "null_answer": ("answer", None, "'answer' is null"),
+    "negative_answer": ("answer", -1, "answer index -1 is out of range for 3 choices"),
+    "string_of_choices": ("choices", "abc", "'choices' is 'abc'; give a list of the answers"),
+    "null_choice": ("choices", ["x", None, "z"], "choice 1 is None, not text"),
+    "one_choice": ("choices", ["x"], "'choices' lists 1 answer; give 2 to 10"),
+    "null_question": ("question", None, "'question' is null"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MC)
+def test_multiple_choice_refuses_bad_fields_naming_file_line_and_fix(case, tmp_path):
+    field, value, says = BAD_MC[case]
+    f = tmp_path / "mmlu.jsonl"      # the bad row is on line 3, after a blank line
+    f.write_text(json.dumps(GOOD_MC) + "\n\n" + json.dumps({**GOOD_MC, field: value}) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{f}, line 3: {says}")):
+        load_multiple_choice(f)
+    listed = tmp_path / "wmdp.json"  # a pretty-printed list: the bad row starts on line 11
+    listed.write_text(json.dumps([GOOD_MC, {**GOOD_MC, field: value}], indent=1))
+    assert [n for n, line in enumerate(listed.read_text().splitlines(), 1) if line == " {"] == [2, 11]
+    with pytest.raises(ValueError, match=re.escape(f"{listed}, line 11: {says}")):
+        load_multiple_choice(listed)
+
+
+def test_multiple_choice_reads_parquet_and_names_its_rows(tmp_path):
+    import pandas as pd
+
+    f = tmp_path / "wmdp.parquet"    # as WMDP ships: numpy integers and arrays of choices
+    pd.DataFrame([GOOD_MC, {**GOOD_MC, "answer": 2}]).to_parquet(f)
+    data = load_multiple_choice(f)
+    assert list(data["label"]) == [1, 2] and data[1]["answer"] == "C" and data[0]["choices"] == ["3", "4", "5"]
+    pd.DataFrame([GOOD_MC, {**GOOD_MC, "answer": 3}]).to_parquet(f)
+    with pytest.raises(ValueError, match=re.escape(f"{f}, row 1 (counting from 0): answer index 3 is out of range")):
+        load_multiple_choice(f)
+
+
+def test_bad_json_and_bad_bytes_name_the_file_and_the_line(tmp_path):
+    rows = tmp_path / "qa.jsonl"
+    rows.write_text('{"split": "forget", "prompt": "Q?", "answer": "a"}\n\n{"split": "retain", "prompt": }\n')
+    with pytest.raises(ValueError, match=re.escape(f"{rows}, line 3: not valid JSON (Expecting value, column 31)")):
+        read_records(rows)
+    listed = tmp_path / "qa.json"
+    listed.write_text('[\n {"prompt": "Q?", "answer": "a"},\n {"prompt": "R?" "answer": "b"}\n]')
+    with pytest.raises(ValueError, match=re.escape(f"{listed}, line 3: not valid JSON")):
+        read_records(listed)
+    listed.write_text('[\n {"prompt": "Q?", "answer": "a"}\n]\n\n{"prompt": "R?"}')
+    with pytest.raises(ValueError, match=re.escape(f"{listed}, line 5: there is more after the closing ']'")):
+        read_records(listed)
+    latin = tmp_path / "latin1.jsonl"
+    latin.write_bytes('{"prompt": "Q?", "answer": "a"}\n{"prompt": "Où?", "answer": "b"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=re.escape(f"{latin}, line 2: byte 0xf9 is not UTF-8. Save the file as UTF-8")):
+        read_records(latin)
+    bom = tmp_path / "bom.jsonl"     # a byte-order mark (Windows editors) is fine
+    bom.write_bytes(b"\xef\xbb\xbf" + '{"prompt": "Où?", "answer": "b"}\n'.encode())
+    assert read_records(bom) == [{"prompt": "Où?", "answer": "b"}]
+
+
+def test_rows_without_or_with_null_fields_are_named_by_line(tmp_path):
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text('{"split": "forget", "prompt": "Q?", "answer": "a"}\n\n{"split": "retain", "prompt": "R?"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{qa}, line 3 lacks ['answer']; each row needs ['split', "
+                                                   "'answer']: add 'answer' to it.")):
+        load_qa_splits(qa)
+    qa.write_text('{"split": "forget", "prompt": "Q?", "answer": "a"}\n{"split": "retain", "prompt": "R?", '
+                  '"answer": 1945}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{qa}, line 2: 'answer' is 1945, not a non-empty string; write "
+                                                   'it in quotes: "1945".')):
+        load_qa_splits(qa)
+    (tmp_path / "forget01.json").write_text('{"question": "q", "answer": "a"}\n{"question": "r", "answer": null}\n')
+    (tmp_path / "retain99.json").write_text('{"question": "s", "answer": "b"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'forget01.json'}, line 2: 'answer' is null")):
+        load_tofu(tmp_path, "forget01")
 
 
 def test_qa_splits():

@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 from unlearn_utils.cache import (CorruptCacheError, cache_entry, cache_lock, cached, publish_folder, save_checked,
-                                 staging_folder, verify_folder, write_files)
+                                 sha256, staging_folder, verify_folder, write_files)
 
 
 @pytest.fixture
@@ -124,3 +124,82 @@ def test_cache_lock_lets_one_builder_in_at_a_time(tmp_path):
         t.join()
     assert len(built) == 1 and folder.exists()
 
+
+
+# ---- only damage sets an entry aside ---------------------------------------------------------------------------
+def test_an_error_that_is_not_damage_leaves_the_entry_alone(cache_root):
+    """Out of memory (or any bug) while loading is raised as it is: the healthy entry stays, nothing is rebuilt."""
+    calls, build, save, load = _counter()
+    cached("things", "e", build, save, load)
+
+    def load_oom(folder):
+        raise RuntimeError("CUDA out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        cached("things", "e", build, save, load_oom)
+    assert len(calls) == 1 and not (cache_root / "things" / "e.corrupt").exists()
+    assert cached("things", "e", build, save, load) == {"n": 1}
+
+
+def test_a_file_the_manifest_does_not_list_is_damage(cache_root):
+    """A manifest that lost an entry cannot vouch for that file: flipped bytes in it are caught, not loaded."""
+    calls, build, save, load = _counter()
+    cached("things", "e", build, save, load)
+    folder = cache_root / "things" / "e"
+    (folder / "manifest.json").write_text("{}")
+    (folder / "value.json").write_text('{"n": 77}')
+    with pytest.raises(CorruptCacheError, match="does not list"):
+        verify_folder(folder)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert cached("things", "e", build, save, load) == {"n": 2}  # set aside and built again, not {"n": 77}
+    assert (cache_root / "things" / "e.corrupt").exists()
+
+
+def test_a_file_that_cannot_be_parsed_is_damage(cache_root):
+    """A manifest rewritten over a damaged file passes the checksums; the parse error still means corruption."""
+    calls, build, save, load = _counter()
+    cached("things", "e", build, save, load)
+    folder = cache_root / "things" / "e"
+    (folder / "value.json").write_text('{"n": ')
+    (folder / "manifest.json").write_text(json.dumps({"value.json": sha256(folder / "value.json")}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cached("things", "e", build, save, load) == {"n": 2}
+    assert any("unusable" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("manifest", ['{"value.json": 3}', "[1, 2]", "not json"])
+def test_a_manifest_that_is_not_one_is_damage(tmp_path, manifest):
+    folder = write_files(tmp_path / "e", {"value.json": b"{}"})
+    (folder / "manifest.json").write_text(manifest)
+    with pytest.raises(CorruptCacheError):
+        verify_folder(folder)
+
+
+def test_a_read_only_cache_is_read(cache_root, monkeypatch):
+    """Valid entries of a cache the user cannot write (a shared, read-only copy) load; a missing one is computed
+    and returned with a warning, not saved. (Simulated: the tests may run as root, who can write anywhere.)"""
+    import unlearn_utils.cache as cache_mod
+
+    calls, build, save, load = _counter()
+    cached("things", "e", build, save, load)
+
+    def refuse(folder):
+        raise PermissionError(13, "Read-only file system", str(folder))
+
+    monkeypatch.setattr(cache_mod, "_open_lock", refuse)
+    monkeypatch.setattr(cache_mod, "_writable", lambda folder: False)
+    assert cached("things", "e", build, save, load) == {"n": 1} and len(calls) == 1
+    with pytest.warns(UserWarning, match="read-only"):
+        assert cached("things", "other", build, save, load) == {"n": 2}
+    assert not (cache_root / "things" / "other").exists()
+
+
+def test_a_cache_path_that_is_a_file_is_refused(tmp_path, monkeypatch):
+    from unlearn_utils.cache import cache_dir
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("UNLEARN_KIT_CACHE", str(tmp_path / "file"))
+    with pytest.raises(NotADirectoryError, match="UNLEARN_KIT_CACHE at a folder"):
+        cache_dir()

@@ -1,15 +1,45 @@
 """Student / solution editions and the autograder."""
 
 import csv
+import json
+import re
 
 import nbformat
 import pytest
 
-from unlearn_utils.editions import (BEGIN, END, drop_markers, exercises_of, make_edition, solution_regions,
-                                    strip_solution, write_editions)
+from unlearn_utils import editions
+from unlearn_utils.editions import (BEGIN, END, drop_markers, exercises_of, main, make_edition, solution_regions,
+                                    strip_solution, student_leaks, write_editions)
 from unlearn_utils.reproduce import notebooks
 
 SOURCES = notebooks()
+SECRET = "return x * 41 + 1"
+EXERCISE = f"def f(x):\n    {BEGIN}\n    {SECRET}\n    {END}\n\nchecks.check_f(f)"
+DROPDOWN = f"<details><summary>Solution</summary>\n\n```python\n{SECRET}\n```\n</details>"
+
+
+def demo(cell_type="code", source=EXERCISE, tags=("exercise",)):
+    """A two-cell source notebook: an introduction, then the cell under test (cell 1)."""
+    new = nbformat.v4.new_code_cell if cell_type == "code" else nbformat.v4.new_markdown_cell
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Demo"), new(source)])
+    nb.cells[1].metadata["tags"] = list(tags) if isinstance(tags, tuple) else tags  # set after: new_* validate
+    return nb
+
+
+# Cells that would ship SECRET to students without a word, unless refused (an unclosed region would fail without
+# naming the cell; both tags would drop the exercise from the student edition).
+MISMATCHES = {
+    "markers_without_tag": ("code", EXERCISE, (), "not tagged 'exercise'"),
+    "tag_without_markers": ("code", f"def f(x):\n    {SECRET}", ("exercise",), "marks no solution"),
+    "misspelt_markers": ("code", EXERCISE.replace("# BEGIN", "### BEGIN").replace("# END", "#END"), ("exercise",),
+                         "looks like a solution marker"),
+    "misspelt_tag": ("code", EXERCISE, ("Exercise",), "tag 'Exercise' is not the tag 'exercise'"),
+    "tags_not_a_list": ("code", EXERCISE, "exercise", "not a list"),
+    "exercise_tag_on_markdown": ("markdown", DROPDOWN, ("exercise",), "only code cells are stripped"),
+    "untagged_solution_dropdown": ("markdown", DROPDOWN, ("hint",), "not tagged 'solution'"),
+    "unclosed_region": ("code", EXERCISE.replace(f"    {END}\n", ""), ("exercise",), "never closed"),
+    "exercise_and_solution_tags": ("code", EXERCISE, ("exercise", "solution"), "keep one tag"),
+}
 
 
 def test_strip_solution_keeps_indentation_and_check():
@@ -97,3 +127,60 @@ def test_autograde_solved_half_solved_and_crashing(tmp_path, cache):
     assert "crashed" in messages[("carol", "min_k")] and "RuntimeError" in messages[("carol", "min_k")]
     wide = list(csv.DictReader(open(tmp_path / "grades_wide.csv")))
     assert {r["student"] for r in wide} == {"alice", "bob", "carol"}
+
+
+@pytest.mark.parametrize("case", MISMATCHES)
+def test_tags_and_markers_that_disagree_are_refused_naming_notebook_and_cell(case, tmp_path):
+    cell_type, source, tags, why = MISMATCHES[case]
+    nb = demo(cell_type, source, tags)
+    named = re.escape(f"10_demo.ipynb, cell 1 ({cell_type}, {source.splitlines()[0]!r})")
+    (tmp_path / "src").mkdir()
+    nbformat.write(demo(), tmp_path / "src" / "09_fine.ipynb")
+    (tmp_path / "src" / "10_demo.ipynb").write_text(json.dumps(nb))  # as hand-edited: nbformat.write validates
+    with pytest.raises(ValueError, match=f"(?s){named}.*{re.escape(why)}"):
+        write_editions(tmp_path / "src", tmp_path / "out")
+    assert not list(tmp_path.glob("out/*/*")), "every source is checked before any edition is written"
+    for kind in ("student", "solution"):
+        with pytest.raises(ValueError, match=named):
+            make_edition(nb, kind, "10_demo.ipynb")
+
+
+def test_a_written_student_edition_with_a_solution_line_is_not_published(tmp_path, monkeypatch):
+    (tmp_path / "src").mkdir()
+    nbformat.write(demo(), tmp_path / "src" / "10_demo.ipynb")
+    stale = tmp_path / "out" / "student" / "10_demo.ipynb"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("an older edition")
+    real = editions.make_edition
+
+    def faulty(nb, kind, *args):  # an edition builder that forgets to strip
+        return real(nb, "solution", *args)
+
+    monkeypatch.setattr(editions, "make_edition", faulty)
+    with pytest.raises(ValueError, match=r"(?s)10_demo.ipynb would hold solutions.*cell 1 .*line 2 is a solution "
+                                         rf"line: {re.escape(repr(SECRET))}"):
+        write_editions(tmp_path / "src", tmp_path / "out")
+    assert not list((tmp_path / "out" / "student").iterdir()), "neither the refused nor the older edition is left"
+
+
+def test_student_leaks_names_markers_and_lines_only_the_solution_has():
+    nb = demo(source=f"def f(x):\n    {BEGIN}\n    {SECRET}\n    return x\n    {END}\n    return x")
+    student = make_edition(nb, "student")
+    assert student_leaks(nb, student) == []             # "return x" is also outside the region: public
+    student.cells[1].source = drop_markers(nb.cells[1].source) + f"\n{END}"
+    assert student_leaks(nb, student, "10_demo.ipynb") == [
+        f"10_demo.ipynb, cell 1 (code, 'def f(x):'), line 2 is a solution line: {SECRET!r}",
+        f"10_demo.ipynb, cell 1 (code, 'def f(x):'), line 5 is a solution marker: {END!r}"]
+    student.cells.append(nbformat.v4.new_markdown_cell(DROPDOWN, metadata={"tags": ["solution"]}))
+    assert "cell 2 (markdown, '<details><summary>Solution</summary>') is a solution cell" in \
+        "\n".join(student_leaks(nb, student, "10_demo.ipynb"))
+
+
+def test_markdown_may_talk_about_solutions_and_the_cli_reports_refusals(tmp_path, capsys):
+    nb = demo()
+    nb.cells[0].source = "## Begin with the solution of the last notebook\nCells tagged `# BEGIN SOLUTION` ..."
+    assert make_edition(nb, "student").cells[1].source.count("NotImplementedError") == 1
+    (tmp_path / "src").mkdir()
+    nbformat.write(demo(tags=()), tmp_path / "src" / "10_demo.ipynb")
+    assert main(["--source", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 1
+    assert "10_demo.ipynb, cell 1 (code, 'def f(x):')" in capsys.readouterr().err

@@ -38,6 +38,30 @@ def test_bad_rank_and_layer_are_clear_errors(tiny):
         GRUN.for_model(model, forget_loss="ascend")
 
 
+@pytest.mark.parametrize("setting, value", [
+    ("lr", float("inf")), ("lr", float("nan")), ("retain_weight", float("nan")), ("gate_weight", float("inf")),
+    ("beta", 0.0), ("batch_size", 0), ("batch_size", -1), ("batch_size", 8.0), ("steps", True),
+    ("layers", "12"), ("layers", 3)])
+def test_impossible_settings_are_refused_before_training(tiny, monkeypatch, setting, value):
+    """lr=inf trained a NaN module; batch_size=0 failed deep in padding; layers="12" meant layers 1 and 2. Each is
+    a ValueError naming the setting, before any module is built, trained or looked up in the cache."""
+    world, model, tok = tiny
+    forget, retain = world.facts("forget05", "trained"), world.facts("retain", "trained")
+
+    def started(*a, **k):
+        raise AssertionError("work started before the settings were checked")
+
+    monkeypatch.setattr(grun, "check_splits", started)
+    monkeypatch.setattr(grun, "cached", started)
+    match = rf"{setting}.* must be .*got .*(e\.g\.|Use|None)"
+    with pytest.raises(ValueError, match=match):
+        train_grun(model, tok, forget, retain, progress=False, **{setting: value})
+    with pytest.raises(ValueError, match=match):
+        grun.cached_train_grun(model, tok, forget, retain, model_key="any", progress=False, **{setting: value})
+    with pytest.raises(ValueError, match=match):
+        grun.GRUNConfig(**{setting: value})
+
+
 def test_module_for_another_model_size_is_a_clear_error(tiny):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -646,3 +670,18 @@ def test_grun_models_on_one_base_share_its_gguf_copy(tiny, monkeypatch):
         "one GGUF copy for both GRUN models, one for the plain model"
     row = robust[(robust["model"] == "GRUN b") & (robust["quantization"] == "GGUF Q4_1")].iloc[0]
     assert row["forget"] == accuracy(real(b, "GGUF Q4_1"), tok, data.forget)
+
+
+def test_save_grun_refuses_non_finite_weights(trained, tmp_path):
+    module = trained[0].grun[0]
+    param = next(iter(module.parameters()))
+    kept = param.detach().clone()
+    with torch.no_grad():
+        param.view(-1)[0] = float("inf")
+    try:
+        with pytest.raises(ValueError, match="holds NaN or infinite.*lower learning rate"):
+            grun.save_grun(module, tmp_path / "broken")
+    finally:
+        with torch.no_grad():
+            param.copy_(kept)
+    assert list(tmp_path.iterdir()) == [], "nothing is written"

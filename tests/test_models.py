@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import warnings
 
@@ -140,3 +141,66 @@ def test_choose_threads(monkeypatch):
             choose_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+# ---- a bad argument never touches a healthy cache entry ---------------------------------------------------------
+@pytest.mark.parametrize("kwargs, message", [(dict(dtype="float8"), "Unknown dtype"),
+                                             (dict(device="gpu"), "Unknown device"),
+                                             (dict(dtype=torch.int8), "not a floating-point")])
+def test_a_bad_argument_leaves_the_cached_world_model_alone(tmp_path, tiny_config, monkeypatch, kwargs, message):
+    import unlearn_utils.models as models
+
+    monkeypatch.setenv("UNLEARN_KIT_CACHE", str(tmp_path))
+    cfg = dataclasses.replace(tiny_config, steps=5)
+    build_world_model(cfg, progress=False)
+    folder = tmp_path / "world_models" / cfg.key()
+    before = (folder / "model.safetensors").stat().st_mtime_ns
+    monkeypatch.setattr(models, "train_world_model", lambda *a, **k: pytest.fail("retrained a valid model"))
+    with pytest.raises(ValueError, match=message):
+        load_model("world", config=cfg, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        build_world_model(cfg, progress=False, **kwargs)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == before
+    assert not list((tmp_path / "world_models").glob("*.corrupt"))
+    verify_folder(folder)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_says_so(tiny, tiny_config):
+    with pytest.raises(ValueError, match="asks for a CUDA GPU, but torch sees none"):
+        load_model("world", device="cuda", config=tiny_config)
+
+
+def test_a_folder_without_safetensors_weights_says_what_it_holds(tmp_path, tiny):
+    _, model, tok = tiny
+    folder = tmp_path / "m"
+    model.save_pretrained(folder, safe_serialization=True)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json but no weights") as err:
+        load_model(str(folder))
+    assert "huggingface-cli" not in str(err.value)
+    (folder / "pytorch_model.bin").write_bytes(b"not unpickled")
+    with pytest.raises(ValueError, match="pickled weights .*pytorch_model.bin.*safetensors only"):
+        load_model(str(folder))
+
+
+@pytest.mark.parametrize("forge", ["empty manifest", "manifest rewritten"])
+def test_truncated_weights_under_a_forged_manifest_are_rebuilt_not_loaded(tmp_path, tiny_config, monkeypatch, forge):
+    """An entry whose manifest no longer vouches for its weights (emptied, or rewritten over truncated weights)
+    is damaged: set aside and built again, never loaded and never a crash on every run."""
+    from unlearn_utils.cache import sha256
+
+    monkeypatch.setenv("UNLEARN_KIT_CACHE", str(tmp_path))
+    cfg = dataclasses.replace(tiny_config, steps=5)
+    m, _ = build_world_model(cfg, progress=False)
+    folder = tmp_path / "world_models" / cfg.key()
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    forged = {} if forge == "empty manifest" else {**manifest, "model.safetensors": sha256(weights)}
+    (folder / "manifest.json").write_text(json.dumps(forged))
+    with pytest.warns(UserWarning, match="unusable"):
+        m2, _ = build_world_model(cfg, progress=False)
+    for a, b in zip(m.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    verify_folder(folder)

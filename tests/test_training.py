@@ -1,11 +1,15 @@
-"""The output layer computed only where the losses and scores read it (training.answer_positions / logits_at)."""
+"""The output layer computed only where the losses and scores read it (training.answer_positions / logits_at), and
+the training loop's refusals (impossible settings, a diverging run)."""
+
+import math
 
 import pytest
 import torch
 import transformers as tf
 
 from test_arch import FAMILIES, V, tiny_model
-from unlearn_utils.training import answer_positions, logits_at, output_head, pad_batch
+from unlearn_utils.training import (NonFiniteLossError, answer_positions, epoch_batches, logits_at, output_head,
+                                    pad_batch, train_loop)
 from unlearn_utils.unlearning import losses as L
 
 
@@ -124,3 +128,58 @@ def test_logits_at_leaves_an_output_layer_fed_another_shape_alone():
         full = inner(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         part = logits_at(Flat(), b["input_ids"], b["attention_mask"], positions)
     assert torch.allclose(part, full.gather(1, positions[..., None].expand(-1, -1, V)), atol=1e-5)
+
+
+def _linear_run(loss_at, steps=4, **kw):
+    """train_loop on a 2x2 linear layer whose loss at each step is ``loss_at(step, weight)``; returns (layer, log)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(2, 2)
+    calls = {"step": 0}
+
+    def loss_fn(m, _batch):
+        calls["step"] += 1
+        return loss_at(calls["step"], m.weight)
+
+    return layer, train_loop(layer, lambda step: {}, steps, kw.pop("lr", 1e-2), loss_fn=loss_fn, progress=False, **kw)
+
+
+@pytest.mark.parametrize("setting, value", [("lr", float("inf")), ("lr", float("nan")), ("lr", 0.0), ("lr", "3e-4"),
+                                            ("steps", 2.5), ("steps", True), ("warmup", -1), ("clip", float("inf")),
+                                            ("callback_every", -1), ("schedule", "linear")])
+def test_train_loop_refuses_impossible_settings_before_any_step(setting, value):
+    """NaN or infinite settings (lr=inf was accepted) would train weights into NaN: refused, naming the setting."""
+    layer = torch.nn.Linear(2, 2)
+    settings = {"steps": 2, "lr": 1e-2, setting: value}
+    with pytest.raises(ValueError, match=setting):
+        train_loop(layer, lambda step: pytest.fail("a step ran"), settings.pop("steps"), settings.pop("lr"),
+                   progress=False, **settings)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0, True])
+def test_epoch_batches_refuses_a_batch_size_that_is_not_a_positive_integer(batch_size):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        epoch_batches([[1, 2], [3]], batch_size, 0, seed=0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_train_loop_stops_at_the_first_non_finite_loss(bad):
+    """A NaN or infinite loss stops the run at that step, before its update, with the step, the loss and the
+    learning rate in the error and the advice to lower it: nothing is returned, so nothing can be cached."""
+    seen = []
+
+    def loss_at(step, w):
+        seen.append(w.detach().clone())
+        return w.sum() * (bad if step == 3 else 1.0)
+
+    with pytest.raises(NonFiniteLossError, match=r"step 3 of 4: the loss is (nan|-?inf), at learning rate 0\.01\. "
+                                                 r".*Lower the learning rate") as err:
+        _linear_run(loss_at, schedule="constant")
+    assert (err.value.step, err.value.lr) == (3, 0.01) and not math.isfinite(err.value.loss)
+    assert len(seen) == 3 and all(torch.isfinite(w).all() for w in seen)
+
+
+def test_train_loop_refuses_weights_that_a_non_finite_gradient_left():
+    """A finite loss whose gradient is NaN (here sqrt at 0) turns the weights into NaN at the last step, where no
+    next loss shows it: the loop checks the trained weights before returning them."""
+    with pytest.raises(NonFiniteLossError, match="step 1 of 1: trained weight tensor 0 holds NaN"):
+        _linear_run(lambda step, w: torch.sqrt(w - w.detach()).sum(), steps=1)

@@ -57,7 +57,12 @@ class AuditConfig:
     seed: int = 0
 
     def __post_init__(self):
-        self.probes = tuple(self.probes)
+        if isinstance(self.probes, str):
+            raise ValueError(f"probes={self.probes!r} is one string; give a list of probe names, e.g. "
+                             f"probes=[{self.probes!r}] (choose from {tuple(PROBES)}).")
+        if isinstance(self.bits, (int, str)):
+            raise ValueError(f"bits={self.bits!r}: give a list of bit widths, e.g. bits=[{self.bits!r}] or (8, 4).")
+        self.probes, self.bits = tuple(self.probes), tuple(self.bits)
         unknown = [p for p in self.probes if p not in PROBES]
         if unknown:
             raise ValueError(f"Unknown audit probe(s) {unknown}: choose from {tuple(PROBES)}.")

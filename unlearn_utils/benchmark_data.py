@@ -6,8 +6,12 @@ locuslab/TOFU --repo-type dataset --local-dir TOFU``) and pass the folder or fil
 * **TOFU** (``load_tofu``): ``forgetXX.json`` / ``retainYY.json`` (JSON lines or a JSON list of ``question`` /
   ``answer``), optionally ``forgetXX_perturbed.json``. 200 fictitious authors x 20 questions; the forget sets are
   the last 2 / 10 / 20 authors, so each row's author is recovered from its position.
-* **WMDP-style multiple choice** (``load_multiple_choice``): rows with ``question``, ``choices`` (a list) and
-  ``answer`` (the index of the right choice), as JSON, JSON lines or Parquet; scored by :func:`mc_accuracy`.
+* **WMDP-style multiple choice** (``load_multiple_choice``): rows with ``question``, ``choices`` (a list of strings)
+  and ``answer`` (the integer index of the right choice; a letter is refused), as JSON, JSON lines or Parquet;
+  scored by :func:`mc_accuracy`.
+
+Files are read as UTF-8; every bad row is refused with a ValueError naming the file, the line (the row of a Parquet
+table), the field and the fix.
 * **Any question set** (``load_qa_splits``): JSON lines with ``split`` (forget / retain), ``prompt`` (or
   ``question``) and ``answer``.
 * **The real-knowledge set** (``data/real/questions.jsonl``, :func:`load_real_questions`): short factual questions
@@ -22,7 +26,9 @@ locuslab/TOFU --repo-type dataset --local-dir TOFU``) and pass the folder or fil
 from __future__ import annotations
 
 import json
+import numbers
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,36 +45,115 @@ MC_PROMPT = "The following is a multiple choice question{about}.\n\n{question}\n
 LETTERS = "ABCDEFGHIJ"
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """Rows of a JSON list, a JSON-lines file or a Parquet file, with a clear error when it is missing or bad."""
+def _read(path: str | Path) -> tuple[list, list[str]]:
+    """The rows of a data file and where each one is (``line 7``, or ``row 3`` of a Parquet table, from 0)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No data file at {path}. Check the path; the kit reads local copies only.")
     if path.suffix == ".parquet":
         import pandas as pd
 
-        return pd.read_parquet(path).to_dict("records")
-    text = path.read_text()
+        try:
+            rows = pd.read_parquet(path).to_dict("records")
+        except Exception as e:
+            raise ValueError(f"{path} is not a readable Parquet file ({e}).") from None
+        return rows, [f"row {i} (counting from 0)" for i in range(len(rows))]
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: byte 0x{raw[e.start]:02x} is not UTF-8. Save the file as UTF-8 "
+                         f"(e.g. iconv -f latin1 -t utf-8 {path.name} > fixed_{path.name}).") from None
     if not text.strip():
         raise ValueError(f"{path} is empty.")
+    if text.lstrip().startswith("["):
+        return _json_list(text, path)
     try:
-        rows = json.loads(text)
-        rows = rows if isinstance(rows, list) else [rows]
+        row = json.loads(text)
+        return [row], [f"line {text.count(chr(10), 0, len(text) - len(text.lstrip())) + 1}"]
     except json.JSONDecodeError:
+        pass
+    rows, places = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg}, column {e.colno}). A JSON-lines file "
+                                 "holds one whole object per line; a JSON file holds one list of objects.") from None
+            places.append(f"line {n}")
+    return rows, places
+
+
+def _json_list(text: str, path: Path) -> tuple[list, list[str]]:
+    """A JSON list read item by item, so that each row knows its line."""
+    decoder, space = json.JSONDecoder(), re.compile(r"\s*")
+    rows, places = [], []
+    i, line, counted = space.match(text, text.index("[") + 1).end(), 1, 0
+
+    def line_at(j):
+        nonlocal line, counted
+        line, counted = line + text.count("\n", counted, j), j
+        return line
+
+    def bad(j, what):
+        return ValueError(f"{path}, line {line_at(j)}: {what}. A JSON file holds one list of objects; a JSON-lines "
+                          "file one object per line.")
+
+    if text.startswith("]", i):
+        return rows, places
+    while True:
+        start = line_at(i)
         try:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            row, i = decoder.raw_decode(text, i)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is neither a JSON list nor JSON lines ({e}).") from None
-    if not all(isinstance(r, dict) for r in rows):
-        raise ValueError(f"{path} must hold objects (one per question).")
-    return rows
+            raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}, column {e.colno}).") from None
+        rows.append(row)
+        places.append(f"line {start}")
+        i = space.match(text, i).end()
+        if text.startswith(",", i):
+            i = space.match(text, i + 1).end()
+        elif text.startswith("]", i):
+            break
+        else:
+            raise bad(i, "expected ',' or ']' after the row")
+    rest = space.match(text, i + 1).end()
+    if rest < len(text):
+        raise bad(rest, "there is more after the closing ']'")
+    return rows, places
 
 
-def _need(rows: list[dict], keys, path) -> None:
-    for i, r in enumerate(rows):
+def _checked(path: str | Path, keys=()) -> tuple[list[dict], list[str]]:
+    """The rows of ``path`` with their places, each an object holding every field of ``keys`` (not null)."""
+    rows, places = _read(path)
+    for r, place in zip(rows, places):
+        if not isinstance(r, dict):
+            raise ValueError(f"{path}, {place}: found {type(r).__name__} {str(r)[:40]!r}, not an object; each row "
+                             f"is an object with {list(keys) or 'the question fields'}.")
         missing = [k for k in keys if k not in r]
         if missing:
-            raise ValueError(f"Row {i} of {path} lacks {missing}; each row needs {list(keys)}.")
+            raise ValueError(f"{path}, {place} lacks {missing}; each row needs {list(keys)}: add "
+                             f"{' and '.join(repr(k) for k in missing)} to it.")
+        null = [k for k in keys if r[k] is None]
+        if null:
+            raise ValueError(f"{path}, {place}: {null[0]!r} is null; give it a value (or drop the row).")
+    return rows, places
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Rows of a JSON list, a JSON-lines file or a Parquet file (UTF-8), with a clear error naming the file and the
+    line when it is missing or bad."""
+    return _checked(path)[0]
+
+
+def _text(r: dict, key: str, path, place) -> str:
+    """A row's field that must be a non-empty string (a number or a list would be turned into text silently)."""
+    value = r[key]
+    if not isinstance(value, str) or not value.strip():
+        fix = f"write it in quotes: \"{value}\"" if isinstance(value, (int, float)) else "give the text"
+        raise ValueError(f"{path}, {place}: {key!r} is {value!r}, not a non-empty string; {fix}.")
+    return value
 
 
 def _tofu_file(folder: Path, name: str) -> Path:
@@ -93,8 +178,10 @@ def load_tofu(folder: str | Path, forget: str = "forget05", max_retain: int | No
     out = {}
     for part, name in (("forget", forget), ("retain", TOFU_RETAIN[forget])):
         path = _tofu_file(folder, name)
-        rows = read_records(path)
-        _need(rows, ("question", "answer"), path)
+        rows, places = _checked(path, ("question", "answer"))
+        for r, place in zip(rows, places):
+            for key in ("question", "answer"):
+                _text(r, key, path, place)
         n_authors = len(rows) // TOFU_QUESTIONS_PER_AUTHOR
         first = TOFU_AUTHORS - n_authors if part == "forget" else 0  # forget sets are the last authors
         out[part] = [{"prompt": TOFU_PROMPT.format(question=r["question"]), "answer": r["answer"],
@@ -111,24 +198,51 @@ def load_tofu(folder: str | Path, forget: str = "forget05", max_retain: int | No
 
 def load_multiple_choice(path: str | Path, subject: str | None = None, limit: int | None = None) -> datasets.Dataset:
     """WMDP-style multiple-choice questions: ``prompt`` (question, lettered choices, "Answer:"), ``answer`` (the
-    right letter), ``choices`` and ``label`` (its index)."""
-    rows = read_records(path)
-    _need(rows, ("question", "choices", "answer"), path)
+    right letter), ``choices`` and ``label`` (its index).
+
+    Each row holds ``question`` (text), ``choices`` (a list of 2 to 10 strings) and ``answer``, the index of the
+    right choice as an integer (0 for the first), as WMDP and MMLU write it. Anything else (a letter, ``1.7``,
+    ``"2"``, a string of choices) is refused with the fix, naming the file and the line."""
+    rows, places = _checked(path, ("question", "choices", "answer"))
     out = []
-    for i, r in enumerate(rows[:limit] if limit else rows):
-        choices = list(r["choices"])
+    for r, place in zip(*((rows[:limit], places[:limit]) if limit else (rows, places))):
+        where = f"{path}, {place}"
+        question = _text(r, "question", path, place)
+        choices = r["choices"]
+        if isinstance(choices, (str, bytes, dict)) or not hasattr(choices, "__len__"):
+            raise ValueError(f"{where}: 'choices' is {choices!r}; give a list of the answers, e.g. "
+                             '["argon", "xenon", "neon"].')
+        choices = list(choices)
         if not 2 <= len(choices) <= len(LETTERS):
-            raise ValueError(f"Row {i} of {path} has {len(choices)} choices; expected 2 to {len(LETTERS)}.")
-        label = int(r["answer"])
-        if not 0 <= label < len(choices):
-            raise ValueError(f"Row {i} of {path}: answer index {label} is out of range for {len(choices)} choices.")
+            raise ValueError(f"{where}: 'choices' lists {len(choices)} answer{'s' * (len(choices) != 1)}; give 2 to "
+                             f"{len(LETTERS)}.")
+        for j, c in enumerate(choices):
+            if not isinstance(c, str):
+                raise ValueError(f"{where}: choice {j} is {c!r}, not text; write every choice as a string.")
+        label = _answer_index(r["answer"], len(choices), where)
         lettered = "\n".join(f"{LETTERS[j]}. {c}" for j, c in enumerate(choices))
         about = f" about {subject}" if subject else ""
-        out.append({"prompt": MC_PROMPT.format(about=about, question=r["question"], choices=lettered),
-                    "answer": LETTERS[label], "choices": choices, "label": label})
+        out.append({"prompt": MC_PROMPT.format(about=about, question=question, choices=lettered),
+                    "answer": LETTERS[label], "choices": [str(c) for c in choices], "label": label})
     if not out:
         raise ValueError(f"{path} holds no questions.")
     return datasets.Dataset.from_list(out)
+
+
+def _answer_index(answer, n: int, where: str) -> int:
+    """A multiple-choice ``answer`` checked to be an integer index below ``n`` (True, 1.7 or "B" are refused)."""
+    rule = f"'answer' must be the index of the right choice, an integer from 0 to {n - 1}"
+    if isinstance(answer, numbers.Integral) and not isinstance(answer, bool):
+        if not 0 <= answer < n:
+            raise ValueError(f"{where}: answer index {answer} is out of range for {n} choices; {rule}.")
+        return int(answer)
+    if isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().upper() in LETTERS:
+        k = LETTERS.index(answer.strip().upper())
+        fix = f"use the index {k}" if k < n else f"there are only {n} choices"
+        raise ValueError(f"{where}: 'answer' is the letter {answer!r}; {rule} ({fix}).")
+    if isinstance(answer, str) and answer.strip().isdigit():
+        raise ValueError(f"{where}: 'answer' is the text {answer!r}; {rule}: write {answer.strip()} without quotes.")
+    raise ValueError(f"{where}: 'answer' is {answer!r}; {rule}.")
 
 
 @torch.no_grad()
@@ -157,15 +271,15 @@ def mc_accuracy(model, tokenizer, data, batch_size: int = 16) -> float:
 
 def load_qa_splits(path: str | Path) -> dict:
     """A JSON-lines file of questions with ``split`` (forget / retain) -> ``{"forget": ..., "retain": ...}``."""
-    rows = read_records(path)
-    _need(rows, ("split", "answer"), path)
+    rows, places = _checked(path, ("split", "answer"))
     out: dict = {"forget": [], "retain": []}
-    for i, r in enumerate(rows):
+    for r, place in zip(rows, places):
         if r["split"] not in out:
-            raise ValueError(f"Row {i} of {path}: split {r['split']!r} is neither 'forget' nor 'retain'.")
-        prompt = r.get("prompt") or r.get("question")
-        if not prompt:
-            raise ValueError(f"Row {i} of {path} has neither 'prompt' nor 'question'.")
+            raise ValueError(f"{path}, {place}: 'split' is {r['split']!r}; write 'forget' or 'retain'.")
+        if not (r.get("prompt") or r.get("question")):
+            raise ValueError(f"{path}, {place} has neither 'prompt' nor 'question'; add the question as 'prompt'.")
+        prompt = _text(r, "prompt" if r.get("prompt") else "question", path, place)
+        _text(r, "answer", path, place)
         out[r["split"]].append({**{k: v for k, v in r.items() if k not in ("split", "question")}, "prompt": prompt})
     for k, v in out.items():
         if not v:
@@ -188,8 +302,7 @@ def load_real_questions(path: str | Path | None = None) -> datasets.Dataset:
     if not path.exists():
         raise FileNotFoundError(f"The real-knowledge questions are not at {path}. They ship in the kit's data/real/ "
                                 "folder; pass path= to read a copy elsewhere.")
-    rows = read_records(path)
-    _need(rows, ("id", "category", "prompt", "answer", "paraphrases", "perturbed"), path)
+    rows, _ = _checked(path, ("id", "category", "prompt", "answer", "paraphrases", "perturbed"))
     return datasets.Dataset.from_list(rows)
 
 

@@ -6,6 +6,10 @@ entry build it once), it loads a healthy entry, or builds, saves and returns a n
 staging folder that is renamed into place with a manifest of SHA-256 sums (:func:`publish_folder`), so a crash
 never leaves half an entry; every read is checked against that manifest first (:func:`verify_folder`), and an entry
 that fails the check is moved aside (kept for inspection, never used) and built again.
+
+Only damage sets an entry aside: a file missing, unlisted, unreadable or not matching its checksum
+(:class:`CorruptCacheError`). Anything else that goes wrong while loading (a bad ``dtype``, no memory, a bug) is
+raised as it is and leaves the entry where it was. docs/promises.md lists what the cache promises.
 """
 
 from __future__ import annotations
@@ -27,13 +31,30 @@ class CorruptCacheError(RuntimeError):
     """A cached file does not match its recorded checksum (truncated or edited), or an entry is incomplete."""
 
 
-# What reading a damaged entry raises: the entry is then set aside and built again.
-DAMAGED = (CorruptCacheError, OSError, ValueError, RuntimeError, KeyError)
+def _unreadable_content() -> tuple[type[BaseException], ...]:
+    """What reading a file whose bytes are wrong raises (after the checksums passed, only a manifest written
+    over damaged files gets here): these mean corruption; every other error is the caller's or the machine's."""
+    kinds: list[type[BaseException]] = [json.JSONDecodeError, UnicodeDecodeError, EOFError]
+    try:
+        from safetensors import SafetensorError
+        kinds.append(SafetensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import pandas.errors as pe
+        kinds += [pe.ParserError, pe.EmptyDataError]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(kinds)
 
 
 def cache_dir() -> Path:
     """Where built results live: ``$UNLEARN_KIT_CACHE`` or ``~/.cache/unlearn-kit``."""
-    return Path(os.environ.get("UNLEARN_KIT_CACHE", Path.home() / ".cache" / "unlearn-kit"))
+    root = Path(os.environ.get("UNLEARN_KIT_CACHE", Path.home() / ".cache" / "unlearn-kit")).expanduser()
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"The cache folder {root} (UNLEARN_KIT_CACHE) is a file, not a folder: point "
+                                 "UNLEARN_KIT_CACHE at a folder (it is created if missing), or unset it.")
+    return root
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -67,18 +88,27 @@ def cache_lock(folder: str | os.PathLike):
     writes still keep the cache sound, at worst the work is done twice.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    with open(folder.parent / f".{folder.name}.lock", "a") as handle:
+    try:
+        handle = _open_lock(folder)
+    except PermissionError:  # a read-only cache: readers need no lock, nothing is written there
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_lock(folder: Path):
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return open(folder.parent / f".{folder.name}.lock", "a")
 
 
 def staging_folder(folder: str | os.PathLike) -> Path:
@@ -114,29 +144,53 @@ def write_files(folder: str | os.PathLike, files: dict[str, bytes]) -> Path:
 
 
 def verify_folder(folder: str | os.PathLike) -> None:
-    """Check every file of a folder written by :func:`publish_folder` against its manifest."""
+    """Check a folder written by :func:`publish_folder`: every file in it is listed in its manifest, every listed
+    file is there, and each matches its SHA-256. Any failure, reading included, raises :class:`CorruptCacheError`."""
     folder = Path(folder)
     man = folder / "manifest.json"
-    if not man.exists():
+    if not man.is_file():
         raise CorruptCacheError(f"{folder} has no manifest.json: it was not written completely.")
     try:
         manifest = json.loads(man.read_text())
-    except json.JSONDecodeError as e:
-        raise CorruptCacheError(f"{man} is not valid JSON ({e}).") from None
+        present = {p.name for p in folder.iterdir() if p.name != "manifest.json"}
+    except (OSError, ValueError) as e:
+        raise CorruptCacheError(f"{man} cannot be read ({type(e).__name__}: {e}).") from None
+    if not isinstance(manifest, dict) or not all(isinstance(v, str) for v in manifest.values()):
+        raise CorruptCacheError(f"{man} is not a manifest (a mapping of file names to SHA-256 sums).")
+    unlisted = sorted(present - set(manifest))
+    if unlisted:
+        raise CorruptCacheError(f"{folder} holds files its manifest does not list ({', '.join(unlisted[:3])}): "
+                                "they cannot be checked.")
     for name, digest in manifest.items():
         path = folder / name
-        if not path.exists():
+        if "/" in name or name in ("", ".", "..") or not path.is_file():
             raise CorruptCacheError(f"{path} is missing.")
-        if sha256(path) != digest:
+        try:
+            actual = sha256(path)
+        except OSError as e:
+            raise CorruptCacheError(f"{path} cannot be read ({e}).") from None
+        if actual != digest:
             raise CorruptCacheError(f"{path} does not match its checksum (truncated or modified).")
+
+
+def refuse_non_finite(tensors, folder: str | os.PathLike) -> None:
+    """Refuse to save weights holding NaN or infinity (``tensors``: name -> tensor), naming the first such tensor:
+    a diverged run's numbers mean nothing, and a cached one would be reused as a result."""
+    import torch
+
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"Not saving {folder}: {name} holds NaN or infinite values, so the training that made "
+                             "it diverged. Train again with a lower learning rate.")
 
 
 def save_checked(model, tokenizer, folder: str | os.PathLike, settings: dict | None = None,
                  files: dict[str, bytes] | None = None) -> Path:
     """Save model (safetensors) + tokenizer + settings atomically, with a manifest of SHA-256 sums.
 
-    files: small companions (e.g. a training log), checksummed with the rest.
+    files: small companions (e.g. a training log), checksummed with the rest. Non-finite weights are refused.
     """
+    refuse_non_finite(model.state_dict(), folder)
     tmp = staging_folder(folder)
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
@@ -165,7 +219,9 @@ def cached(kind: str, key: dict | str | Path | None, build: Callable[[], T], sav
     it runs under the entry's lock, so it may read what an older entry holds before replacing it.
     usable(folder): whether an existing entry holds what is asked (e.g. a requested trajectory); if not, the
     result is built again and the entry replaced. rebuild: build again whatever the cache holds.
-    An entry that fails its checks is set aside (:func:`set_aside`) and built again.
+    An entry that fails its checks, or whose files ``load`` cannot parse, is set aside (:func:`set_aside`) and built
+    again; any other error from ``load`` is raised and the entry stays as it is. A read-only cache is read; a result
+    built there is returned with a warning that it could not be saved.
     """
     if key is None:
         return build()
@@ -174,9 +230,40 @@ def cached(kind: str, key: dict | str | Path | None, build: Callable[[], T], sav
         if folder.exists() and not rebuild and (usable is None or usable(folder)):
             try:
                 verify_folder(folder)
-                return load(folder)
-            except DAMAGED as e:
-                set_aside(folder, e)
+                return _load_entry(load, folder)
+            except CorruptCacheError as e:
+                if _writable(folder.parent):
+                    set_aside(folder, e)
+                else:
+                    warnings.warn(f"Cached result {folder} is unusable ({e}); the cache is read-only, so it stays "
+                                  "there and the result is computed again.")
         value = build()
+        if not _writable(folder.parent):
+            warnings.warn(f"The cache folder {folder.parent} is read-only: the result was computed but not saved.")
+            return value
         save(value, folder)
     return value
+
+
+def _writable(folder: Path) -> bool:
+    """Whether results can be saved under ``folder`` (created if missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+def _load_entry(load: Callable[[Path], T], folder: Path) -> T:
+    """``load(folder)``, with errors that mean an entry's files are damaged (unparseable, or missing although
+    its manifest was fine) raised as :class:`CorruptCacheError`."""
+    try:
+        return load(folder)
+    except CorruptCacheError:
+        raise
+    except FileNotFoundError as e:
+        if e.filename and Path(e.filename).resolve().is_relative_to(folder.resolve()):
+            raise CorruptCacheError(f"{e.filename} is missing from the entry.") from None
+        raise
+    except _unreadable_content() as e:
+        raise CorruptCacheError(f"a file of {folder} cannot be parsed ({type(e).__name__}: {e}).") from None

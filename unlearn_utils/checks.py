@@ -2,20 +2,22 @@
 
 Each ``check_*`` runs the learner's function on a few hand-made cases, prints a clear pass or a
 message that says what is wrong (shape, sign, value off by how much, a likely off-by-one), and
-returns a :class:`CheckResult` that a grader can collect. Checks never raise on a wrong answer; they
-do let ``NotImplementedError`` through so an untouched stub is reported as "not attempted".
+returns a :class:`CheckResult`. Checks never raise on a wrong answer; they do let ``NotImplementedError``
+through so an untouched stub is reported as "not attempted".
+
+In a notebook, a check's verdict is feedback for the learner only. The autograder (:mod:`unlearn_utils.autograde`)
+reads nothing a check prints, returns or writes in the learner's kernel: code in that kernel could forge any of it.
+It runs the same checks again in its own process, on the learner's functions called from there.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-RESULTS: list["CheckResult"] = []  # every check run in this process, for the autograder
+RESULTS: list["CheckResult"] = []  # every check run in this process (the learner's record, never a grade)
 
 
 @dataclass
@@ -29,17 +31,10 @@ class CheckResult:
         return self.passed
 
 
-GRADE_FILE_ENV = "UNLEARN_KIT_GRADE_FILE"  # set by the autograder: each check appends one JSON line there
-
-
 def _report(name: str, passed: bool, message: str, **details) -> CheckResult:
     res = CheckResult(name, passed, message, details)
     RESULTS.append(res)
     print(("PASS " if passed else "FAIL ") + f"[{name}] {message}")
-    path = os.environ.get(GRADE_FILE_ENV)
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps({"exercise": name, "passed": passed, "message": message}) + "\n")
     return res
 
 

@@ -36,9 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import get_adapter
-from .cache import cached, publish_folder, staging_folder, verify_folder
+from .cache import cached, publish_folder, refuse_non_finite, staging_folder, verify_folder
 from .data import data_fingerprint, encode_examples, encode_texts, pad_id, rows_of
-from .training import TRAINING_VERSION, TimedEval, answer_logits, loss_batch, pad_batch, set_seed, train_loop
+from .training import (TRAINING_VERSION, TimedEval, answer_logits, check_count, check_number, loss_batch, pad_batch,
+                       set_seed, train_loop)
 from .unlearning import losses as L
 from .unlearning import methods as unlearning_methods
 from .unlearning.registry import METHODS, get_method
@@ -112,6 +113,28 @@ class GRUNConfig:
     beta: float = 0.1                    # NPO
     seed: int = 0
 
+    def __post_init__(self):
+        """Refuse settings no run can use (NaN, infinity, a zero batch, a string for ``layers``, ...), naming the
+        setting and a fix, as soon as the config is made: before any module is built or trained."""
+        if self.layers is not None:
+            if isinstance(self.layers, (str, bytes)) or not hasattr(self.layers, "__iter__"):
+                raise ValueError(f"layers must be a list or tuple of layer indices, got {self.layers!r}: write e.g. "
+                                 f"layers=(3,) for one layer, or None for the default ones.")
+        check_count("rank", self.rank, fix="e.g. rank=4.")
+        if self.forget_loss not in FORGET_LOSSES:
+            raise ValueError(f"Unknown forget loss {self.forget_loss!r}: choose one of {FORGET_LOSSES}.")
+        if self.gate not in GATES:
+            raise ValueError(f"Unknown gate {self.gate!r}: choose one of {GATES}.")
+        check_number("lr (the learning rate)", self.lr, minimum=0, strict=True, fix="e.g. lr=4e-3 (GRUN's default).")
+        check_count("steps", self.steps, fix="e.g. steps=600 (GRUN's default).")
+        check_count("batch_size (the batch size)", self.batch_size, fix="e.g. batch_size=16 (GRUN's default).")
+        if self.retain_weight is not None:
+            check_number("retain_weight", self.retain_weight, minimum=0,
+                         fix="Use e.g. 2.0 (grad_diff) or 1.0, or None for the paper's value.")
+        check_number("gate_weight", self.gate_weight, minimum=0, fix="e.g. gate_weight=10.0 (GRUN's default).")
+        check_number("beta", self.beta, minimum=0, strict=True, fix="NPO divides by it: use e.g. 0.1.")
+        check_count("seed", self.seed, minimum=None, fix="e.g. seed=0.")
+
     def resolved(self, n_layers: int, hidden_size: int) -> "GRUNConfig":
         """A copy with defaults filled in for a model of ``n_layers`` x ``hidden_size``, checked."""
         layers = self.layers
@@ -127,12 +150,6 @@ class GRUNConfig:
         if not (isinstance(self.rank, int) and 0 < self.rank <= hidden_size):
             raise ValueError(f"rank must be an integer between 1 and the hidden size ({hidden_size}), "
                              f"got {self.rank!r}.")
-        if self.forget_loss not in FORGET_LOSSES:
-            raise ValueError(f"Unknown forget loss {self.forget_loss!r}: choose one of {FORGET_LOSSES}.")
-        if self.gate not in GATES:
-            raise ValueError(f"Unknown gate {self.gate!r}: choose one of {GATES}.")
-        if not (self.lr > 0 and isinstance(self.steps, int) and self.steps > 0):
-            raise ValueError(f"lr and steps must be positive, got lr={self.lr!r}, steps={self.steps!r}.")
         rw = self.retain_weight if self.retain_weight is not None else (2.0 if self.forget_loss == "grad_diff" else 1.0)
         return dataclasses.replace(self, layers=layers, retain_weight=rw)
 
@@ -759,9 +776,10 @@ def save_grun(obj, folder: str | os.PathLike, files: dict[str, bytes] | None = N
     from safetensors.torch import save_file
 
     modules = _modules_of(obj)
-    tmp = staging_folder(folder)
     tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, m in enumerate(modules)
                for k, v in m.state_dict().items()}
+    refuse_non_finite(tensors, folder)
+    tmp = staging_folder(folder)
     save_file(tensors, tmp / "grun.safetensors")
     meta = [{"config": dataclasses.asdict(m.config), **m.signature()} for m in modules]
     (tmp / "grun.json").write_text(json.dumps(meta, indent=2))

@@ -36,11 +36,27 @@ CACHE_VERSION = 1
 # ----------------------------------------------------------------------------------------------
 # Device and dtype: decided here and nowhere else
 # ----------------------------------------------------------------------------------------------
-def get_device(device: str | None = None) -> torch.device:
-    """``device`` if given, else CUDA when present, else CPU."""
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a ``torch.device``), else CUDA when
+    present, else CPU. A device this machine does not have is refused here, before anything is loaded."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Unknown device {device!r}: use 'cpu', 'cuda' (or 'cuda:0', 'cuda:1', ...), 'mps', or None "
+                         "for the best one here.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} asks for a CUDA GPU, but torch sees none on this machine "
+                             f"(torch {torch.__version__}): use device='cpu', or None to take a GPU only when "
+                             "there is one.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"numbered from 0.")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r} asks for Apple's MPS, which this machine lacks: use 'cpu' or None.")
+    return dev
 
 
 def get_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
@@ -52,6 +68,8 @@ def get_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
     if dtype in (None, "auto"):
         return torch.float32
     if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype {dtype} is not a floating-point type: use float32, bfloat16 or float16.")
         return dtype
     try:
         return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -171,10 +189,10 @@ def load_checked(folder: str | os.PathLike, device=None, dtype=None, verify: boo
     first (``verify=False`` when :func:`unlearn_utils.cache.cached` has just checked it). Returns ``(model, tok)``."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+    dev, dt = get_device(device), get_dtype(dtype)
     if verify:
         verify_folder(folder)
-    dev = get_device(device)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=get_dtype(dtype), use_safetensors=True).to(dev)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dt, use_safetensors=True).to(dev)
     model.eval()
     tok = world_tokenizer_conventions(PreTrainedTokenizerFast.from_pretrained(folder))
     return model, tok
@@ -219,6 +237,7 @@ def build_world_model(config: WorldModelConfig | None = None, rebuild: bool = Fa
     A corrupted cache entry is reported, moved aside and rebuilt.
     """
     config = dataclasses.replace(config or WorldModelConfig(), **overrides)
+    get_device(device), get_dtype(dtype)  # a bad argument is refused before the cache is touched
 
     def build():
         start = time.time()
@@ -411,6 +430,7 @@ def load_gguf(path: str | os.PathLike, device=None, dtype=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path).expanduser()
+    dev, dt = get_device(device), get_dtype(dtype)
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {path} does not exist.")
     arch = gguf_architecture(path)
@@ -436,7 +456,7 @@ def load_gguf(path: str | os.PathLike, device=None, dtype=None):
     del loaded
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = model.to(get_device(device), dtype=get_dtype(dtype)).eval()
+    model = model.to(dev, dtype=dt).eval()
     model.config.name_or_path = str(path)
     return model, tok
 
@@ -494,14 +514,15 @@ def load_model(name_or_path: str = "world", device=None, dtype=None, trust_remot
 
     from .arch import get_adapter
 
+    dev, dt = get_device(device), get_dtype(dtype)  # refused here, before anything is loaded or built
     if name_or_path in ("world", "world-retain"):
         exclude = split if name_or_path == "world-retain" else None
         return build_world_model(config, device=device, dtype=dtype, exclude_split=exclude)
     if name_or_path in REAL_MODELS:
         folder = real_model_folder(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=get_dtype(dtype), use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dt, use_safetensors=True)
         tok = AutoTokenizer.from_pretrained(folder)
-        model = model.to(get_device(device)).eval()
+        model = model.to(dev).eval()
         model.kit_name = name_or_path
         return model, tok
     if str(name_or_path).endswith(".gguf"):
@@ -517,12 +538,12 @@ def load_model(name_or_path: str = "world", device=None, dtype=None, trust_remot
             raise FileNotFoundError(
                 f"{path} has no config.json, so it holds no Hugging Face model. Point to the folder that "
                 "save_pretrained wrote (config.json + model.safetensors).")
+        _has_safe_weights(path)
         if (path / "manifest.json").exists():
             verify_folder(path)
-    dev = get_device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(path) if looks_local else name_or_path, dtype=get_dtype(dtype), use_safetensors=True,
+            str(path) if looks_local else name_or_path, dtype=dt, use_safetensors=True,
             trust_remote_code=trust_remote_code, **kwargs)
         tok = AutoTokenizer.from_pretrained(str(path) if looks_local else name_or_path,
                                             trust_remote_code=trust_remote_code)
@@ -543,6 +564,25 @@ def load_model(name_or_path: str = "world", device=None, dtype=None, trust_remot
     model.eval()
     model.kit_name = REAL_BY_HUB_ID.get(name_or_path, name_or_path)
     return model, tok
+
+
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _has_safe_weights(path: Path) -> None:
+    """Refuse a model folder without safetensors weights, saying what it holds instead and what to do."""
+    if any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").exists():
+        return
+    pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in path.glob(pattern))
+    if pickled:
+        raise ValueError(
+            f"{path} holds only pickled weights ({', '.join(pickled[:3])}); the kit loads safetensors only, because "
+            "unpickling a file can run any code in it. Convert it once where you trust the file: "
+            "`AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`.")
+    raise FileNotFoundError(
+        f"{path} has a config.json but no weights (no *.safetensors file): the save was incomplete, or the weights "
+        "live elsewhere. Save the model again with save_pretrained, or point to the folder that holds "
+        "model.safetensors.")
 
 
 def main(argv: list[str] | None = None) -> int:

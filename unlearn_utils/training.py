@@ -9,6 +9,7 @@ labelled tokens).
 from __future__ import annotations
 
 import math
+import numbers
 import random
 import time
 from typing import Callable, Iterable
@@ -22,6 +23,39 @@ from tqdm.auto import tqdm
 # mistaken for this code's results.
 # 2: the losses compute the output layer only before labelled tokens (answer_positions), not at every position.
 TRAINING_VERSION = 2
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training reached a loss (or weights) that is NaN or infinite: the run diverged, and its weights are not usable.
+
+    Raised by :func:`train_loop` at the first such step, so that nothing is returned, cached or saved.
+    ``step``, ``loss`` and ``lr`` say where it happened."""
+
+    def __init__(self, message: str, step: int, loss: float, lr: float):
+        super().__init__(message)
+        self.step, self.loss, self.lr = step, loss, lr
+
+
+def check_number(name: str, value, *, minimum: float | None = None, strict: bool = False, fix: str = "") -> float:
+    """``value`` if it is a finite real number (at least ``minimum``, above it if ``strict``); else a ValueError
+    naming the setting, what it got and ``fix``. NaN or infinity would train a model of NaN weights (and cache it)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if strict else value >= minimum
+    if not ok:
+        bound = "" if minimum is None else f" {'above' if strict else 'at least'} {minimum:g}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}.{' ' + fix if fix else ''}")
+    return value
+
+
+def check_count(name: str, value, *, minimum: int | None = 1, fix: str = "") -> int:
+    """``value`` as an int if it is a whole number (not a bool, float or string) of at least ``minimum`` (None: any);
+    else a ValueError naming the setting, what it got and ``fix``."""
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and (minimum is None or value >= minimum)):
+        what = {None: "an integer", 1: "a positive integer"}.get(minimum, f"an integer of at least {minimum}")
+        raise ValueError(f"{name} must be {what}, got {value!r}.{' ' + fix if fix else ''}")
+    return int(value)
 
 
 def set_seed(seed: int) -> None:
@@ -172,11 +206,18 @@ def train_loop(
 
     Returns a log: one dict per step with ``step``, ``loss`` and ``lr``. ``callback(step, log_row)`` runs
     every ``callback_every`` steps (and after the last), e.g. to evaluate during training.
+    Every setting is checked first (a finite, positive ``lr``, ...). A NaN or infinite loss (or, after the last
+    step, a NaN or infinite trained weight) stops the run with a :class:`NonFiniteLossError`: a diverged run's
+    weights are garbage, so none are returned for a cache or a notebook to keep.
     """
-    if steps <= 0:
-        raise ValueError(f"steps must be a positive number, got {steps}.")
-    if not lr > 0:
-        raise ValueError(f"the learning rate must be positive, got {lr}.")
+    steps = check_count("steps", steps, fix="Pass the number of optimiser steps, e.g. steps=200.")
+    check_number("lr (the learning rate)", lr, minimum=0, strict=True, fix="Use a small positive value, e.g. 3e-4.")
+    warmup = check_count("warmup", warmup, minimum=0, fix="Pass a number of steps (0 for none).")
+    check_number("weight_decay", weight_decay, minimum=0, fix="Use 0 (none) or a small value such as 0.01.")
+    check_number("clip", clip or 0.0, minimum=0, fix="Use a gradient-norm bound such as 1.0, or 0 for none.")
+    check_count("callback_every", callback_every, minimum=0, fix="Pass a number of steps (0: never).")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}.")
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     model.train()
@@ -187,12 +228,15 @@ def train_loop(
             g["lr"] = lr_at(step, steps, lr, warmup, schedule)
         batch = batches(step)
         loss = loss_fn(model, batch)
+        value = float(loss.detach())
+        if not math.isfinite(value):  # before the step: NaN gradients would turn every weight into NaN
+            raise _diverged(f"the loss is {value}", step + 1, steps, value, opt.param_groups[0]["lr"], lr, desc)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
-        row = {"step": step + 1, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"]}
+        row = {"step": step + 1, "loss": value, "lr": opt.param_groups[0]["lr"]}
         log.append(row)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{row['loss']:.3f}")
@@ -201,7 +245,21 @@ def train_loop(
             callback(step + 1, row)
             model.train()
     model.eval()
+    # a finite loss with a non-finite gradient (an overflow) shows only in the weights; the next step's loss would
+    # catch it, the last step's is caught here
+    bad = next((i for i, p in enumerate(params) if not bool(torch.isfinite(p.detach()).all())), None)
+    if bad is not None:
+        raise _diverged(f"trained weight tensor {bad} holds NaN or infinite values after it (a non-finite gradient; "
+                        f"the loss was {log[-1]['loss']:g})", steps, steps, log[-1]["loss"], log[-1]["lr"], lr, desc)
     return log
+
+
+def _diverged(what: str, step: int, steps: int, loss: float, lr_now: float, lr: float, desc: str) -> NonFiniteLossError:
+    """The error :func:`train_loop` raises when a run diverges: where, the learning rate, and what to do."""
+    peak = "" if lr_now == lr else f" (its peak: lr={lr:g})"
+    return NonFiniteLossError(
+        f"{desc} diverged at step {step} of {steps}: {what}, at learning rate {lr_now:g}{peak}. Nothing is returned "
+        f"or cached. Lower the learning rate (e.g. lr={lr / 10:g}) and train again.", step=step, loss=loss, lr=lr_now)
 
 
 def epoch_batches(seqs: list[list[int]], batch_size: int, pad_id: int, seed: int,
@@ -209,6 +267,7 @@ def epoch_batches(seqs: list[list[int]], batch_size: int, pad_id: int, seed: int
     """A ``batches(step)`` function that walks shuffled epochs over ``seqs`` deterministically."""
     if not seqs:
         raise ValueError("no training sequences: the data set is empty.")
+    batch_size = check_count("batch_size", batch_size, fix="Pass how many sequences each step trains on, e.g. 16.")
     order: list[int] = []
     rng = random.Random(seed)
     state = {"pos": 0}

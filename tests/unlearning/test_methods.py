@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -93,6 +95,59 @@ def test_bad_input(tiny, splits):
         unlearn(model, tok, forget, retain, "ga", learning_rate=1e-3)
     with pytest.raises(IndexError, match="out of range"):
         unlearn(model, tok, forget, retain, "rmu", layer=99, steps=1)
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("lr", float("inf")), ("lr", float("nan")), ("retain_weight", float("nan")), ("retain_weight", -1.0),
+    ("beta", float("inf")), ("beta", 0.0), ("gamma", float("nan")), ("steering_coeff", float("inf")),
+    ("weight_decay", float("nan")), ("batch_size", 0), ("batch_size", -4), ("batch_size", 2.5),
+    ("batch_size", True), ("steps", True), ("lora_rank", 0), ("only_modules", "model.layers.0.mlp"),
+    ("only_modules", ())])
+def test_impossible_settings_are_refused_before_any_work(tiny, splits, monkeypatch, setting, value):
+    """lr=inf (or a NaN weight) was accepted and trained a NaN model; a string for only_modules was read letter by
+    letter. Each is a ValueError naming the setting and a fix, before the model is copied or anything cached."""
+    from unlearn_utils.unlearning import methods
+
+    world, model, tok = tiny
+    forget, retain = splits
+
+    def started(*a, **k):
+        raise AssertionError("work started before the settings were checked")
+
+    monkeypatch.setattr(methods, "check_splits", started)
+    monkeypatch.setattr(methods, "cached", started)
+    with pytest.raises(ValueError, match=rf"{setting}.* must be .*got .*(e\.g\.|Use|write|None)"):
+        unlearn(model, tok, forget, retain, "npo_gd", progress=False, **{setting: value})
+    with pytest.raises(ValueError, match=setting):
+        methods.cached_unlearn(model, tok, world, "forget05", "npo_gd", model_key="any", progress=False,
+                               **{setting: value})
+
+
+def test_a_diverging_run_raises_and_caches_nothing(tiny, tiny_config, monkeypatch, tmp_path):
+    """A learning rate far too large turns the loss into NaN: the run stops there with the step and the advice to
+    lower the learning rate, and no cache entry is written (a NaN model would be loaded as a result later)."""
+    from unlearn_utils.training import NonFiniteLossError
+    from unlearn_utils.unlearning import methods
+
+    world, model, tok = tiny
+    monkeypatch.setenv("UNLEARN_KIT_CACHE", str(tmp_path))
+    with pytest.raises(NonFiniteLossError, match=r"step \d+ of 4: the loss is nan.*Lower the learning rate") as err:
+        methods.cached_unlearn(model, tok, world, "forget05", "grad_diff", model_key=tiny_config.key(),
+                               progress=False, steps=4, lr=1e10)
+    assert err.value.lr == 1e10
+    entries = [p for p in tmp_path.rglob("*") if p.is_dir() and p.parent != tmp_path]
+    assert entries == [], "nothing is cached"
+    assert all(torch.isfinite(p).all() for p in model.parameters()), "the input model is untouched"
+
+
+def test_save_unlearned_refuses_non_finite_weights(tiny, tmp_path):
+    world, model, tok = tiny
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="layers.0.mlp.down_proj.weight holds NaN or infinite.*lower learning rate"):
+        save_unlearned(broken, tok, tmp_path / "broken")
+    assert list(tmp_path.iterdir()) == [], "nothing is written"
 
 
 def test_cached_unlearn_keeps_model_and_trajectory(tiny, tiny_config, monkeypatch):

@@ -21,8 +21,8 @@ import torch
 from ..cache import cached, save_checked
 from ..data import data_fingerprint, encode_examples, pad_id, rows_of
 from ..models import load_checked, preset
-from ..training import (TRAINING_VERSION, TimedEval, answer_logits, loss_batch, pad_batch, set_seed,
-                        train_loop)
+from ..training import (TRAINING_VERSION, TimedEval, answer_logits, check_count, check_number, loss_batch,
+                        pad_batch, set_seed, train_loop)
 from ..world import check_splits
 from . import losses as L
 from .registry import METHODS as REGISTRY
@@ -67,14 +67,41 @@ class UnlearnConfig:
         values = {**spec.defaults, **(defaults or {}), **overrides}
         if values.get("lora") and "lr" not in overrides:
             values["lr"] = values["lr"] * 10  # LoRA updates few weights: a larger step is standard
-        cfg = cls(method=method, **values)
-        if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
-            raise ValueError(f"The learning rate must be a positive number, got {cfg.lr!r}.")
-        if not (isinstance(cfg.steps, int) and cfg.steps > 0):
-            raise ValueError(f"The number of steps must be a positive integer, got {cfg.steps!r}.")
-        if not (isinstance(cfg.batch_size, int) and cfg.batch_size > 0):
-            raise ValueError(f"The batch size must be a positive integer, got {cfg.batch_size!r}.")
-        return cfg
+        return cls(method=method, **values).check()
+
+    def check(self) -> "UnlearnConfig":
+        """Refuse settings no run can use (NaN, infinity, a zero batch, ...), naming the setting and a fix, before
+        any model is copied or trained. Returns the config (whole numbers as ints, ``only_modules`` a tuple)."""
+        default = get_method(self.method).defaults
+        check_number("lr (the learning rate)", self.lr, minimum=0, strict=True,
+                     fix=f"Use a small positive value, e.g. {default.get('lr', 3e-4):g} ({self.method}'s default).")
+        self.steps = check_count("steps (the number of steps)", self.steps,
+                                 fix=f"e.g. steps={default.get('steps', 200)} ({self.method}'s default).")
+        self.batch_size = check_count("batch_size (the batch size)", self.batch_size, fix="e.g. batch_size=32.")
+        check_number("retain_weight", self.retain_weight, minimum=0,
+                     fix=f"Use e.g. {default.get('retain_weight', 1.0):g} (0 turns the retain term off).")
+        check_number("beta", self.beta, minimum=0, strict=True,
+                     fix="NPO, SimNPO and DPO divide by it: use e.g. 0.1 (SimNPO: 2.5).")
+        check_number("gamma", self.gamma, fix="SimNPO's margin: use e.g. 0.0.")
+        check_number("steering_coeff", self.steering_coeff, fix="RMU's steering coefficient: use e.g. 4.0.")
+        check_number("weight_decay", self.weight_decay, minimum=0, fix="Use 0 (none) or a small value such as 0.01.")
+        self.lora_rank = check_count("lora_rank", self.lora_rank, fix="e.g. lora_rank=8.")
+        check_number("lora_alpha", self.lora_alpha, minimum=0, strict=True, fix="e.g. lora_alpha=16.")
+        if self.layer is not None:
+            self.layer = check_count("layer", self.layer, minimum=None,
+                                     fix="RMU's steered layer: a layer index, or None for the middle layer.")
+        self.seed = check_count("seed", self.seed, minimum=None, fix="e.g. seed=0.")
+        if self.only_modules is not None:
+            if isinstance(self.only_modules, str):
+                raise ValueError(f"only_modules must be a list or tuple of module names, got the string "
+                                 f"{self.only_modules!r} (it would be read letter by letter): write "
+                                 f"only_modules=({self.only_modules!r},).")
+            self.only_modules = tuple(self.only_modules)
+            bad = [m for m in self.only_modules if not isinstance(m, str)]
+            if bad or not self.only_modules:
+                raise ValueError(f"only_modules must be a non-empty list of module names (strings such as "
+                                 f"'model.layers.3.mlp'), got {self.only_modules!r}; None trains every parameter.")
+        return self
 
 
 @dataclass
@@ -353,7 +380,10 @@ class _RMU:
 # Saving and loading unlearned models
 # ----------------------------------------------------------------------------------------------
 def save_unlearned(model, tokenizer, folder, extra: dict | None = None, files: dict[str, bytes] | None = None) -> Path:
-    """Save an unlearned model (LoRA merged into the weights) as safetensors with its settings."""
+    """Save an unlearned model (LoRA merged into the weights) as safetensors with its settings.
+
+    A model whose weights hold NaN or infinity (a diverged run) is refused: saved, it would be loaded and scored
+    later as if it were a result."""
     cfg = getattr(model, "unlearn_config", None)
     to_save = model
     if hasattr(model, "merge_and_unload"):
