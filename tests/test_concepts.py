@@ -435,3 +435,25 @@ def test_category_set_on_smollm2_locates_and_scores(smol_tok, cache):
         assert r.hits == len(set(r.tokens) & set(C.topic_words(cs, r.topic)))
     probes = C.probe_scores(model, tok, cs, "capitals")
     assert list(probes.index) == list(C.CATEGORY_PROBES)
+
+
+@pytest.mark.parametrize("family", ["olmo", "gemma2", "cohere"])
+def test_projection_through_the_final_norm_on_any_family(family):
+    """OLMo's final layer norm has no parameters (final_norm=True once stopped at StopIteration); with it, the
+    projection is the model's own logit for that residual stream: norm, unembedding, soft cap or logit scale."""
+    from test_arch import D, tiny_model
+
+    from unlearn_utils.arch import get_adapter
+
+    model = tiny_model(family)
+    a = get_adapter(model)
+    if family == "olmo":
+        assert not list(a.norm(model).parameters())
+    v = torch.randn(D, 4)
+    got = C.project_to_vocab(model, v, final_norm=True)
+    with torch.no_grad():
+        want = a.logits_from_hidden(model, v.T[:, None, :])[:, 0, :].T
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(C.project_to_vocab(model, v[:, 0], final_norm=True), want[:, 0], atol=1e-5)
+    assert torch.equal(got.topk(3, dim=0).indices, (a.unembedding(model).detach() @ a.norm(model)(v.T).T)
+                       .topk(3, dim=0).indices), "post-processing never changes the ranking"

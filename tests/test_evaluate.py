@@ -233,3 +233,26 @@ def test_report_cards_use_the_retain_models_truth_ratios(monkeypatch):
     plain = ev.EvalData(forget=_questions(rows), retain=_questions([("a", "a")]))
     calls.clear()
     assert "forget_quality" not in ev.compare(ev.report_cards(original, tok, plain, retain)) and not calls
+
+
+def test_an_answer_without_tokens_is_refused_naming_its_row(tiny):
+    """An empty answer (or one that tokenizes to nothing, such as spaces) once crashed scoring with an index error."""
+    import re
+
+    from unlearn_utils.data import encode_qa
+
+    world, model, tok = tiny
+    rows = [r for r in world.fact_rows() if r["is_question"]][:3]
+    prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
+    assert len(ev.answer_scores(model, tok, prompts, answers)) == 3
+    for empty in ("", "   "):
+        bad = answers[:1] + [empty] + answers[2:]
+        with pytest.raises(ValueError, match=re.escape(f"Row 1 (prompt {prompts[1]!r}): its answer {empty!r} "
+                                                       "tokenizes to nothing")):
+            ev.answer_scores(model, tok, prompts, bad)
+        with pytest.raises(ValueError, match="Row 1 "):
+            ev.accuracy(model, tok, {"prompt": prompts, "answer": bad})
+        with pytest.raises(ValueError, match="Row 1 .*tokenizes to nothing"):
+            ev.score_pairs(model, tok, encode_qa(tok, prompts, bad))
+    with pytest.raises(ValueError, match=r"Row 0 .*\(3 such rows: \[0, 1, 2\]\)"):
+        ev.answer_scores(model, tok, prompts, ["", " ", ""])

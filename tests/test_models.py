@@ -204,3 +204,18 @@ def test_truncated_weights_under_a_forged_manifest_are_rebuilt_not_loaded(tmp_pa
     for a, b in zip(m.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
     verify_folder(folder)
+
+
+def test_a_folder_keeps_the_tokenizer_saved_in_it(tmp_path, tiny):
+    """A qwen2 model saved with another tokenizer (here the world's word-level one) loads with that tokenizer,
+    not the family's default class (which encoded every world text to nothing)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    world, _, tok = tiny
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    _, loaded = load_model(str(tmp_path / "m"))
+    text = world.fact_rows()[0]["prompt"]
+    assert loaded(text)["input_ids"] == tok(text)["input_ids"] and len(tok(text)["input_ids"]) > 1

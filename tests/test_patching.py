@@ -1,6 +1,7 @@
 """Activation patching and restoration: sanity checks that can fail, batched == looped, clear errors."""
 
 import copy
+import warnings
 
 import pandas as pd
 import pytest
@@ -315,27 +316,44 @@ def test_resumed_equals_full_rerun_on_every_family(tiny, family):
                  P.restoration_sweep(a, b, tok, tfi, parts=("down", "attn"), window=2, resume=False))
 
 
-def test_a_model_that_cannot_resume_falls_back_to_the_full_rerun(tiny):
-    """Gemma 2 caps its logits after the final norm: not resumable, so the sweep reruns it in full (a warning,
-    the same numbers); a model that does more than its layers (a hook on its body's output) is caught by the check
-    the sweep runs first."""
+def test_a_soft_capped_model_resumes_and_compares_capped_logits(tiny):
+    """Gemma 2 caps its logits after the final norm (here at 0.5, about the size of this model's logits, so the cap
+    bends them): the resumed runner applies the cap too, so the sweeps resume, with the full rerun's numbers; and
+    every logit compared is a capped one, so a patch that changes nothing scores 0 and the last block 1 either way
+    (mixing the unembedding's uncapped output with the model's capped one gave a no-op patch a KRS below 0)."""
     world, _, tok = tiny
     prompts = [r["prompt"] for r in world.fact_rows() if r["is_question"]][:4]
     cfg = tf_lib.Gemma2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                               num_attention_heads=4, num_key_value_heads=2, head_dim=8, final_logit_softcapping=0.5)
     a, b = _family_pair(tok, cfg)
-    assert not P.resumable(b)
+    assert P.resumable(b)
     tfi = P.teacher_forced_inputs(a, tok, prompts, max_new_tokens=2)
-    with pytest.warns(UserWarning, match="cannot be restarted"):
-        fell_back = P.patch_sweep(a, b, tok, tfi, components=["mlp", "block"])
-    _same_sweeps(fell_back, P.patch_sweep(a, b, tok, tfi, components=["mlp", "block"], resume=False), tol=1e-12)
-    assert fell_back.krs[fell_back.component == "block"].iloc[-1] == pytest.approx(1.0, abs=1e-5)
-    with pytest.warns(UserWarning, match="cannot be restarted"):
-        P.restoration_sweep(a, b, tok, tfi)
-    # the resumed runner on it really would be wrong: the soft cap is skipped
     inputs = P.capture_layer_inputs(b, tfi)
-    assert (P.resumed_logits(b, inputs, [([0], None)])[0] - inputs.logits).abs().max() > 1e-3
+    assert (P.resumed_logits(b, inputs, [([0], None)])[0] - inputs.logits).abs().max() < 1e-5
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*cannot be restarted")
+        resumed = P.patch_sweep(a, b, tok, tfi, components=["mlp", "block"])
+    full = P.patch_sweep(a, b, tok, tfi, components=["mlp", "block"], resume=False)
+    _same_sweeps(resumed, full)
+    for df in (resumed, full):
+        assert df.krs[df.component == "block"].iloc[-1] == pytest.approx(1.0, abs=1e-5)
+    # a patch that changes nothing: the unlearned model's own activations, by both runners
+    own = P.cache_activations(b, tok, tfi)
+    base = b(input_ids=tfi.input_ids, attention_mask=tfi.attention_mask).logits
+    orig = a(input_ids=tfi.input_ids, attention_mask=tfi.attention_mask).logits
+    assert (own["logits"] - base).abs().max() < 1e-6, "the cached logits are the model's output, capped"
+    for logits in P.run_patches(b, tok, tfi, own, [([1], "mlp")]):
+        assert P.knowledge_recovery_score(orig, logits, base, tfi.answer_mask).abs().max() < 1e-6
+    for r in (True, False):
+        df = P.restoration_sweep(b, b, tok, tfi, resume=r)
+        assert df.krs.isna().all()  # nothing to recover: the same model, capped on both sides
 
+
+def test_a_model_that_cannot_resume_falls_back_to_the_full_rerun(tiny):
+    """A model that does more than its layers, final norm, unembedding and family post-processing (here a hook on
+    its body's output) is caught by the check the sweep runs first: the full rerun, a warning, the same numbers."""
+    world, _, tok = tiny
+    prompts = [r["prompt"] for r in world.fact_rows() if r["is_question"]][:4]
     from test_arch import FAMILIES
 
     cfg = FAMILIES["llama"]()
@@ -349,6 +367,8 @@ def test_a_model_that_cannot_resume_falls_back_to_the_full_rerun(tiny):
         with pytest.warns(UserWarning, match="cannot be restarted"):
             fell_back = P.patch_sweep(a, b, tok, tfi, components=["attn"])
         _same_sweeps(fell_back, P.patch_sweep(a, b, tok, tfi, components=["attn"], resume=False), tol=1e-12)
+        with pytest.warns(UserWarning, match="cannot be restarted"):
+            P.restoration_sweep(a, b, tok, tfi)
     finally:
         handle.remove()
 
@@ -438,3 +458,54 @@ def test_resumed_sweep_on_smollm2(smol_pair):
     restore = dict(parts=("down", "attn"), window=2, layers=[29])
     _same_sweeps(P.restoration_sweep(model, other, tok, tf, **restore),
                  P.restoration_sweep(model, other, tok, tf, resume=False, **restore))
+
+
+# ---- a LoRA model straight from unlearn(..., lora=True): the peft wrapper, not merged -------------------------------
+def test_a_lora_model_from_unlearn_in_the_sweeps_and_the_audit(tiny):
+    """The sweeps and the audit's patching probe read the unmerged wrapper as its merged model (the same numbers);
+    the audit's quantization probe quantizes the merged weights, never the LoRA matrices (whose rank-8 inputs once
+    forced per-channel grids)."""
+    from unlearn_utils import audit as A
+    from unlearn_utils import quantize as Q
+    from unlearn_utils.unlearning import unlearn
+
+    world, model, tok = tiny
+    forget = world.facts("forget05", "trained").select(range(12)).select_columns(["prompt", "answer"])
+    retain = world.facts("retain", "trained").select(range(24)).select_columns(["prompt", "answer"])
+    wrapped, _ = unlearn(model, tok, forget, retain, "grad_diff", steps=3, lr=3e-2, lora=True, progress=False)
+    assert type(wrapped).__name__.startswith("Peft")
+    merged = copy.deepcopy(wrapped).merge_and_unload()
+    tfi = P.teacher_forced_inputs(model, tok, list(forget["prompt"])[:8], max_new_tokens=2)
+    def close(a, b):  # W x + B A x and (W + B A) x round differently: a near tie may flip one question's arg-max
+        assert list(a.layer) == list(b.layer) and list(a.component) == list(b.component)
+        assert (a.krs - b.krs).abs().max() < 1e-4
+        assert (a.recovered_accuracy - b.recovered_accuracy).abs().max() <= 1 / len(tfi) + 1e-9
+
+    for kw in (dict(), dict(resume=False)):
+        close(P.patch_sweep(model, wrapped, tok, tfi, window=2, **kw),
+              P.patch_sweep(model, merged, tok, tfi, window=2, **kw))
+        close(P.restoration_sweep(model, wrapped, tok, tfi, parts=("down", "up", "attn"), **kw),
+              P.restoration_sweep(model, merged, tok, tfi, parts=("down", "up", "attn"), **kw))
+    assert Q.default_group_size(wrapped) == Q.default_group_size(merged) == Q.default_group_size(model)
+    assert list(Q.quantizable_linears(wrapped)) == list(Q.quantizable_linears(merged))
+    q_wrapped, q_merged = A.quantized(wrapped, 4), A.quantized(merged, 4)
+    ids = tfi.input_ids
+    assert (q_wrapped(ids).logits - q_merged(ids).logits).abs().max() < 1e-5
+    data = {"forget": forget, "retain": retain}
+    report = A.audit(model, wrapped, tok, data, probes=("quantization", "patching"), bits=(4,), native_grid=False,
+                     progress=False)
+    again = A.audit(model, merged, tok, data, probes=("quantization", "patching"), bits=(4,), native_grid=False,
+                    progress=False)
+    pd.testing.assert_frame_equal(report.table, again.table, atol=1 / len(forget) + 1e-9)
+    close(report.patching, again.patching)
+
+
+def test_one_string_where_a_list_is_asked_is_refused(pair):
+    """components="mlp" would be read letter by letter ("Unknown component 'm'"): refused with the fix."""
+    original, unlearned, tok, tf = pair
+    with pytest.raises(ValueError, match=r"components='mlp' is one string; give a list, e.g. components=\['mlp'\]"):
+        P.patch_sweep(original, unlearned, tok, tf, components="mlp")
+    with pytest.raises(ValueError, match=r"parts='down' is one string"):
+        P.restoration_sweep(original, unlearned, tok, tf, parts="down")
+    with pytest.raises(ValueError, match="components='attn' is one string"):
+        P.intervention_table({}, {}, components="attn")

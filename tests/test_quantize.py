@@ -384,7 +384,9 @@ def test_bad_group_size_and_format_are_refused_before_any_work(tiny, monkeypatch
     def no_work(*a, **k):
         raise AssertionError("work started before the argument was checked")
 
-    monkeypatch.setattr(Q.copy, "deepcopy", no_work)
+    import copy
+
+    monkeypatch.setattr(copy, "deepcopy", no_work)  # the copy quantization writes into (arch.merged_copy)
     monkeypatch.setattr(ev, "accuracy", no_work)
     with pytest.raises(ValueError, match=r"group size 32 does not divide .*\[48, 96\].*\[1, 2, 3, 4, 6, 8, 12, 16, 24"):
         Q.quantize_model(odd, 4, group_size=32)
@@ -465,3 +467,80 @@ def test_accuracy_under_schemes_and_the_grid_effect_table(tiny):
     assert shares.loc["GGUF Q4_1", "moved on original"] == 0
     assert shares.loc["GGUF Q4_1", "codes changed"] == pytest.approx(mirrored / total)
     assert shares.loc["GGUF Q4_1", "values changed"] == pytest.approx((scaled + mirrored) / total, rel=0.02)
+
+
+# ---- a tied unembedding with include_lm_head; a LoRA model ---------------------------------------------------------
+@pytest.mark.parametrize("fmt", [None, "Q8_0"])
+def test_include_lm_head_on_a_tied_model_unties_it_and_keeps_the_embeddings(tmp_path, fmt):
+    """Quantizing the unembedding of a model whose unembedding *is* its input embedding (tied) once quantized the
+    embeddings too. The copy is untied: its unembedding gets its own quantized weight, the embeddings stay full
+    precision, and saved and reloaded the two stay two matrices."""
+    import transformers as tf
+
+    from test_arch import family_config
+
+    from unlearn_utils.quantize import quantize_model_gguf
+
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(family_config("gemma", vocab=96, hidden=32, inner=64, layers=2))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    emb = model.model.embed_tokens.weight.detach().clone()
+    q = quantize_model(model, 4, 16, include_lm_head=True) if fmt is None else \
+        quantize_model_gguf(model, fmt, include_lm_head=True)
+    assert model.lm_head.weight is model.model.embed_tokens.weight, "the original stays tied"
+    assert torch.equal(model.model.embed_tokens.weight, emb), "and unquantized"
+    assert torch.equal(q.model.embed_tokens.weight, emb), "the copy's input embeddings stay full precision"
+    assert q.lm_head.weight.data_ptr() != q.model.embed_tokens.weight.data_ptr()
+    expect = quantize_tensor(emb, 4, 16) if fmt is None else None
+    if expect is not None:
+        assert torch.equal(q.lm_head.weight, expect)
+    else:
+        assert not torch.equal(q.lm_head.weight, emb)
+    assert q.config.tie_word_embeddings is False
+    q.save_pretrained(tmp_path)
+    again = tf.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(again.model.embed_tokens.weight, emb) and torch.equal(again.lm_head.weight, q.lm_head.weight)
+    x = torch.tensor([[1, 5, 6, 7]])
+    assert torch.equal(again(x).logits, q(x).logits)
+    # without include_lm_head nothing is untied
+    plain = quantize_model(model, 4, 16)
+    assert plain.lm_head.weight is plain.model.embed_tokens.weight and torch.equal(plain.lm_head.weight, emb)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_lora_model_is_quantized_as_its_merged_weights(family):
+    """A peft model straight from unlearn(..., lora=True): its layers are the plain model's (the LoRA matrices are
+    no layers of their own, so no rank-8 input widths force per-channel grids), and quantizing it quantizes the merged
+    weights: the same model, logit for logit, as quantizing the merged copy."""
+    import copy
+
+    import pandas as pd
+    import transformers as tf
+
+    from test_arch import family_config
+
+    from unlearn_utils import quantize as Q
+    from unlearn_utils.unlearning.methods import UnlearnConfig, _add_lora
+
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(family_config(family, vocab=96, hidden=64, inner=128, layers=2)).eval()
+    wrapped = _add_lora(copy.deepcopy(model), UnlearnConfig.for_method("grad_diff", lora=True)).eval()
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    merged = copy.deepcopy(wrapped).merge_and_unload()
+    names = list(Q.quantizable_linears(wrapped))
+    assert names == list(Q.quantizable_linears(merged)) == list(Q.quantizable_linears(model))
+    assert not any("lora" in n for n in names)
+    assert Q.input_widths(wrapped) == Q.input_widths(model) and Q.default_group_size(wrapped) == 64
+    before = {k: v.clone() for k, v in wrapped.state_dict().items()}
+    x = torch.tensor([[1, 5, 6, 7, 8]])
+    for q_wrapped, q_merged in ((quantize_model(wrapped, 4), quantize_model(merged, 4)),
+                                (Q.quantize_as(wrapped, "Q4_1"), Q.quantize_as(merged, "Q4_1"))):
+        assert not any("lora" in n for n, _ in q_wrapped.named_parameters()), "a plain model"
+        assert torch.allclose(q_wrapped(x).logits, q_merged(x).logits, atol=1e-6)
+    assert all(torch.equal(v, before[k]) for k, v in wrapped.state_dict().items()), "the LoRA model is untouched"
+    assert Q.weights_moved(wrapped, "Q4_0") == Q.weights_moved(merged, "Q4_0")
+    pd.testing.assert_frame_equal(Q.change_in_steps(model, wrapped, bits=4), Q.change_in_steps(model, merged, bits=4),
+                                  atol=1e-5)

@@ -53,11 +53,13 @@ def value_vector(model, layer: int, column: int) -> torch.Tensor:
 def project_to_vocab(model, vectors: torch.Tensor, final_norm: bool = False) -> torch.Tensor:
     """Logits that ``vectors`` ([d_model] or [d_model, n]) promote: unembedding @ vector -> [vocab] or [vocab, n].
 
-    final_norm=True first applies the model's final norm to each vector (as the residual stream would see it);
-    the paper projects the raw vector (final_norm=False).
+    final_norm=True gives the logits the model would output were each vector its last residual stream: its final
+    norm (with or without parameters: OLMo's has none), the unembedding and the family's post-processing (Gemma 2's
+    soft cap, Granite's and Cohere's logit scaling; none of them changes the ranking of the tokens). The paper
+    projects the raw vector (final_norm=False): unembedding @ vector.
     """
     ad = get_adapter(model)
-    E = ad.unembedding(model).detach().float()
+    E = ad.unembedding(model).detach()
     v = vectors.detach().float().to(E.device)
     single = v.dim() == 1
     if single:
@@ -66,9 +68,11 @@ def project_to_vocab(model, vectors: torch.Tensor, final_norm: bool = False) -> 
         raise ValueError(f"vectors have size {v.shape[0]} but the model's hidden size is {E.shape[1]}.")
     if final_norm:
         norm = ad.norm(model)
-        w = next(norm.parameters())
-        v = norm(v.T[:, None, :].to(w.dtype)).float()[:, 0, :].T
-    out = E @ v
+        dtype = next(norm.parameters(), E).dtype  # the model's dtype where the norm has no parameters
+        v = norm(v.T[:, None, :].to(dtype)).float()[:, 0, :].T
+    out = E.float() @ v
+    if final_norm:
+        out = ad.postprocess_logits(model, out)
     return out[:, 0] if single else out
 
 
@@ -248,10 +252,13 @@ def topic_scores(model, tokenizer, world: World, kinds=("question", "completion"
 
 
 def down_proj_column(model, layer: int, column: int):
-    """(down-projection weight, index of value vector ``column`` in it) after checking the range."""
+    """(down-projection weight, index of value vector ``column`` in it) after checking the range. On a LoRA model,
+    the base layer's weight: a change to it changes the merged value vector by the same amount."""
+    from .arch import base_layer
+
     check_column(model, layer, column)
     ad = get_adapter(model)
-    w = ad.down_proj(model, int(layer)).weight
+    w = base_layer(ad.down_proj(model, int(layer))).weight
     return w, ((slice(None), int(column)) if not ad.conv1d else (int(column), slice(None)))
 
 

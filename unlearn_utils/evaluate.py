@@ -81,13 +81,30 @@ def min_k_score(token_logprobs, k: float = 0.4) -> float:
 def answer_scores(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 128) -> pd.DataFrame:
     """Per pair: ``correct`` (greedy match), ``logprob`` (sum over answer tokens), ``n_tokens``, ``prob`` (per token).
 
-    One teacher-forced forward pass per batch; works for any causal LM and tokenizer.
+    One teacher-forced forward pass per batch; works for any causal LM and tokenizer. An answer that tokenizes to
+    nothing (empty, or only spaces) is refused with a ValueError naming its row.
     """
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers.")
     if not prompts:
         raise ValueError("No questions to score: the prompt list is empty.")
-    return score_pairs(model, tokenizer, encode_qa(tokenizer, prompts, answers), batch_size)
+    pairs = encode_qa(tokenizer, prompts, answers)
+    _check_answers(pairs, tokenizer, prompts, answers)
+    return score_pairs(model, tokenizer, pairs, batch_size)
+
+
+def _check_answers(pairs, tokenizer, prompts=None, answers=None) -> None:
+    """Refuse pairs whose answer has no token (an empty answer, or one the tokenizer turns into nothing, such as
+    only spaces): there is nothing to score, and no "correct" or probability means anything. Names the row."""
+    empty = [j for j, (_, a) in enumerate(pairs) if len(a) == 0]
+    if not empty:
+        return
+    j = empty[0]
+    prompt = prompts[j] if prompts is not None else tokenizer.decode(pairs[j][0])
+    what = f"its answer {answers[j]!r}" if answers is not None else "its answer"
+    others = f" ({len(empty)} such rows: {empty[:10]}{' ...' if len(empty) > 10 else ''})" if len(empty) > 1 else ""
+    raise ValueError(f"Row {j} (prompt {prompt!r}): {what} tokenizes to nothing, so there is no answer token to "
+                     f"score{others}. Give every question a non-empty answer, or drop the row.")
 
 
 @torch.no_grad()
@@ -96,7 +113,9 @@ def score_pairs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], batc
     """:func:`answer_scores` on pairs already encoded by :func:`encode_qa` (encode once, score many checkpoints).
 
     logprobs=False scores greedy correctness only (``correct`` and ``n_tokens`` columns), skipping the log-softmax.
+    An answer without tokens is refused (a ValueError naming its row).
     """
+    _check_answers(pairs, tokenizer)
     dev = _device_of(model)
     pad = pad_id(tokenizer)
     n = len(pairs)

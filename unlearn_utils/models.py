@@ -547,6 +547,8 @@ def load_model(name_or_path: str = "world", device=None, dtype=None, trust_remot
             trust_remote_code=trust_remote_code, **kwargs)
         tok = AutoTokenizer.from_pretrained(str(path) if looks_local else name_or_path,
                                             trust_remote_code=trust_remote_code)
+        if looks_local:
+            tok = _saved_tokenizer(path, tok)
     except OSError as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise OSError(
@@ -564,6 +566,25 @@ def load_model(name_or_path: str = "world", device=None, dtype=None, trust_remot
     model.eval()
     model.kit_name = REAL_BY_HUB_ID.get(name_or_path, name_or_path)
     return model, tok
+
+
+_PROBE_TEXT = "The capital of France is Paris . 1987 , Zürich ; don't"
+
+
+def _saved_tokenizer(folder: Path, tok):
+    """The tokenizer saved in ``folder``: ``tok`` (what AutoTokenizer chose) if it encodes like the folder's own
+    ``tokenizer.json``, else that file's tokenizer. AutoTokenizer picks the family's class by the model type
+    (Qwen2Tokenizer for a qwen2 config), which can silently replace a different tokenizer saved beside the model."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    file = folder / "tokenizer.json"
+    if not file.is_file():
+        return tok
+    own = Tokenizer.from_file(str(file)).encode(_PROBE_TEXT, add_special_tokens=False).ids
+    if tok(_PROBE_TEXT, add_special_tokens=False)["input_ids"] == own:
+        return tok
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))
 
 
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")

@@ -19,10 +19,16 @@ and each patch only from its lowest layer up (the "resumed sweep"; ``resume=Fals
 
 High KRS for coefficient patching but low KRS for value-vector restoration is the paper's reading:
 "retrieval changed, knowledge kept".
+
+Every logit compared is the model's own output logit, after whatever it does past the unembedding (Gemma 2's soft
+cap, Granite's and Cohere's logit scaling: :meth:`unlearn_utils.arch.Adapter.postprocess_logits`). Any model the
+adapter reads works here, a LoRA model straight from ``unlearn(..., lora=True)`` included (patched and restored
+as the model inside the peft wrapper, LoRA layers and their merged weights: :mod:`unlearn_utils.arch`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from dataclasses import dataclass
@@ -30,7 +36,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from .arch import get_adapter, resolve
+from .arch import effective_bias, effective_weight, get_adapter, resolve, set_effective_weight, unwrap
 from .data import encode_texts, pad_id
 
 COMPONENTS = ("mlp", "attn", "both")
@@ -188,7 +194,7 @@ def answer_agreement(model, tf: TeacherForced) -> float:
 # ----------------------------------------------------------------------------------------------
 def check_compatible(a, b) -> None:
     """Refuse to patch between models of different architecture, depth, width or vocabulary."""
-    ca, cb = a.config, b.config
+    ca, cb = unwrap(a).config, unwrap(b).config
     for attr, label in (("model_type", "architecture"), ("num_hidden_layers", "number of layers"),
                         ("hidden_size", "hidden size"), ("vocab_size", "vocabulary size")):
         va, vb = getattr(ca, attr, None), getattr(cb, attr, None)
@@ -214,7 +220,10 @@ def _check_layers(layers, n):
 
 
 def _wrap(model, tokenizer):
-    """nnsight's wrapper: TransformersModel (batches several invokes) when a tokenizer is given, else NNsight."""
+    """nnsight's wrapper of the transformers model (inside a peft wrapper, :func:`unlearn_utils.arch.unwrap`, so
+    the adapter's paths resolve on it): TransformersModel (batches several invokes) when a tokenizer is given, else
+    NNsight."""
+    model = unwrap(model)
     if tokenizer is None:
         from nnsight import NNsight
 
@@ -232,7 +241,8 @@ def _sites(component: str) -> tuple[bool, bool, bool]:
 
 @torch.no_grad()
 def cache_activations(model, tokenizer, tf: TeacherForced) -> dict:
-    """The model's attention outputs and MLP coefficients at every layer, plus its logits (one nnsight trace)."""
+    """The model's attention outputs and MLP coefficients at every layer, plus its output logits (one nnsight
+    trace)."""
     adapter = get_adapter(model)
     n = adapter.n_layers(model)
     nn_model = _wrap(model, tokenizer)
@@ -243,7 +253,7 @@ def cache_activations(model, tokenizer, tf: TeacherForced) -> dict:
             cache["attn"].append(_attn_site(adapter, nn_model, layer).output.save())
             cache["mlp"].append(_mlp_site(adapter, nn_model, layer).input.save())
             cache["block"].append(_block_output(_layer_envoy(adapter, nn_model, layer).output).save())
-        cache["logits"] = _logits_site(adapter, nn_model).output.save()
+        cache["logits"] = _logits_site(nn_model).save()
     return cache
 
 
@@ -259,8 +269,9 @@ def _mlp_site(adapter, nn_model, layer):
     return resolve(_layer_envoy(adapter, nn_model, layer), adapter.mlp_down)
 
 
-def _logits_site(adapter, nn_model):
-    return resolve(nn_model, adapter.unembed)
+def _logits_site(nn_model):
+    """The model's own output logits (after any soft cap or logit scaling), not the unembedding's output."""
+    return nn_model.output.logits
 
 
 def _block_output(out):
@@ -293,6 +304,13 @@ def _apply_patch(adapter, nn_model, layers, component, cache, pos_mask):
 
 
 @torch.no_grad()
+def _names(value, what: str, example: str) -> tuple:
+    """``value`` as a tuple of names; one string is refused (it would be read letter by letter)."""
+    if isinstance(value, str):
+        raise ValueError(f"{what}={value!r} is one string; give a list, e.g. {what}=[{value!r}] or {example}.")
+    return tuple(value)
+
+
 def patch_sweep(original, unlearned, tokenizer, tf: TeacherForced, components=COMPONENTS, window: int = 1,
                 layers: list[int] | None = None, positions: str = "all", direction: str = "original_to_unlearned",
                 batched: bool = True, invokes_per_trace: int = 8, resume: bool = True) -> pd.DataFrame:
@@ -306,8 +324,8 @@ def patch_sweep(original, unlearned, tokenizer, tf: TeacherForced, components=CO
     resume: a patch leaves the layers below it unchanged, so run the patched model once, keep every decoder layer's
     input, and run each patch only from its lowest layer up (:func:`resumed_logits`: plain PyTorch hooks on the
     decoder layers, not nnsight), about twice as fast on a deep model, the same numbers; False reruns the whole
-    model under nnsight for every patch (:func:`run_patches`). A model that cannot be restarted at a layer (a logit
-    soft cap, see :func:`resumable`) is rerun in full, with a warning.
+    model under nnsight for every patch (:func:`run_patches`). A model that cannot be restarted at a layer (one whose
+    output the adapter cannot recompute from its last layer, see :func:`_resumes`) is rerun in full, with a warning.
     batched: (full rerun) many patches per nnsight trace (one invoke each); False runs one trace per patch.
     invokes_per_trace: patches run together, as invokes of one trace or as one stacked batch when resumed.
     Returns columns: layer, layers, component, krs (mean over questions), krs_std, recovered_accuracy (the share of
@@ -328,6 +346,7 @@ def patch_sweep(original, unlearned, tokenizer, tf: TeacherForced, components=CO
     wins = windows(n, window)
     centres = list(range(n)) if layers is None else list(layers)
     _check_layers(centres, n)
+    components = _names(components, "components", "('mlp', 'attn')")
     for c in components:
         _sites(c)
     cache = cache_activations(source, tokenizer, tf)
@@ -411,7 +430,7 @@ def run_patches(target, tokenizer, tf: TeacherForced, cache: dict, patches: list
                 for layers, comp in chunk:
                     with tracer.invoke(input_ids=ids, attention_mask=att):
                         _apply_patch(adapter, nn_model, layers, comp, cache, pos_mask)
-                        saved.append(_logits_site(adapter, nn_model).output.save())
+                        saved.append(_logits_site(nn_model).save())
             for logits in saved:
                 assert logits.ndim == 3 and logits.shape[0] == len(tf), "one invoke's logits per patch"
             out += saved
@@ -419,7 +438,7 @@ def run_patches(target, tokenizer, tf: TeacherForced, cache: dict, patches: list
         for layers, comp in patches:
             with nn_model.trace(input_ids=ids, attention_mask=att):
                 _apply_patch(adapter, nn_model, layers, comp, cache, pos_mask)
-                logits = _logits_site(adapter, nn_model).output.save()
+                logits = _logits_site(nn_model).save()
             out.append(logits)
     return out
 
@@ -463,16 +482,16 @@ def _compact(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 
 def resumable(model) -> bool:
-    """Whether the model's logits are its last decoder layer's output through the final norm and the unembedding,
-    with nothing else on the way (Gemma 2 and 3 cap their logits with a tanh: those are rerun in full)."""
+    """Whether the adapter knows how the model turns its last decoder layer's output into logits (final norm,
+    unembedding and the post-processing after it: Gemma 2's soft cap, Granite's and Cohere's scaling), so that a run
+    can restart at a layer: every supported family. The sweeps still check it on the model at hand
+    (:func:`_resumes`) and rerun in full where it does not hold (e.g. a hook that changes the model's output)."""
     get_adapter(model)  # a clear error for an unsupported family
-    return getattr(_inner(model).config, "final_logit_softcapping", None) is None
+    return True
 
 
 def _inner(model):
-    from .arch import _unwrap
-
-    return _unwrap(model)
+    return unwrap(model)
 
 
 @torch.no_grad()
@@ -571,9 +590,8 @@ def resumed_logits(model, inputs: LayerInputs, patches: list[tuple[list[int], st
     finally:
         for handle in handles:
             handle.remove()
-    inner = _inner(model)
     h = _compact(h, inputs.positions.repeat(len(patches), 1))
-    logits = resolve(inner, adapter.unembed)(resolve(inner, adapter.final_norm)(h))
+    logits = adapter.logits_from_hidden(model, h)  # final norm, unembedding, the model's own post-processing
     logits = logits.view(len(patches), rows, *logits.shape[1:])
     back = torch.empty_like(logits)
     back[torch.tensor(order, device=logits.device)] = logits  # the caller's order
@@ -587,7 +605,8 @@ def _site_names(component: str) -> tuple[str, ...]:
 
 def _resumes(model, inputs: LayerInputs) -> bool:
     """Whether restarting at the last layer with nothing patched gives the run's own logits (it does unless the model
-    does more than its layers, the final norm and the unembedding, e.g. a logit soft cap); one layer's cost."""
+    does more than its layers, the final norm, the unembedding and the adapter's post-processing); one layer's
+    cost."""
     if not resumable(model):
         return False
     again = resumed_logits(model, inputs, [([len(inputs.hidden) - 1], None)])[0]
@@ -597,9 +616,10 @@ def _resumes(model, inputs: LayerInputs) -> bool:
 
 
 def _fallback_warning(model, what: str) -> None:
-    warnings.warn(f"{what}: a {_inner(model).config.model_type} model cannot be restarted at a layer (its logits are "
-                  "more than its last layer through the final norm and the unembedding); running the whole model for "
-                  "every patch instead (same numbers, slower).", stacklevel=3)
+    warnings.warn(f"{what}: this {_inner(model).config.model_type} model cannot be restarted at a layer (its logits "
+                  "are more than its last layer through the final norm, the unembedding and its family's "
+                  "post-processing); running the whole model for every patch instead (same numbers, slower).",
+                  stacklevel=3)
 
 
 @torch.no_grad()
@@ -611,19 +631,22 @@ def restoration_sweep(original, unlearned, tokenizer, tf: TeacherForced, parts=(
     The unlearned model is left exactly as it was. resume: restoring a window's weights leaves the layers below it
     unchanged, so run the unlearned model once and each restored model only from the window's lowest layer up
     (:func:`resumed_logits`, calling the decoder layers directly); False reruns the whole model per window (same
-    numbers). One row per (window, parts) with krs and recovered_accuracy.
+    numbers). One row per (window, parts) with krs and recovered_accuracy. On an unmerged LoRA model a module's
+    weight is its merged one (W + delta W): restoring it puts the original's weight into the base layer and zeroes the
+    LoRA update of that module for the window.
     """
     check_compatible(original, unlearned)
     if len(tf) == 0:
         raise ValueError("The question list is empty.")
     adapter = get_adapter(unlearned)
+    get_adapter(original)
     n = adapter.n_layers(unlearned)
     wins = windows(n, window)
     centres = list(range(n)) if layers is None else list(layers)
     _check_layers(centres, n)
-    for k in wins[centres[0]] if centres else []:
-        for part in parts:
-            adapter.layer_param_names(unlearned, k, part)  # an unknown part fails here, before any run
+    parts = _names(parts, "parts", "('down', 'up')")
+    for part in parts:
+        adapter.part_modules(unlearned, 0, part)  # an unknown part fails here, before any run
     dev = next(unlearned.parameters()).device
     ids, att = tf.input_ids.to(dev), tf.attention_mask.to(dev)
     scored = _Scorer(tf, original(input_ids=ids, attention_mask=att).logits, dev)
@@ -633,25 +656,40 @@ def restoration_sweep(original, unlearned, tokenizer, tf: TeacherForced, parts=(
         inputs = None
     scored.base = inputs.logits if inputs is not None else scored.compact(unlearned(input_ids=ids,
                                                                                     attention_mask=att).logits)
-    orig_params = dict(original.named_parameters())
-    unl_params = dict(unlearned.named_parameters())
     rows = []
     for centre in _progress(centres, "restorations", len(centres) > 1):
-        names = [name for k in wins[centre] for part in parts for name in adapter.layer_param_names(unlearned, k, part)]
-        saved = {name: unl_params[name].detach().clone() for name in names}
-        try:
-            for name in names:
-                unl_params[name].copy_(orig_params[name])
+        pairs = [(src, dst) for k in wins[centre] for part in parts
+                 for src, dst in zip(adapter.part_modules(original, k, part), adapter.part_modules(unlearned, k, part))]
+        with _restored(pairs):
             if inputs is not None:
                 krs, match = scored(resumed_logits(unlearned, inputs, [(wins[centre], None)])[0], compact=True)
             else:
                 krs, match = scored(unlearned(input_ids=ids, attention_mask=att).logits)
-        finally:
-            for name, value in saved.items():
-                unl_params[name].copy_(value)
         rows.append({"layer": centre, "layers": wins[centre], "component": "+".join(parts),
                      "krs": float(krs.nanmean()), "recovered_accuracy": float(match.float().mean())})
     return pd.DataFrame(rows)
+
+
+@contextlib.contextmanager
+def _restored(pairs):
+    """Within the block, each ``(source, target)`` module pair's target computes with the source's weight and bias
+    (their effective ones: a LoRA layer's merged weight; a LoRA target gets the weight in its base layer and its
+    update zeroed); every parameter of the targets is put back on exit, even after an error."""
+    saved = [(p, p.detach().clone()) for _, dst in pairs for p in dst.parameters()]
+    try:
+        with torch.no_grad():
+            values = [(effective_weight(src).detach().clone(), effective_bias(src)) for src, _ in pairs]
+            for (_, dst), (w, b) in zip(pairs, values):
+                shape = tuple(effective_weight(dst).shape)
+                if tuple(w.shape) != shape:
+                    raise ValueError(f"A {type(dst).__name__} of shape {shape} cannot take the original's weight of "
+                                     f"shape {tuple(w.shape)}: the models differ.")
+                set_effective_weight(dst, w, None if b is None else b.detach().clone())
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value in saved:
+                p.copy_(value)
 
 
 def patch_and_restore(original, unlearned: dict, tokenizer, tf: TeacherForced, window: int = 1,
@@ -678,7 +716,7 @@ def krs_curves(sweeps: dict, restores: dict, components=("mlp", "attn"),
                restore_label: str = "restore down_proj") -> dict:
     """``{"<name>: patch <component>" / "<name>: <restore_label>": (layers, KRS)}`` for each model's sweep and
     restoration (``{name: table}`` as :func:`patch_and_restore` returns them): the curves of KRS by layer."""
-    series = {}
+    series, components = {}, _names(components, "components", "('mlp', 'attn')")
     for name, sweep in sweeps.items():
         for comp in components:
             d = sweep[sweep.component == comp]
@@ -692,7 +730,7 @@ def intervention_table(sweeps: dict, restores: dict, components=COMPONENTS,
     """Every intervention of every model in one long table: columns method, intervention ("patch <component>" or
     ``restore_label``), layer (the window's centre), krs, recovered_accuracy; per model, the patches component by
     component, then the restoration, each by layer."""
-    rows = []
+    rows, components = [], _names(components, "components", "('mlp', 'attn')")
     for name, sweep in sweeps.items():
         for comp in components:
             d = sweep[sweep.component == comp].set_index("layer")

@@ -15,7 +15,6 @@ grid moves most of them (:func:`grid_table`, :func:`grid_effect`).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import re
@@ -86,29 +85,61 @@ def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None = 64, sym
 
 
 def quantizable_linears(model, include_lm_head: bool = False) -> dict[str, torch.nn.Module]:
-    """The Linear layers RTN touches: every decoder Linear (embeddings and, by default, the unembedding stay full
-    precision)."""
-    from .arch import get_adapter
+    """The Linear layers RTN touches, by their names in the transformers model: every decoder Linear (embeddings and,
+    by default, the unembedding stay full precision). Of a LoRA (peft) model, each adapted Linear is one layer (its
+    LoRA layer, whose weight is the merged W + delta W: :func:`unlearn_utils.arch.effective_weight`), under the plain
+    model's name; the LoRA matrices are not layers of their own."""
+    from .arch import base_layer, get_adapter, is_lora_layer, resolve, unwrap
 
     adapter = get_adapter(model)
-    out = {}
-    for name, mod in model.named_modules():
-        is_linear = isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Conv1D"
-        if not is_linear:
+    inner = unwrap(model)
+    unembed = base_layer(resolve(inner, adapter.unembed))
+    out, inside_lora = {}, []
+    for name, mod in inner.named_modules():
+        if any(name.startswith(prefix) for prefix in inside_lora):
+            continue  # a LoRA layer's base layer and A / B matrices: part of that layer
+        if is_lora_layer(mod):
+            inside_lora.append(name + ".")
+        base = base_layer(mod)
+        if not (isinstance(base, torch.nn.Linear) or type(base).__name__ == "Conv1D"):
             continue
-        if name.endswith(adapter.unembed.split(".")[-1]) and not include_lm_head:
+        if base is unembed and not include_lm_head:
             continue
         out[name] = mod
     return out
 
 
 def _is_conv1d(mod) -> bool:
-    return type(mod).__name__ == "Conv1D"  # GPT-2 stores its weights [in, out]
+    from .arch import base_layer
+
+    return type(base_layer(mod)).__name__ == "Conv1D"  # GPT-2 stores its weights [in, out]
 
 
 def _row_major(mod) -> torch.Tensor:
-    """A quantizable module's weight as an [out, in] matrix (a view; groups and blocks run along its rows)."""
-    return mod.weight.data.T if _is_conv1d(mod) else mod.weight.data
+    """A quantizable module's weight as an [out, in] matrix (groups and blocks run along its rows): a view of the
+    weight, or for a LoRA layer a new tensor holding its merged weight (read it; quantization acts on a merged copy)."""
+    from .arch import effective_weight
+
+    w = effective_weight(mod).detach()
+    return w.T if _is_conv1d(mod) else w
+
+
+def _quantization_target(model, include_lm_head: bool, inplace: bool):
+    """The plain model quantization writes into: a merged copy of a LoRA model (in place: the model's adapters merged
+    into its weights), a copy of any other (in place: the model itself); with ``include_lm_head``, an unembedding
+    tied to the input embeddings gets its own copy of the weight first, so the embeddings stay full precision."""
+    from .arch import get_adapter, merge_in_place, merged_copy, resolve
+
+    target = merge_in_place(model) if inplace else merged_copy(model)
+    if include_lm_head:
+        unembed = resolve(target, get_adapter(target).unembed)
+        embed = target.get_input_embeddings() if hasattr(target, "get_input_embeddings") else None
+        if embed is not None and unembed.weight.data_ptr() == embed.weight.data_ptr():
+            unembed.weight = torch.nn.Parameter(unembed.weight.detach().clone(),
+                                                requires_grad=unembed.weight.requires_grad)
+            for cfg in {id(c): c for c in (target.config, target.config.get_text_config())}.values():
+                cfg.tie_word_embeddings = False  # saved and reloaded, the two stay two matrices
+    return target
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,11 +186,15 @@ def quantize_model(model, bits: int, group_size: int | str | None = "auto", symm
     """A copy of ``model`` whose decoder Linear weights are RTN quantize-dequantized (see :func:`quantize_tensor`).
 
     ``group_size="auto"`` picks :func:`default_group_size` (64 wherever 64 divides every width); a size that does
-    not divide every input width is refused before any work.
+    not divide every input width is refused before any work. The input embeddings always stay full precision, and
+    the unembedding too unless ``include_lm_head``; a model whose unembedding is tied to its input embeddings is
+    then *untied* in the copy (the unembedding gets its own quantized weight, ``tie_word_embeddings`` becomes
+    False). A LoRA (peft) model is quantized as its merged weights (what deploying it means): the result is a plain
+    model, and ``inplace=True`` merges the adapters into the model's own weights first (use the returned model).
     """
     check_bits(bits)
     group_size = resolve_group_size(model, group_size, include_lm_head)
-    target = model if inplace else copy.deepcopy(model)
+    target = _quantization_target(model, include_lm_head, inplace)
     for mod in quantizable_linears(target, include_lm_head).values():
         w = _row_major(mod)
         w.copy_(quantize_tensor(w, bits, group_size, symmetric))
@@ -254,9 +289,10 @@ def quantize_tensor_gguf(w: torch.Tensor, fmt: str) -> torch.Tensor:
 def quantize_model_gguf(model, fmt: str, include_lm_head: bool = False, inplace: bool = False):
     """A copy of ``model`` whose decoder Linear weights (those of :func:`quantizable_linears`) are quantize-dequantized
     in the GGUF block format ``fmt`` ("Q4_1", ...): a float model that computes what llama.cpp would with that file.
-    A bad format name or a width that is not a whole number of blocks is refused before any work."""
+    A bad format name or a width that is not a whole number of blocks is refused before any work. Embeddings, tied
+    unembeddings and LoRA models as in :func:`quantize_model`."""
     fmt = check_gguf_widths(model, fmt, include_lm_head)
-    target = model if inplace else copy.deepcopy(model)
+    target = _quantization_target(model, include_lm_head, inplace)
     for mod in quantizable_linears(target, include_lm_head).values():
         w = _row_major(mod)
         w.copy_(quantize_tensor_gguf(w, fmt))
@@ -577,12 +613,11 @@ def rtn_column(table: pd.DataFrame, bits: int) -> str:
 # ----------------------------------------------------------------------------------------------
 def _weight_pairs(original, unlearned, include_lm_head: bool = False):
     """(module name, original weight, unlearned weight) as [out, in] float matrices, for every quantized Linear."""
-    other = dict(unlearned.named_modules())
+    other = quantizable_linears(unlearned, include_lm_head)  # a LoRA model's layers by the plain names, merged weights
     for name, mod in quantizable_linears(original, include_lm_head).items():
-        if name not in other or other[name].weight.shape != mod.weight.shape:
+        if name not in other or _row_major(other[name]).shape != _row_major(mod).shape:
             raise ValueError(f"Module {name} differs between the two models: they must share an architecture.")
-        w0, w1 = mod.weight.detach().float(), other[name].weight.detach().float()
-        yield (name, w0.T, w1.T) if _is_conv1d(mod) else (name, w0, w1)
+        yield name, _row_major(mod).float(), _row_major(other[name]).float()
 
 
 def _sample(x: torch.Tensor, n: int) -> torch.Tensor:
