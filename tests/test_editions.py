@@ -114,7 +114,18 @@ def test_autograde_solved_half_solved_and_crashing(tmp_path, cache):
     crash.cells.insert(3, nbformat.v4.new_code_cell("raise RuntimeError('kernel died on purpose')"))
     nbformat.write(crash, subs / "carol" / SOURCES[0].name)
 
-    out = grade_folder(subs, tmp_path / "grades.csv", timeout=300)
+    # the smoke world model and its retain model, built once and copied into each student's private cache
+    import dataclasses
+
+    from unlearn_utils.models import SMOKE_CONFIG, WorldModelConfig, build_world_model
+
+    seed = tmp_path / "seed-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNLEARN_KIT_CACHE", str(seed))
+        smoke = WorldModelConfig(**SMOKE_CONFIG)
+        build_world_model(smoke, progress=False)
+        build_world_model(dataclasses.replace(smoke, exclude_split="forget05"), progress=False)
+    out = grade_folder(subs, tmp_path / "grades.csv", timeout=300, seed_cache=seed)
     rows = list(csv.DictReader(open(out)))
     got = {(r["student"], r["exercise"]): r["passed"] for r in rows}
     assert got == {
