@@ -173,15 +173,9 @@ def resolve(root, path: str):
 def unwrap(model):
     """The transformers model inside a peft or nnsight wrapper (the model itself when it is not wrapped). A peft
     model's inner model carries its LoRA layers: running it is running the peft model."""
-    inner = model
-    for attr in ("_model",):  # nnsight
-        inner = getattr(inner, attr, inner)
-    if is_peft(inner):
-        inner = inner.get_base_model()
-    return inner
+    inner = unwrap_nnsight(model)
+    return inner.get_base_model() if is_peft(inner) else inner
 
-
-_unwrap = unwrap  # the name other modules used before
 
 
 def is_peft(model) -> bool:

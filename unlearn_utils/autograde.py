@@ -84,6 +84,8 @@ from pathlib import Path
 
 import nbformat
 
+from .editions import _tags
+
 FIELDS = ["student", "notebook", "exercise", "passed", "message"]
 TOKEN_ENV = "UNLEARN_AUTOGRADE_RUN"  # every process of one run carries it: the grader kills them all afterwards
 DEFAULT_NOTEBOOK_TIMEOUT = 1800  # seconds for the whole notebook (kernel start-up not counted)
@@ -115,11 +117,6 @@ def expected_exercises(notebook_name: str) -> list[str]:
 
     nb = _kit_source(notebook_name)
     return exercises_of(nb) if nb is not None else []
-
-
-def _tags(cell) -> list:
-    tags = cell.get("metadata", {}).get("tags", [])
-    return list(tags) if isinstance(tags, (list, tuple)) else []
 
 
 def exercise_functions(nb) -> dict[str, str | None]:
@@ -881,7 +878,7 @@ def grade_folder(folder: str | Path, out: str | Path = "grades.csv", timeout: in
         _write_rows(out, rows)  # from memory: also drops anything a submission appended to the file
     import pandas as pd
 
-    df = pd.DataFrame(_read_rows(out))
+    df = pd.DataFrame(rows)
     if not df.empty:
         df["passed"] = df["passed"].astype(str) == "True"
         wide = df.assign(col=df["notebook"] + ":" + df["exercise"]).pivot_table(

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from .arch import effective_bias, effective_weight, get_adapter, resolve, set_effective_weight, unwrap
+from .arch import base_layer, effective_bias, effective_weight, get_adapter, resolve, set_effective_weight, unwrap
 from .data import encode_texts, pad_id
 
 COMPONENTS = ("mlp", "attn", "both")
@@ -303,7 +303,6 @@ def _apply_patch(adapter, nn_model, layers, component, cache, pos_mask):
             site.input = src if pos_mask is None else torch.where(pos_mask, src, site.input)
 
 
-@torch.no_grad()
 def _names(value, what: str, example: str) -> tuple:
     """``value`` as a tuple of names; one string is refused (it would be read letter by letter)."""
     if isinstance(value, str):
@@ -311,6 +310,7 @@ def _names(value, what: str, example: str) -> tuple:
     return tuple(value)
 
 
+@torch.no_grad()
 def patch_sweep(original, unlearned, tokenizer, tf: TeacherForced, components=COMPONENTS, window: int = 1,
                 layers: list[int] | None = None, positions: str = "all", direction: str = "original_to_unlearned",
                 batched: bool = True, invokes_per_trace: int = 8, resume: bool = True) -> pd.DataFrame:
@@ -490,10 +490,6 @@ def resumable(model) -> bool:
     return True
 
 
-def _inner(model):
-    return unwrap(model)
-
-
 @torch.no_grad()
 def capture_layer_inputs(model, tf: TeacherForced) -> LayerInputs:
     """Run ``model`` once on the teacher-forced inputs and keep what every decoder layer received (forward pre-hooks
@@ -607,8 +603,6 @@ def _resumes(model, inputs: LayerInputs) -> bool:
     """Whether restarting at the last layer with nothing patched gives the run's own logits (it does unless the model
     does more than its layers, the final norm, the unembedding and the adapter's post-processing); one layer's
     cost."""
-    if not resumable(model):
-        return False
     again = resumed_logits(model, inputs, [([len(inputs.hidden) - 1], None)])[0]
     scale = float(inputs.logits.abs().max()) + 1.0
     tol = 1e-4 if inputs.logits.dtype in (torch.float32, torch.float64) else 3e-2  # bf16 / fp16 rounding
@@ -616,7 +610,7 @@ def _resumes(model, inputs: LayerInputs) -> bool:
 
 
 def _fallback_warning(model, what: str) -> None:
-    warnings.warn(f"{what}: this {_inner(model).config.model_type} model cannot be restarted at a layer (its logits "
+    warnings.warn(f"{what}: this {unwrap(model).config.model_type} model cannot be restarted at a layer (its logits "
                   "are more than its last layer through the final norm, the unembedding and its family's "
                   "post-processing); running the whole model for every patch instead (same numbers, slower).",
                   stacklevel=3)
@@ -678,13 +672,12 @@ def _restored(pairs):
     saved = [(p, p.detach().clone()) for _, dst in pairs for p in dst.parameters()]
     try:
         with torch.no_grad():
-            values = [(effective_weight(src).detach().clone(), effective_bias(src)) for src, _ in pairs]
-            for (_, dst), (w, b) in zip(pairs, values):
-                shape = tuple(effective_weight(dst).shape)
+            for src, dst in pairs:
+                w, b, shape = effective_weight(src), effective_bias(src), tuple(base_layer(dst).weight.shape)
                 if tuple(w.shape) != shape:
                     raise ValueError(f"A {type(dst).__name__} of shape {shape} cannot take the original's weight of "
                                      f"shape {tuple(w.shape)}: the models differ.")
-                set_effective_weight(dst, w, None if b is None else b.detach().clone())
+                set_effective_weight(dst, w, b)
         yield
     finally:
         with torch.no_grad():

@@ -124,6 +124,14 @@ def _row_major(mod) -> torch.Tensor:
     return w.T if _is_conv1d(mod) else w
 
 
+def _row_shape(mod) -> tuple[int, int]:
+    """The [out, in] shape of :func:`_row_major` without merging a LoRA layer's update to find it."""
+    from .arch import base_layer
+
+    shape = tuple(base_layer(mod).weight.shape)
+    return shape[::-1] if _is_conv1d(mod) else shape
+
+
 def _quantization_target(model, include_lm_head: bool, inplace: bool):
     """The plain model quantization writes into: a merged copy of a LoRA model (in place: the model's adapters merged
     into its weights), a copy of any other (in place: the model itself); with ``include_lm_head``, an unembedding
@@ -147,7 +155,7 @@ def _quantization_target(model, include_lm_head: bool, inplace: bool):
 # ----------------------------------------------------------------------------------------------
 def input_widths(model, include_lm_head: bool = False) -> list[int]:
     """The distinct input widths of the quantized Linears (sorted): what a group size or block size must divide."""
-    return sorted({_row_major(mod).shape[1] for mod in quantizable_linears(model, include_lm_head).values()})
+    return sorted({_row_shape(mod)[1] for mod in quantizable_linears(model, include_lm_head).values()})
 
 
 def valid_group_sizes(model, include_lm_head: bool = False) -> list[int]:
@@ -615,7 +623,7 @@ def _weight_pairs(original, unlearned, include_lm_head: bool = False):
     """(module name, original weight, unlearned weight) as [out, in] float matrices, for every quantized Linear."""
     other = quantizable_linears(unlearned, include_lm_head)  # a LoRA model's layers by the plain names, merged weights
     for name, mod in quantizable_linears(original, include_lm_head).items():
-        if name not in other or _row_major(other[name]).shape != _row_major(mod).shape:
+        if name not in other or _row_shape(other[name]) != _row_shape(mod):
             raise ValueError(f"Module {name} differs between the two models: they must share an architecture.")
         yield name, _row_major(mod).float(), _row_major(other[name]).float()
 

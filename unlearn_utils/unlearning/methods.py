@@ -18,6 +18,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from ..arch import is_peft, merged_copy
 from ..cache import cached, save_checked
 from ..data import data_fingerprint, encode_examples, pad_id, rows_of
 from ..models import load_checked, preset
@@ -385,9 +386,7 @@ def save_unlearned(model, tokenizer, folder, extra: dict | None = None, files: d
     A model whose weights hold NaN or infinity (a diverged run) is refused: saved, it would be loaded and scored
     later as if it were a result."""
     cfg = getattr(model, "unlearn_config", None)
-    to_save = model
-    if hasattr(model, "merge_and_unload"):
-        to_save = copy.deepcopy(model).merge_and_unload()
+    to_save = merged_copy(model) if is_peft(model) else model
     settings = {"kind": "unlearned_model", "unlearn_config": dataclasses.asdict(cfg) if cfg else None,
                 **(extra or {})}
     return save_checked(to_save, tokenizer, folder, settings, files)
