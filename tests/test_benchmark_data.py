@@ -312,3 +312,90 @@ def test_known_facts_cache_is_checked_and_a_damaged_entry_measured_again(tiny, c
         warnings.simplefilter("always")
         again = known_questions(model, tok, qs)
     assert again == first and any("unusable" in str(w.message) for w in caught)
+
+
+def test_tofu_perturbed_answers_are_read_in_tofus_field_names():
+    """forget01_perturbed.json and retain_perturbed.json (question, answer, paraphrased_answer, perturbed_answer):
+    every forget question gets its wrong answers and its paraphrased answer; retain_perturbed is a set of its own,
+    for the retain truth ratio, and the questions trained on are unchanged."""
+    data = load_tofu(FIX / "tofu", "forget01")
+    f = data["forget"]
+    assert {"perturbed", "paraphrased_answer"} <= set(f.column_names)
+    first = json.loads((FIX / "tofu" / "forget01_perturbed.json").read_text().splitlines()[0])
+    assert f[0]["perturbed"] == first["perturbed_answer"] and len(f[0]["perturbed"]) == 5
+    assert f[0]["paraphrased_answer"] == first["paraphrased_answer"] and f[0]["answer"] == first["answer"]
+    rp = data["retain_perturbed"]
+    assert len(rp) == 20 and rp[0]["prompt"].startswith("Question: ") and len(rp[0]["perturbed"]) == 5
+    assert len(data["retain"]) == 60 and "perturbed" not in data["retain"].column_names
+
+
+def _tofu_folder(tmp_path, forget_rows, perturbed_rows=None, retain_perturbed=None):
+    """A TOFU folder: forget01 (two given rows), retain99 (one retain question) and the perturbed files given."""
+    (tmp_path / "forget01.json").write_text("\n".join(json.dumps(r) for r in forget_rows) + "\n")
+    (tmp_path / "retain99.json").write_text(json.dumps([{"question": "Who is R?", "answer": "R is R."}]))
+    if perturbed_rows is not None:
+        (tmp_path / "forget01_perturbed.json").write_text("\n".join(json.dumps(r) for r in perturbed_rows) + "\n")
+    if retain_perturbed is not None:
+        (tmp_path / "retain_perturbed.json").write_text(json.dumps(retain_perturbed))
+    return tmp_path
+
+
+def test_tofu_perturbed_files_that_do_not_fit_are_refused(tmp_path):
+    forget = [{"question": "Where was X born?", "answer": "X was born in Oslo."},
+              {"question": "What does X write?", "answer": "X writes poems."}]
+
+    def row(q, a, wrong, para="para."):
+        return {"question": q, "answer": a, "paraphrased_answer": para, "perturbed_answer": wrong}
+
+    good = [row(r["question"], r["answer"], ["w1.", "w2."]) for r in forget]
+    data = load_tofu(_tofu_folder(tmp_path, forget, good), "forget01")
+    assert data["forget"]["perturbed"] == [["w1.", "w2."]] * 2 and "retain_perturbed" not in data
+    cases = [
+        (good[:1], "has no row for the forget01 question 'Question: What does X write"),
+        ([good[0], row(forget[1]["question"], "X writes novels.", ["w1.", "w2."])], "different versions of TOFU"),
+        ([good[0], row(forget[1]["question"], forget[1]["answer"], "w1.")], "give a list of wrong answers"),
+        ([good[0], row(forget[1]["question"], forget[1]["answer"], ["w1."])], "1 wrong answers where the first row "
+                                                                               "has 2"),
+        ([good[0], row(forget[1]["question"], forget[1]["answer"], ["w1.", ""])], "wrong answer 1 of"),
+        ([good[0], {k: v for k, v in good[1].items() if k != "paraphrased_answer"}], "lacks 'paraphrased_answer'"),
+        ([{k: v for k, v in good[0].items() if k != "perturbed_answer"}, good[1]], "lacks \\['perturbed_answer'\\]"),
+    ]
+    for rows, message in cases:
+        with pytest.raises(ValueError, match=message):
+            load_tofu(_tofu_folder(tmp_path, forget, rows), "forget01")
+    (tmp_path / "forget01_perturbed.json").unlink()
+    with pytest.raises(ValueError, match="shares 1 questions with forget01"):
+        load_tofu(_tofu_folder(tmp_path, forget, None, [good[0]]), "forget01")
+
+
+def test_a_tofu_run_gets_truth_ratios_and_a_finite_forget_quality(tmp_path):
+    """TOFU files with perturbed answers give the report card TOFU's truth ratios and forget quality, against a
+    retain model or against its truth ratios read from a file."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from unlearn_utils import evaluate as ev
+
+    data = load_tofu(FIX / "tofu", "forget01")
+    texts = [t for ds in data.values() for col in ("prompt", "answer", "paraphrased_answer") if col in ds.column_names
+             for t in ds[col]] + [w for ds in data.values() if "perturbed" in ds.column_names
+                                  for ws in ds["perturbed"] for w in ws]
+    tok = word_tokenizer(texts)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    torch.manual_seed(1)
+    retain_model = LlamaForCausalLM(cfg).eval()
+    eval_set = ev.eval_data_from(data)
+    card = ev.report_card(model, tok, eval_set, retain_model=retain_model).set_index("metric")["value"]
+    assert {"forget_truth_ratio", "retain_truth_ratio", "forget_quality"} <= set(card.index)
+    assert 0 < card["forget_quality"] <= 1 and 0 < card["forget_truth_ratio"] <= 1
+    # the same forget quality from the retain model's truth ratios saved to a file
+    ratios = ev.truth_ratios(retain_model, tok, eval_set.forget)
+    saved = tmp_path / "retain_truth_ratios.json"
+    saved.write_text(json.dumps(ratios.tolist()))
+    cards = ev.report_cards(model, tok, eval_set, retain_truth_ratios=ev.read_truth_ratios(saved))
+    assert ev.compare(cards).loc["original", "forget_quality"] == pytest.approx(card["forget_quality"])
+    # the retain truth ratio is measured on retain_perturbed's questions (the retain set has no wrong answers)
+    on_rp = ev.truth_ratio_score(ev.truth_ratios(model, tok, data["retain_perturbed"]), "true_better")
+    assert card["retain_truth_ratio"] == pytest.approx(on_rp)

@@ -28,7 +28,9 @@ def test_greedy_match_check():
 
 
 def test_min_k_check():
-    assert checks.check_min_k(min_k_score).passed
+    # notebook 00's exercise rounds k n (the kit's default floors it, as open-unlearning does)
+    assert checks.check_min_k(lambda lp, k: min_k_score(lp, k, count="round")).passed
+    assert not checks.check_min_k(min_k_score).passed
 
     def highest(lp, k):
         lp = np.sort(lp)[::-1]
@@ -155,7 +157,8 @@ def test_check_names_match_function_names():
     from unlearn_utils.patching import knowledge_recovery_score
     from unlearn_utils.unlearning.losses import ga_loss, npo_loss
 
-    refs = {"greedy_match": greedy_match, "min_k": min_k_score, "ga_loss": ga_loss, "npo_loss": npo_loss,
+    refs = {"greedy_match": greedy_match, "min_k": lambda lp, k: min_k_score(lp, k, count="round"),
+            "ga_loss": ga_loss, "npo_loss": npo_loss,
             "krs": knowledge_recovery_score}
     import checks_patch_impls as impl
 

@@ -78,7 +78,9 @@ def test_answer_scores_and_truth_ratio_by_hand():
     assert s["logprob"][0] == pytest.approx(np.log(0.5))
     assert s["prob"][1] == pytest.approx(np.sqrt(0.1 * 0.5))
     data = {"prompt": ["a"], "answer": ["a"], "perturbed": [["b", "c"]]}
-    assert ev.truth_ratios(model, tok, data)[0] == pytest.approx(((0.3 + 0.1) / 2) / 0.5)
+    # TOFU's wrong side: the geometric mean of the wrong answers' probabilities; the kit's earlier one: their mean
+    assert ev.truth_ratios(model, tok, data)[0] == pytest.approx(np.sqrt(0.3 * 0.1) / 0.5)
+    assert ev.truth_ratios(model, tok, data, wrong_mean="arithmetic")[0] == pytest.approx(((0.3 + 0.1) / 2) / 0.5)
     assert ev.perplexity(model, tok, ["a b"]) == pytest.approx(np.exp(-(np.log(0.5) + np.log(0.3)) / 2))
     with pytest.raises(ValueError, match="empty"):
         ev.answer_scores(model, tok, [], [])
@@ -98,7 +100,7 @@ def test_batching_does_not_change_scores(knowing):
     true = alone["prob"].to_numpy()
     wrong = np.array([[ev.answer_scores(model, tok, [p], [w], batch_size=1)["prob"][0] for w in ws]
                       for p, ws in zip(prompts, facts["perturbed"])])
-    np.testing.assert_allclose(fast, wrong.mean(1) / true, rtol=1e-4)
+    np.testing.assert_allclose(fast, np.exp(np.log(wrong).mean(1)) / true, rtol=1e-4)
     texts = [p + " " + a for p, a in zip(prompts, answers)]
     for a, b in zip(ev.token_logprobs(model, tok, texts, batch_size=16),
                     ev.token_logprobs(model, tok, texts, batch_size=1)):
@@ -205,15 +207,21 @@ def test_membership_scores_by_hand():
     assert ev.membership_scores(FixedLM(TABLE_A), WordTok(), ev.EvalData(forget=None, retain=None)) is None
 
 
+# truth ratios R = P(wrong) / P(true), P(wrong) the geometric mean of the two wrong answers' probabilities
+# (TOFU): A = [0.1, 0.5, 0.3, 0.1] gives sqrt(0.5 * 0.1) / 0.3, sqrt(0.3 * 0.1) / 0.5, sqrt(0.5 * 0.3) / 0.1;
+# B = [0.1, 0.2, 0.2, 0.5] gives sqrt(0.2 * 0.5) / 0.2 twice, then sqrt(0.2 * 0.2) / 0.5 (three copies each)
+R_A = [np.sqrt(0.5 * 0.1) / 0.3, np.sqrt(0.3 * 0.1) / 0.5, np.sqrt(0.5 * 0.3) / 0.1]
+R_B = [np.sqrt(0.2 * 0.5) / 0.2, np.sqrt(0.2 * 0.5) / 0.2, np.sqrt(0.2 * 0.2) / 0.5]
+
+
 def test_report_cards_use_the_retain_models_truth_ratios(monkeypatch):
-    # truth ratios, mean(P(wrong)) / P(true): A gives 1.0, 0.4, 4.0; B gives 1.75, 1.75, 0.4 (three copies each)
     rows = [("a", "b"), ("a", "a"), ("a", "c")] * 3
     perturbed = [["a", "c"], ["b", "c"], ["a", "b"]] * 3
     data = ev.EvalData(forget=_questions(rows, perturbed=perturbed), retain=_questions([("a", "a")]))
     original, retain, other = FixedLM(TABLE_A), FixedLM(TABLE_B), FixedLM(TABLE_A)
     tok = WordTok()
-    np.testing.assert_allclose(ev.truth_ratios(original, tok, data.forget), [1.0, 0.4, 4.0] * 3, rtol=1e-5)
-    np.testing.assert_allclose(ev.truth_ratios(retain, tok, data.forget), [1.75, 1.75, 0.4] * 3, rtol=1e-5)
+    np.testing.assert_allclose(ev.truth_ratios(original, tok, data.forget), R_A * 3, rtol=1e-5)
+    np.testing.assert_allclose(ev.truth_ratios(retain, tok, data.forget), R_B * 3, rtol=1e-5)
     calls, real = [], ev.truth_ratios
     monkeypatch.setattr(ev, "truth_ratios", lambda m, *a, **k: calls.append(m) or real(m, *a, **k))
     cards = ev.report_cards(original, tok, data, retain, {"method": other})
@@ -226,6 +234,13 @@ def test_report_cards_use_the_retain_models_truth_ratios(monkeypatch):
     assert values.loc["method", "forget_quality"] == pytest.approx(expected)
     assert values.loc["retain model", "forget_quality"] == pytest.approx(1.0)
     assert values.loc["original", "forget_accuracy"] == pytest.approx(1 / 3)
+    # TOFU's forget-set form, mean min(R, 1/R): R_A = 0.745, 0.346, 3.873 -> 0.745, 0.346, 1 / 3.873
+    assert values.loc["original", "forget_truth_ratio"] == pytest.approx(
+        (R_A[0] + R_A[1] + 1 / R_A[2]) / 3, rel=1e-5)
+    old_form = ev.compare(ev.report_cards(original, tok, data, retain, truth_ratio_form="true_better"))
+    assert old_form.loc["original", "forget_truth_ratio"] == pytest.approx(  # mean max(0, 1 - R)
+        ((1 - R_A[0]) + (1 - R_A[1]) + 0) / 3, rel=1e-5)
+    assert old_form.loc["original", "forget_quality"] == pytest.approx(expected)  # the form changes no ratio
     # no retain model: no forget quality, and no retain row
     alone = ev.report_cards(original, tok, data, None, {"method": other})
     assert list(alone) == ["original", "method"] and "forget_quality" not in ev.compare(alone)
@@ -256,3 +271,98 @@ def test_an_answer_without_tokens_is_refused_naming_its_row(tiny):
             ev.score_pairs(model, tok, encode_qa(tok, prompts, bad))
     with pytest.raises(ValueError, match=r"Row 0 .*\(3 such rows: \[0, 1, 2\]\)"):
         ev.answer_scores(model, tok, prompts, ["", " ", ""])
+
+
+# ---- the benchmarks' conventions, each against numbers computed by hand ----
+def test_truth_ratio_uses_the_paraphrased_answer_and_the_geometric_mean_by_hand():
+    """TOFU's truth ratio: P = exp(-mean token loss) per answer; the wrong side the geometric mean of the wrong
+    answers' P; the true side the paraphrased answer where the data has one."""
+    model, tok = FixedLM(TABLE_A), WordTok()  # P(<s>) 0.1, P(a) 0.5, P(b) 0.3, P(c) 0.1 at every position
+    data = {"prompt": ["a"], "answer": ["a"], "paraphrased_answer": ["a b"], "perturbed": [["b", "c c"]]}
+    p_para = np.sqrt(0.5 * 0.3)        # "a b": per-token (geometric) probability
+    p_b, p_cc = 0.3, np.sqrt(0.1 * 0.1)  # the wrong answers "b" and "c c"
+    assert ev.truth_ratios(model, tok, data)[0] == pytest.approx(np.sqrt(p_b * p_cc) / p_para)
+    assert ev.truth_ratios(model, tok, data, true_answer="answer")[0] == pytest.approx(np.sqrt(p_b * p_cc) / 0.5)
+    assert ev.truth_ratios(model, tok, data, wrong_mean="arithmetic")[0] == pytest.approx(((p_b + p_cc) / 2) / p_para)
+    assert ev.truth_ratios(model, tok, data, 128, "arithmetic", "answer")[0] == pytest.approx(
+        ((p_b + p_cc) / 2) / 0.5)
+    with pytest.raises(ValueError, match="wrong_mean"):
+        ev.truth_ratios(model, tok, data, wrong_mean="harmonic")
+    with pytest.raises(ValueError, match="true_answer"):
+        ev.truth_ratios(model, tok, data, true_answer="paraphrase")
+
+
+def test_truth_ratio_forms_by_hand():
+    r = [0.5, 2.0, 1.0, 0.25]
+    # TOFU's forget form: min(R, 1/R) = 0.5, 0.5, 1, 0.25; the retain form: max(0, 1 - R) = 0.5, 0, 0, 0.75
+    assert ev.truth_ratio_score(r) == pytest.approx((0.5 + 0.5 + 1 + 0.25) / 4)
+    assert ev.truth_ratio_score(r, "closer_to_1") == pytest.approx(0.5625)
+    assert ev.truth_ratio_score(r, "true_better") == pytest.approx((0.5 + 0 + 0 + 0.75) / 4)
+    assert ev.truth_ratio_score([0.0, np.inf], "closer_to_1") == 0.0  # under- and overflowed ratios read as 0
+    with pytest.raises(ValueError, match="truth-ratio form"):
+        ev.truth_ratio_score(r, "tofu_forget")
+    # both forms side by side, one column per model: A prefers "a", B "c"
+    rows = [("a", "b"), ("a", "a"), ("a", "c")]
+    data = _questions(rows, perturbed=[["a", "c"], ["b", "c"], ["a", "b"]])
+    table = ev.truth_ratio_forms({"A": FixedLM(TABLE_A), "B": FixedLM(TABLE_B)}, WordTok(), data)
+    assert list(table.index) == ["closer_to_1", "true_better"] and list(table.columns) == ["A", "B", "formula",
+                                                                                          "reads"]
+    assert table.loc["closer_to_1", "A"] == pytest.approx((R_A[0] + R_A[1] + 1 / R_A[2]) / 3, rel=1e-5)
+    assert table.loc["true_better", "A"] == pytest.approx((1 - R_A[0] + 1 - R_A[1]) / 3, rel=1e-5)
+    assert table.loc["closer_to_1", "B"] == pytest.approx((1 / R_B[0] + 1 / R_B[1] + R_B[2]) / 3, rel=1e-5)
+    assert table.loc["true_better", "B"] == pytest.approx((1 - R_B[2]) / 3, rel=1e-5)
+    assert table.loc["closer_to_1", "formula"] == "mean min(R, 1/R)"
+    one = ev.truth_ratio_forms(FixedLM(TABLE_A), WordTok(), data)
+    assert list(one.columns)[0] == "model" and one.loc["true_better", "model"] == table.loc["true_better", "A"]
+
+
+def test_forget_quality_by_hand_and_on_inverted_ratios():
+    # two samples of two, all of one below all of the other: KS statistic 1; the exact two-sided p-value is the
+    # share of the C(4, 2) = 6 orderings that separate them as completely: 2 / 6
+    assert ev.forget_quality([1.0, 2.0], [3.0, 4.0]) == pytest.approx(1 / 3)
+    # TOFU tests 1/R; the KS test compares ranks, so R gives the same p-value
+    assert ev.forget_quality([1 / 1.0, 1 / 2.0], [1 / 3.0, 1 / 4.0]) == pytest.approx(1 / 3)
+
+
+def test_read_truth_ratios_from_a_list_and_from_tofus_log(tmp_path):
+    import json
+
+    listed = tmp_path / "ratios.json"
+    listed.write_text(json.dumps([0.5, 1.25]))
+    assert ev.read_truth_ratios(listed).tolist() == [0.5, 1.25]
+    log = tmp_path / "eval_log_forget.json"  # TOFU's layout: per question, mean token losses
+    log.write_text(json.dumps({"avg_paraphrased_loss": {"1": 2.0, "0": 1.0},
+                               "average_perturb_loss": {"0": [1.5, 2.5], "1": [2.0, 2.0]}}))
+    # R = exp(loss of the paraphrase - mean loss of the wrong answers): exp(1 - 2), exp(2 - 2), in key order
+    np.testing.assert_allclose(ev.read_truth_ratios(log), [np.exp(-1.0), 1.0])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([0.5, -1.0]))
+    with pytest.raises(ValueError, match="positive"):
+        ev.read_truth_ratios(bad)
+    bad.write_text(json.dumps({"Truth Ratio": 0.6}))
+    with pytest.raises(ValueError, match="neither a list"):
+        ev.read_truth_ratios(bad)
+
+
+def test_zlib_and_min_k_conventions_by_hand():
+    import zlib
+
+    model, tok = FixedLM(TABLE_A), WordTok()
+    # "a b": the token log-probabilities after the first token are log P(a) = log 0.5 and log P(b) = log 0.3
+    lp = np.array([np.log(0.5), np.log(0.3)])
+    size = len(zlib.compress(b"a b"))
+    scores = ev.mia_scores(model, tok, ["a b"])
+    assert scores["zlib"][0] == pytest.approx(lp.mean() / size)    # mean NLL / zlib size (Carlini et al., MUSE)
+    assert ev.mia_scores(model, tok, ["a b"], zlib_nll="total")["zlib"][0] == pytest.approx(lp.sum() / size)
+    assert scores["loss"][0] == pytest.approx(lp.mean())
+    # Min-K%: open-unlearning takes max(1, floor(k n)) tokens, the kit's earlier rule round(k n)
+    four = [-0.1, -5.0, -0.3, -2.0]  # k n = 1.6
+    assert ev.min_k_score(four, 0.4) == pytest.approx(-5.0)
+    assert ev.min_k_score(four, 0.4, count="round") == pytest.approx((-5.0 - 2.0) / 2)
+    assert ev.min_k_count(2, 0.4) == 1 and ev.min_k_count(2, 0.4, "round") == 1   # 0.8: at least one token
+    assert ev.min_k_count(100, 0.29) == 29 and int(0.29 * 100) == 28  # k n exactly, not 28.999... of floats
+    assert ev.min_k_count(5, 0.5, "round") == 2  # 2.5: Python's rounding, half to even, as before
+    with pytest.raises(ValueError, match="count"):
+        ev.min_k_score(four, 0.4, count="ceil")
+    with pytest.raises(ValueError, match="zlib_nll"):
+        ev.mia_scores(model, tok, ["a b"], zlib_nll="sum")

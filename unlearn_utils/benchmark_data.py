@@ -4,8 +4,10 @@ The kit never downloads: fetch the files once on a machine with internet (e.g. `
 locuslab/TOFU --repo-type dataset --local-dir TOFU``) and pass the folder or file.
 
 * **TOFU** (``load_tofu``): ``forgetXX.json`` / ``retainYY.json`` (JSON lines or a JSON list of ``question`` /
-  ``answer``), optionally ``forgetXX_perturbed.json``. 200 fictitious authors x 20 questions; the forget sets are
-  the last 2 / 10 / 20 authors, so each row's author is recovered from its position.
+  ``answer``), and where present ``forgetXX_perturbed.json`` and ``retain_perturbed.json`` (``question``,
+  ``answer``, ``paraphrased_answer``, ``perturbed_answer``: a list of wrong answers), which give the truth ratios
+  and forget quality. 200 fictitious authors x 20 questions; the forget sets are the last 2 / 10 / 20 authors, so
+  each row's author is recovered from its position.
 * **WMDP-style multiple choice** (``load_multiple_choice``): rows with ``question``, ``choices`` (a list of strings)
   and ``answer`` (the integer index of the right choice; a letter is refused), as JSON, JSON lines or Parquet;
   scored by :func:`mc_accuracy`.
@@ -156,12 +158,69 @@ def _text(r: dict, key: str, path, place) -> str:
     return value
 
 
-def _tofu_file(folder: Path, name: str) -> Path:
+def _tofu_file(folder: Path, name: str, required: bool = True) -> Path | None:
     for candidate in (folder / f"{name}.json", folder / f"{name}.jsonl", folder / name / "train.json"):
         if candidate.exists():
             return candidate
+    if not required:
+        return None
     raise FileNotFoundError(f"No TOFU file {name}.json in {folder}. Download the TOFU dataset (locuslab/TOFU) "
                             "and pass the folder that holds forget05.json, retain95.json, ...")
+
+
+TOFU_PERTURBED_FIELDS = ("question", "answer", "perturbed_answer")
+
+
+def _tofu_perturbed(path: Path) -> list[dict]:
+    """The rows of a TOFU ``*_perturbed.json`` file, checked: ``question``, ``answer``, ``perturbed_answer`` (a
+    non-empty list of wrong answers, as many in every row) and, where the file has it, ``paraphrased_answer`` (in
+    every row then). Returned as the kit's fields: ``prompt``, ``answer``, ``perturbed`` and ``paraphrased_answer``."""
+    rows, places = _checked(path, TOFU_PERTURBED_FIELDS)
+    if not rows:
+        raise ValueError(f"{path} holds no questions.")
+    with_para = "paraphrased_answer" in rows[0]
+    k = None
+    out = []
+    for r, place in zip(rows, places):
+        for key in ("question", "answer"):
+            _text(r, key, path, place)
+        if ("paraphrased_answer" in r) != with_para:
+            raise ValueError(f"{path}, {place}: {'lacks' if with_para else 'has'} 'paraphrased_answer' while the "
+                             f"first row {'has' if with_para else 'lacks'} it; give it in every row or in none.")
+        wrong = r["perturbed_answer"]
+        if isinstance(wrong, (str, bytes, dict)) or not hasattr(wrong, "__len__") or len(wrong) == 0:
+            raise ValueError(f"{path}, {place}: 'perturbed_answer' is {wrong!r}; give a list of wrong answers, e.g. "
+                             '["... born in Oslo.", "... born in Lima."].')
+        wrong = list(wrong)
+        for j, w in enumerate(wrong):
+            if not isinstance(w, str) or not w.strip():
+                raise ValueError(f"{path}, {place}: wrong answer {j} of 'perturbed_answer' is {w!r}; each is a "
+                                 "non-empty string.")
+        k = len(wrong) if k is None else k
+        if len(wrong) != k:
+            raise ValueError(f"{path}, {place}: {len(wrong)} wrong answers where the first row has {k}; a truth "
+                             "ratio compares every question with as many wrong answers (TOFU gives 5).")
+        row = {"prompt": TOFU_PROMPT.format(question=r["question"]), "answer": r["answer"], "perturbed": wrong}
+        if with_para:
+            row["paraphrased_answer"] = _text(r, "paraphrased_answer", path, place)
+        out.append(row)
+    return out
+
+
+def _attach_perturbed(rows: list[dict], perturbed: list[dict], path: Path, name: str) -> None:
+    """Give every forget row its wrong answers (and paraphrased answer) from ``perturbed``, matched by question;
+    a question the file lacks, or one whose answer differs, is refused (the files are of different splits or
+    versions)."""
+    by_prompt = {p["prompt"]: p for p in perturbed}
+    for r in rows:
+        p = by_prompt.get(r["prompt"])
+        if p is None:
+            raise ValueError(f"{path} has no row for the {name} question {r['prompt']!r}: use the perturbed file of "
+                             f"the same split ({name}_perturbed.json from the same TOFU download).")
+        if p["answer"].strip() != r["answer"].strip():
+            raise ValueError(f"{path} answers the {name} question {r['prompt']!r} with {p['answer']!r}, not "
+                             f"{r['answer']!r}: the two files are from different versions of TOFU.")
+        r.update({k: v for k, v in p.items() if k in ("perturbed", "paraphrased_answer")})
 
 
 def load_tofu(folder: str | Path, forget: str = "forget05", max_retain: int | None = 400, seed: int = 0) -> dict:
@@ -169,6 +228,12 @@ def load_tofu(folder: str | Path, forget: str = "forget05", max_retain: int | No
 
     Returns ``{"forget": Dataset, "retain": Dataset}`` with ``prompt`` (TOFU's "Question: ...\\nAnswer:"),
     ``answer`` and ``person`` (the author). ``max_retain`` subsamples the retain set (deterministically).
+
+    Where the folder holds ``{forget}_perturbed.json``, every forget question also gets ``perturbed`` (its wrong
+    answers) and ``paraphrased_answer``: the report card then has TOFU's forget truth ratio, and forget quality
+    against a retain model's truth ratios. Where it holds ``retain_perturbed.json``, the result has
+    ``"retain_perturbed"``: those questions (prompt, answer, paraphrased_answer, perturbed), on which TOFU measures
+    the retain truth ratio. Neither changes the forget and retain questions trained on.
     """
     folder = Path(folder)
     if forget not in TOFU_RETAIN:
@@ -186,6 +251,16 @@ def load_tofu(folder: str | Path, forget: str = "forget05", max_retain: int | No
         first = TOFU_AUTHORS - n_authors if part == "forget" else 0  # forget sets are the last authors
         out[part] = [{"prompt": TOFU_PROMPT.format(question=r["question"]), "answer": r["answer"],
                       "person": f"author_{first + i // TOFU_QUESTIONS_PER_AUTHOR:03d}"} for i, r in enumerate(rows)]
+    perturbed_path = _tofu_file(folder, f"{forget}_perturbed", required=False)
+    if perturbed_path is not None:
+        _attach_perturbed(out["forget"], _tofu_perturbed(perturbed_path), perturbed_path, forget)
+    retain_path = _tofu_file(folder, "retain_perturbed", required=False)
+    if retain_path is not None:
+        out["retain_perturbed"] = _tofu_perturbed(retain_path)
+        shared = {r["prompt"] for r in out["retain_perturbed"]} & {r["prompt"] for r in out["forget"]}
+        if shared:
+            raise ValueError(f"{retain_path} shares {len(shared)} questions with {forget} (e.g. "
+                             f"{sorted(shared)[0]!r}): TOFU's retain_perturbed questions are of retain authors.")
     if max_retain and len(out["retain"]) > max_retain:
         keep = sorted(random.Random(seed).sample(range(len(out["retain"])), max_retain))
         out["retain"] = [out["retain"][i] for i in keep]

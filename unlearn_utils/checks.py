@@ -105,8 +105,14 @@ def check_greedy_match(fn) -> CheckResult:
 
 
 def check_min_k(fn) -> CheckResult:
-    """fn(token_logprobs: 1-D array, k: float) -> float, as :func:`unlearn_utils.evaluate.min_k_score`."""
-    from .evaluate import min_k_score
+    """fn(token_logprobs: 1-D array, k: float) -> float, as :func:`unlearn_utils.evaluate.min_k_score` with the rule
+    notebook 00's exercise states (round k n to the nearest integer: ``count="round"``; the kit's default is
+    open-unlearning's max(1, floor(k n)))."""
+    from functools import partial
+
+    from .evaluate import min_k_score as reference
+
+    min_k_score = partial(reference, count="round")
 
     name = "min_k"
     rng = np.random.default_rng(0)

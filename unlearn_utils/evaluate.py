@@ -5,17 +5,39 @@ Everything is computed with teacher forcing in batched forward passes:
 * an answer counts as **correct** when greedy decoding would produce exactly its tokens after the prompt
   (every answer token is the arg-max given the prompt and the answer tokens before it);
 * **answer probability** is P(answer | prompt), length-normalised (geometric mean per token);
-* **truth ratio** compares the true answer with wrong ("perturbed") answers, as in TOFU;
+* **truth ratio** compares the true answer with wrong ("perturbed") answers, in TOFU's and open-unlearning's
+  convention (:func:`truth_ratios`, :func:`truth_ratio_score`);
 * **membership inference** scores (LOSS, zlib, Min-K%, Min-K%++) ask whether a text looks trained-on;
   their AUC between forget and holdout people says whether an attacker can still tell the forget set apart;
 * **forget quality** is the p-value of a Kolmogorov-Smirnov test between this model's and the retain
   model's truth ratios on the forget set (TOFU): high means "indistinguishable from never trained on it".
+
+Conventions. Where a benchmark defines a metric, the kit follows it by default and names it in the function's
+docstring; the kit's earlier form stays available as an option where the difference teaches something:
+
+================== ================================================ ==============================================
+metric             default (the benchmark's)                        option (the kit's earlier form)
+================== ================================================ ==============================================
+truth ratio R      P(wrong) / P(true), the wrong answers' P their   ``wrong_mean="arithmetic"`` (mean of the
+                   geometric mean exp(-mean of their mean token     wrong answers' probabilities),
+                   losses), the true side the paraphrased answer    ``true_answer="answer"``
+                   where the data has one (TOFU, open-unlearning)
+forget truth ratio mean min(R, 1/R), "closer to 1" (TOFU forget     ``form="true_better"``: mean max(0, 1 - R)
+                   set, open-unlearning ``closer_to_1_better``)
+retain truth ratio mean max(0, 1 - R), "true better" (TOFU)          (the same in both)
+zlib MIA           mean token NLL / zlib size in bytes (Carlini et   ``zlib_nll="total"`` (summed NLL)
+                   al. 2021, MUSE, open-unlearning)
+Min-K%             the max(1, floor(k n)) lowest tokens              ``count="round"``: max(1, round(k n))
+                   (open-unlearning)
+================== ================================================ ==============================================
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -67,14 +89,32 @@ def greedy_match(logits: torch.Tensor, prompt_len: int, answer_ids: list[int]) -
     return bool((logits[pos].argmax(-1) == torch.tensor(answer_ids, device=logits.device)).all())
 
 
-def min_k_score(token_logprobs, k: float = 0.4) -> float:
-    """Min-K%: the mean of the k fraction lowest token log-probabilities (at least one token).
+MIN_K_COUNTS = ("floor", "round")
+
+
+def min_k_count(n: int, k: float, count: str = "floor") -> int:
+    """How many of ``n`` token log-probabilities Min-K% averages: ``count="floor"`` (default, open-unlearning's
+    convention) takes max(1, floor(k n)); ``"round"`` (the kit's earlier rule, and notebook 00's exercise) takes
+    max(1, round(k n)), Python's rounding (half to even). k n is computed exactly from k as written (0.29 x 100 is
+    29, not the 28.999... of floating point)."""
+    if not 0 < k <= 1:
+        raise ValueError(f"Min-K%'s k is a fraction of the tokens in (0, 1], got {k}.")
+    exact = Fraction(repr(float(k))) * n
+    if count == "floor":
+        return max(1, math.floor(exact))
+    if count == "round":
+        return max(1, round(exact))
+    raise ValueError(f"Unknown Min-K% count {count!r}: choose one of {MIN_K_COUNTS}.")
+
+
+def min_k_score(token_logprobs, k: float = 0.4, count: str = "floor") -> float:
+    """Min-K%: the mean of the k fraction lowest token log-probabilities (:func:`min_k_count` of them: by default
+    max(1, floor(k n)) as open-unlearning takes them; ``count="round"`` rounds k n instead).
 
     Training data has few very unlikely tokens, so a higher score suggests a member.
     """
     lp = np.sort(np.asarray(token_logprobs, dtype=float))
-    m = max(1, int(round(k * len(lp))))
-    return float(lp[:m].mean())
+    return float(lp[:min_k_count(len(lp), k, count)].mean())
 
 
 @torch.no_grad()
@@ -166,36 +206,118 @@ def _single_token_candidates(tokenizer, prompts, answers, perturbed):
     return prompt_ids, candidates
 
 
-@torch.no_grad()
-def truth_ratios(model, tokenizer, data, batch_size: int = 128) -> np.ndarray:
-    """Per question: mean per-token probability of the wrong answers divided by that of the true answer.
+def _columns(data) -> list[str]:
+    return list(data.column_names) if hasattr(data, "column_names") else list(data)
 
-    Below 1 the model prefers the truth; about 1 it cannot tell; above 1 it prefers a wrong answer.
-    """
-    prompts, answers = list(data["prompt"]), list(data["answer"])
-    perturbed = list(data["perturbed"])
+
+WRONG_MEANS = ("geometric", "arithmetic")
+TRUE_ANSWERS = ("paraphrased", "answer")
+
+
+def true_answers(data, true_answer: str = "paraphrased") -> list[str]:
+    """The answers a truth ratio takes as the truth: TOFU's ``paraphrased_answer`` where the data has that column
+    and ``true_answer="paraphrased"`` (the default, as TOFU and open-unlearning score the forget and retain sets),
+    else the ``answer`` column (the very answer the model was trained on: ``true_answer="answer"``)."""
+    if true_answer not in TRUE_ANSWERS:
+        raise ValueError(f"Unknown true_answer {true_answer!r}: choose one of {TRUE_ANSWERS}.")
+    column = "paraphrased_answer" if true_answer == "paraphrased" and "paraphrased_answer" in _columns(data) \
+        else "answer"
+    return list(data[column])
+
+
+@torch.no_grad()
+def answer_logprobs(model, tokenizer, data, batch_size: int = 128, true_answer: str = "paraphrased"):
+    """(log P(true), log P(wrong)) per question: length-normalised log-probabilities, i.e. minus the mean token
+    loss of each answer after its prompt, of the true answer (:func:`true_answers`) [n] and of each wrong
+    (``perturbed``) answer [n, k]. What :func:`truth_ratios` combines."""
+    prompts, answers = list(data["prompt"]), true_answers(data, true_answer)
+    perturbed = [list(ws) for ws in data["perturbed"]]
+    if not perturbed:
+        raise ValueError("No questions to score: the data is empty.")
     k = len(perturbed[0])
-    if any(len(ws) != k for ws in perturbed):
-        raise ValueError("Every question needs the same number of perturbed (wrong) answers.")
+    if k == 0 or any(len(ws) != k for ws in perturbed):
+        raise ValueError("Every question needs the same number (at least one) of perturbed (wrong) answers.")
     single = _single_token_candidates(tokenizer, prompts, answers, perturbed)
-    if single is not None:  # one forward of the prompt scores every candidate: its probability at the last prompt token
+    if single is not None:  # one forward of the prompt scores every candidate: its log-prob at the last prompt token
         prompt_ids, candidates = single
         dev = _device_of(model)
         pad = pad_id(tokenizer)
-        probs = np.zeros((len(prompts), k + 1))
+        logp = np.zeros((len(prompts), k + 1))
         for idx in _length_sorted_batches([len(p) for p in prompt_ids], batch_size):
             last = torch.tensor([[len(prompt_ids[j]) - 1] for j in idx])
             logits = _forward_prompts(model, [prompt_ids[j] for j in idx], [len(prompt_ids[j]) for j in idx], pad, dev,
                                       last)
-            p = logits[:, 0].log_softmax(-1).exp()
+            lp = logits[:, 0].log_softmax(-1)
             cand = torch.tensor([candidates[j] for j in idx], device=logits.device)
-            probs[idx] = p.gather(1, cand).double().cpu().numpy()
-        return probs[:, 1:].mean(1) / np.maximum(probs[:, 0], 1e-30)
-    true = answer_scores(model, tokenizer, prompts, answers, batch_size)["prob"].to_numpy()
+            logp[idx] = lp.gather(1, cand).double().cpu().numpy()
+        return logp[:, 0], logp[:, 1:]
+    true = answer_scores(model, tokenizer, prompts, answers, batch_size)
     flat_p = [p for p, ws in zip(prompts, perturbed) for _ in ws]
     flat_w = [w for ws in perturbed for w in ws]
-    wrong = answer_scores(model, tokenizer, flat_p, flat_w, batch_size)["prob"].to_numpy().reshape(-1, k)
-    return wrong.mean(1) / np.maximum(true, 1e-30)
+    wrong = answer_scores(model, tokenizer, flat_p, flat_w, batch_size)
+    per_token = lambda df: (df["logprob"] / df["n_tokens"]).to_numpy(dtype=float)  # noqa: E731
+    return per_token(true), per_token(wrong).reshape(-1, k)
+
+
+def truth_ratios(model, tokenizer, data, batch_size: int = 128, wrong_mean: str = "geometric",
+                 true_answer: str = "paraphrased") -> np.ndarray:
+    """Per question: R = P(wrong) / P(true), each P the answer's length-normalised probability (exp of minus its
+    mean token loss). Below 1 the model prefers the truth; about 1 it cannot tell; above 1 it prefers a wrong answer.
+
+    The convention of TOFU's and open-unlearning's code (the default): the wrong answers' P is their **geometric**
+    mean, exp(-mean of their mean token losses), and the true side is the **paraphrased** answer where the data has
+    one (TOFU's ``paraphrased_answer``; :func:`true_answers`), else the answer. ``wrong_mean="arithmetic"`` takes the
+    mean of the wrong answers' probabilities instead (the kit's earlier form: one very likely wrong answer then
+    counts more), ``true_answer="answer"`` the trained answer itself.
+    """
+    if wrong_mean not in WRONG_MEANS:
+        raise ValueError(f"Unknown wrong_mean {wrong_mean!r}: choose one of {WRONG_MEANS}.")
+    true, wrong = answer_logprobs(model, tokenizer, data, batch_size, true_answer)
+    if wrong_mean == "geometric":
+        return np.exp(wrong.mean(1) - true)
+    return np.exp(wrong).mean(1) / np.maximum(np.exp(true), 1e-30)
+
+
+TRUTH_RATIO_FORMS = {
+    "closer_to_1": ("mean min(R, 1/R)", "higher = closer to 1: true and wrong answers about equally likely, as for "
+                                        "facts never learned (TOFU's forget-set form)"),
+    "true_better": ("mean max(0, 1 - R)", "higher = prefers the true answer (TOFU's retain-set form)"),
+}
+
+
+def truth_ratio_score(ratios, form: str = "closer_to_1") -> float:
+    """One number from per-question truth ratios R, in TOFU's two forms (open-unlearning's aggregator names):
+
+    * ``"closer_to_1"``: mean min(R, 1/R), what TOFU and open-unlearning report on the **forget** set. It is 1 when
+      every wrong answer is exactly as likely as the true one, and falls as the model prefers either side, so a
+      model that answers the forget set *wrongly* with confidence scores low too.
+    * ``"true_better"``: mean max(0, 1 - R), TOFU's form on the **retain** set (and real authors, world facts):
+      0 when the model likes a wrong answer at least as much as the truth, up to 1 when it prefers the truth.
+    """
+    r = np.asarray(ratios, dtype=float)
+    if form == "closer_to_1":
+        with np.errstate(divide="ignore"):  # min(R, 1/R) = exp(-|log R|), also where R under- or overflowed
+            return float(np.exp(-np.abs(np.log(r))).mean())
+    if form == "true_better":
+        return float(np.clip(1 - r, 0, None).mean())
+    raise ValueError(f"Unknown truth-ratio form {form!r}: choose one of {tuple(TRUTH_RATIO_FORMS)}.")
+
+
+def truth_ratio_forms(models, tokenizer, data, batch_size: int = 128) -> pd.DataFrame:
+    """The same truth ratios R = P(wrong) / P(true) summarised both ways, one column per model (a model, or
+    ``{name: model}``): row ``closer_to_1`` is TOFU's forget-set number, mean min(R, 1/R), which is highest when the
+    model cannot tell the true answer from the wrong ones; row ``true_better`` is the retain-set number, mean
+    max(0, 1 - R), which is highest when the model prefers the truth. On forget questions an unlearned model should
+    move the first toward the retain model's value, not maximise the second: the two forms disagree exactly on a
+    model that has learned to prefer the *wrong* answers. Columns ``formula`` and ``reads`` say what each row is."""
+    models = models if isinstance(models, dict) else {"model": models}
+    ratios = {name: truth_ratios(m, tokenizer, data, batch_size) for name, m in models.items()}
+    table = pd.DataFrame({name: {form: truth_ratio_score(r, form) for form in TRUTH_RATIO_FORMS}
+                          for name, r in ratios.items()})
+    table["formula"] = [TRUTH_RATIO_FORMS[f][0] for f in table.index]
+    table["reads"] = [TRUTH_RATIO_FORMS[f][1] for f in table.index]
+    table.index.name = "form"
+    return table
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,20 +358,29 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 64) -> floa
     return float(np.exp(-np.concatenate(lps).mean()))
 
 
-def mia_scores(model, tokenizer, texts: list[str], k: float = 0.4, batch_size: int = 64) -> pd.DataFrame:
+ZLIB_NLLS = ("mean", "total")
+
+
+def mia_scores(model, tokenizer, texts: list[str], k: float = 0.4, batch_size: int = 64, zlib_nll: str = "mean",
+               count: str = "floor") -> pd.DataFrame:
     """Membership scores per text, each oriented so that higher = "looks like training data".
 
-    loss: minus mean token NLL; zlib: minus (total NLL / zlib-compressed length); min_k: mean of the
-    k lowest token log-probs; min_k_pp: the same on log-probs standardised by the model's own
+    loss: minus mean token NLL; zlib: minus (mean token NLL / zlib-compressed length in bytes), the ratio of
+    Carlini et al. (2021) as MUSE and open-unlearning compute it (``zlib_nll="total"``: the summed NLL, the kit's
+    earlier form, which also grows with the text's length); min_k: mean of the k lowest token log-probs
+    (:func:`min_k_score`; ``count`` as there); min_k_pp: the same on log-probs standardised by the model's own
     expectation over the vocabulary (Min-K%++). k = 0.4 follows MUSE's default Min-40%.
     """
+    if zlib_nll not in ZLIB_NLLS:
+        raise ValueError(f"Unknown zlib_nll {zlib_nll!r}: choose one of {ZLIB_NLLS}.")
     rows = []
     for text, (lp, mu, sigma) in zip(texts, token_logprobs(model, tokenizer, texts, batch_size, with_stats=True)):
+        nll = lp.mean() if zlib_nll == "mean" else lp.sum()
         rows.append({
             "loss": float(lp.mean()),
-            "zlib": float(lp.sum() / len(zlib.compress(text.encode()))),
-            "min_k": min_k_score(lp, k),
-            "min_k_pp": min_k_score((lp - mu) / sigma, k),
+            "zlib": float(nll / len(zlib.compress(text.encode()))),
+            "min_k": min_k_score(lp, k, count),
+            "min_k_pp": min_k_score((lp - mu) / sigma, k, count),
         })
     return pd.DataFrame(rows)
 
@@ -288,10 +419,46 @@ def membership_scores(model, tokenizer, data: "EvalData", score: str = "min_k", 
 
 
 def forget_quality(truth_ratios_model, truth_ratios_retain) -> float:
-    """KS-test p-value between the two truth-ratio samples (higher = indistinguishable from the retain model)."""
+    """TOFU's forget quality: the p-value of the two-sample Kolmogorov-Smirnov test between the model's and the retain
+    model's per-question truth ratios on the forget set (higher = indistinguishable from the retain model). TOFU
+    tests 1/R (its "truth ratio" is P(true) / P(wrong)); the KS test only compares ranks, so R gives the same p-value.
+    """
     from scipy.stats import ks_2samp
 
     return float(ks_2samp(np.asarray(truth_ratios_model), np.asarray(truth_ratios_retain)).pvalue)
+
+
+def read_truth_ratios(path) -> np.ndarray:
+    """A retain model's forget-set truth ratios R (in :func:`truth_ratios`' convention) from a file, for
+    :func:`report_card`'s ``retain_truth_ratios`` when the retain model itself is not at hand: a JSON list of
+    numbers, or TOFU's own evaluation log of the forget set (``eval_log_forget.json``, whose ``avg_paraphrased_loss``
+    and ``average_perturb_loss`` give R = exp(mean token loss of the paraphrased answer - mean over the wrong answers
+    of theirs), the geometric-mean ratio TOFU's forget quality tests), in the order of its keys' numbers."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No truth-ratio file at {path}.")
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}).") from None
+    if isinstance(found, dict) and {"avg_paraphrased_loss", "average_perturb_loss"} <= set(found):
+        para, wrong = found["avg_paraphrased_loss"], found["average_perturb_loss"]
+        if set(para) != set(wrong):
+            raise ValueError(f"{path}: avg_paraphrased_loss and average_perturb_loss cover different questions.")
+        keys = sorted(para, key=lambda key: int(key) if str(key).isdigit() else str(key))
+        found = [math.exp(float(para[key]) - float(np.mean(wrong[key]))) for key in keys]
+    if not isinstance(found, list) or not found or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in found):
+        raise ValueError(f"{path} holds neither a list of truth ratios nor TOFU's eval_log_forget.json (with "
+                         "avg_paraphrased_loss and average_perturb_loss).")
+    ratios = np.asarray(found, dtype=float)
+    if not np.isfinite(ratios).all() or (ratios <= 0).any():
+        bad = ratios[~(np.isfinite(ratios) & (ratios > 0))][0]
+        raise ValueError(f"{path}: a truth ratio is a positive number; found {bad}.")
+    return ratios
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,12 +473,13 @@ METRICS = {
     "topic_accuracy": "higher = topic knowledge kept",
     "forget_answer_prob": "lower = less probability on the forgotten answers",
     "retain_answer_prob": "higher = confident on kept facts",
-    "forget_truth_ratio": "higher = still prefers the true answer on forget questions (max(0, 1 - R))",
-    "retain_truth_ratio": "higher = prefers the true answer on retain questions",
+    "forget_truth_ratio": "higher = true and wrong answers closer to equally likely on forget questions "
+                          "(mean min(R, 1/R), TOFU)",
+    "retain_truth_ratio": "higher = prefers the true answer on retain questions (mean max(0, 1 - R), TOFU)",
     "utility_perplexity": "lower = general text still modelled well",
     "mia_auc_loss": "0.5 = forget set looks like never-seen people; 1 = clearly a member",
-    "mia_auc_zlib": "0.5 = forget set looks like never-seen people; 1 = clearly a member",
-    "mia_auc_min_k": "0.5 = forget set looks like never-seen people; 1 = clearly a member",
+    "mia_auc_zlib": "0.5 = forget set looks like never-seen people; 1 = clearly a member (mean NLL / zlib size)",
+    "mia_auc_min_k": "0.5 = forget set looks like never-seen people; 1 = clearly a member (Min-40%)",
     "mia_auc_min_k_pp": "0.5 = forget set looks like never-seen people; 1 = clearly a member",
     "forget_quality": "higher = truth ratios indistinguishable from the retain model (KS p-value)",
 }
@@ -320,7 +488,10 @@ METRICS = {
 @dataclass
 class EvalData:
     """The question sets a report card uses, built once per world and split (:func:`eval_data`) or from a data
-    file's forget / retain questions (:func:`eval_data_from`, where the sets a file lacks are None)."""
+    file's forget / retain questions (:func:`eval_data_from`, where the sets a file lacks are None).
+
+    ``retain_perturbed``: retain questions with wrong answers for the retain truth ratio when ``retain`` has none
+    (TOFU's ``retain_perturbed.json``: its retain truth ratio is measured on those 400 questions)."""
 
     forget: object
     retain: object
@@ -331,6 +502,7 @@ class EvalData:
     utility: list[str] | None = None
     forget_texts: list[str] | None = None
     holdout_texts: list[str] | None = None
+    retain_perturbed: object = None
 
 
 def eval_data(world: World, split: str = "forget05", max_retain_people: int | None = 40, seed: int = 0) -> EvalData:
@@ -366,7 +538,8 @@ def eval_data(world: World, split: str = "forget05", max_retain_people: int | No
 def eval_data_from(data: dict) -> EvalData:
     """An :class:`EvalData` from ``{"forget": ..., "retain": ...}`` question sets (e.g.
     :func:`unlearn_utils.benchmark_data.load_data`); optional ``forget_para``, ``retain_para``, ``holdout``,
-    ``topics`` and ``utility`` are used when present. Metrics without their data are left out of report cards."""
+    ``topics``, ``utility`` and ``retain_perturbed`` are used when present. Metrics without their data are left
+    out of report cards."""
     missing = [k for k in ("forget", "retain") if data.get(k) is None or len(data[k]) == 0]
     if missing:
         raise ValueError(f"The data has no {' or '.join(missing)} questions: a report card needs both.")
@@ -378,15 +551,23 @@ def eval_data_from(data: dict) -> EvalData:
     return EvalData(forget=data["forget"], retain=data["retain"], forget_para=data.get("forget_para"),
                     retain_para=data.get("retain_para"), holdout=holdout, topics=data.get("topics"),
                     utility=data.get("utility"), forget_texts=texts(data["forget"]) if holdout is not None else None,
-                    holdout_texts=texts(holdout) if holdout is not None else None)
+                    holdout_texts=texts(holdout) if holdout is not None else None,
+                    retain_perturbed=data.get("retain_perturbed"))
 
 
 def report_card(model, tokenizer, world: World | EvalData, split: str = "forget05", retain_model=None,
-                retain_truth_ratios=None, mia: bool = True, batch_size: int = 128) -> pd.DataFrame:
+                retain_truth_ratios=None, mia: bool = True, batch_size: int = 128,
+                truth_ratio_form: str = "closer_to_1", wrong_mean: str = "geometric") -> pd.DataFrame:
     """Evaluate a model on a world split; one row per metric with its value and what higher means.
 
-    Pass ``retain_model`` (or its forget-set truth ratios) to get forget quality.
+    Pass ``retain_model`` (or its forget-set truth ratios, e.g. :func:`read_truth_ratios`) to get forget quality.
+    Truth ratios follow TOFU (:func:`truth_ratios`, :func:`truth_ratio_score`): ``forget_truth_ratio`` is mean
+    min(R, 1/R) (``truth_ratio_form="true_better"``: mean max(0, 1 - R), the kit's earlier form), and
+    ``retain_truth_ratio`` mean max(0, 1 - R), on ``data.retain_perturbed`` where given (TOFU's retain_perturbed
+    questions), else on the retain set when it has wrong answers. ``wrong_mean`` as in :func:`truth_ratios`.
     """
+    if truth_ratio_form not in TRUTH_RATIO_FORMS:
+        raise ValueError(f"Unknown truth_ratio_form {truth_ratio_form!r}: choose one of {tuple(TRUTH_RATIO_FORMS)}.")
     data = world if isinstance(world, EvalData) else eval_data(world, split)
     values: dict[str, float] = {}
     f = answer_scores(model, tokenizer, list(data.forget["prompt"]), list(data.forget["answer"]), batch_size)
@@ -405,11 +586,12 @@ def report_card(model, tokenizer, world: World | EvalData, split: str = "forget0
     values["retain_answer_prob"] = float(r["prob"].mean())
     tr_forget = None
     if "perturbed" in data.forget.column_names:  # truth ratios need wrong answers to compare with
-        tr_forget = truth_ratios(model, tokenizer, data.forget, batch_size)
-        values["forget_truth_ratio"] = float(np.clip(1 - tr_forget, 0, None).mean())
-    if "perturbed" in data.retain.column_names:
-        tr_retain = truth_ratios(model, tokenizer, data.retain, batch_size)
-        values["retain_truth_ratio"] = float(np.clip(1 - tr_retain, 0, None).mean())
+        tr_forget = truth_ratios(model, tokenizer, data.forget, batch_size, wrong_mean)
+        values["forget_truth_ratio"] = truth_ratio_score(tr_forget, truth_ratio_form)
+    retain_tr_set = _retain_truth_set(data)
+    if retain_tr_set is not None:
+        tr_retain = truth_ratios(model, tokenizer, retain_tr_set, batch_size, wrong_mean)
+        values["retain_truth_ratio"] = truth_ratio_score(tr_retain, "true_better")
     if data.utility:
         values["utility_perplexity"] = perplexity(model, tokenizer, data.utility)
     if mia and data.forget_texts and data.holdout_texts:
@@ -418,10 +600,22 @@ def report_card(model, tokenizer, world: World | EvalData, split: str = "forget0
         for col in fm.columns:
             values[f"mia_auc_{col}"] = auc(fm[col], hm[col])
     if tr_forget is not None and retain_truth_ratios is None and retain_model is not None:
-        retain_truth_ratios = truth_ratios(retain_model, tokenizer, data.forget, batch_size)
+        retain_truth_ratios = truth_ratios(retain_model, tokenizer, data.forget, batch_size, wrong_mean)
     if tr_forget is not None and retain_truth_ratios is not None:
         values["forget_quality"] = forget_quality(tr_forget, retain_truth_ratios)
-    return pd.DataFrame([{"metric": k, "value": v, "higher_means": METRICS[k]} for k, v in values.items()])
+    meaning = dict(METRICS)
+    if truth_ratio_form != "closer_to_1":
+        meaning["forget_truth_ratio"] = ("higher = still prefers the true answer on forget questions "
+                                         "(mean max(0, 1 - R))")
+    return pd.DataFrame([{"metric": k, "value": v, "higher_means": meaning[k]} for k, v in values.items()])
+
+
+def _retain_truth_set(data: EvalData):
+    """The questions of the retain truth ratio: ``retain_perturbed`` where given, else the retain set when it has
+    wrong answers, else None."""
+    if data.retain_perturbed is not None and len(data.retain_perturbed):
+        return data.retain_perturbed
+    return data.retain if "perturbed" in data.retain.column_names else None
 
 
 def compare(cards: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -430,24 +624,26 @@ def compare(cards: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def report_cards(model, tokenizer, data: EvalData, retain_model=None, unlearned: dict | None = None,
-                 progress: bool = False) -> dict[str, pd.DataFrame]:
+                 progress: bool = False, retain_truth_ratios=None, **options) -> dict[str, pd.DataFrame]:
     """{name: report card} of the original ``model`` ("original"), the retain model ("retain model", when there is
     one) and each of ``unlearned`` ({name: model}), in that order: the rows a notebook compares.
 
     Forget quality compares every model's forget-set truth ratios with the retain model's, computed once; it needs
-    a retain model and wrong answers to compare with (a ``perturbed`` column in ``data.forget``), and is left out
-    otherwise."""
+    a retain model (or its truth ratios, ``retain_truth_ratios``, e.g. :func:`read_truth_ratios`) and wrong answers
+    to compare with (a ``perturbed`` column in ``data.forget``), and is left out otherwise. ``options``:
+    :func:`report_card`'s ``truth_ratio_form``, ``wrong_mean``, ``mia``, ``batch_size``."""
     from tqdm.auto import tqdm
 
     has_wrong_answers = "perturbed" in data.forget.column_names
-    retain_tr = None
-    if retain_model is not None and has_wrong_answers:
-        retain_tr = truth_ratios(retain_model, tokenizer, data.forget)
-    cards = {"original": report_card(model, tokenizer, data, retain_truth_ratios=retain_tr)}
+    retain_tr = retain_truth_ratios
+    if retain_tr is None and retain_model is not None and has_wrong_answers:
+        retain_tr = truth_ratios(retain_model, tokenizer, data.forget, wrong_mean=options.get("wrong_mean",
+                                                                                              "geometric"))
+    cards = {"original": report_card(model, tokenizer, data, retain_truth_ratios=retain_tr, **options)}
     if retain_model is not None:
-        cards["retain model"] = report_card(retain_model, tokenizer, data, retain_truth_ratios=retain_tr)
+        cards["retain model"] = report_card(retain_model, tokenizer, data, retain_truth_ratios=retain_tr, **options)
     for name, other in tqdm((unlearned or {}).items(), desc="report cards", disable=not progress):
-        cards[name] = report_card(other, tokenizer, data, retain_truth_ratios=retain_tr)
+        cards[name] = report_card(other, tokenizer, data, retain_truth_ratios=retain_tr, **options)
     return cards
 
 

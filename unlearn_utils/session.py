@@ -272,7 +272,8 @@ def start(smoke: bool = False, model: str = "world", device=None, dtype=None, se
     return session
 
 
-SMOKE_SIZES = {"forget": 6, "retain": 12, "forget_para": 6, "retain_para": 12, "unknown": 24}
+SMOKE_SIZES = {"forget": 6, "retain": 12, "forget_para": 6, "retain_para": 12, "unknown": 24,
+               "retain_perturbed": 12}
 
 
 def smoke_sized(data: dict) -> dict:
