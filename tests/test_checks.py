@@ -126,8 +126,10 @@ def test_jaccard_check():
 def test_rtn_quantize_check():
     from unlearn_utils.quantize import quantize_tensor
 
-    assert checks.check_rtn_quantize(lambda w, b, g: quantize_tensor(w, b, g)).passed
-    r = checks.check_rtn_quantize(lambda w, b, g: quantize_tensor(w, b, None))
+    # notebook 05's exercise states the absmax grid, max|w| / (2^(bits-1) - 1) (the kit's default is the paper's)
+    assert checks.check_rtn_quantize(lambda w, b, g: quantize_tensor(w, b, g, step="absmax")).passed
+    assert not checks.check_rtn_quantize(lambda w, b, g: quantize_tensor(w, b, g)).passed
+    r = checks.check_rtn_quantize(lambda w, b, g: quantize_tensor(w, b, None, step="absmax"))
     assert not r.passed and "ONE grid per row" in r.message
 
     def floor_rtn(w, bits, g):
@@ -169,7 +171,7 @@ def test_check_names_match_function_names():
     from unlearn_utils.quantize import quantize_tensor
     from unlearn_utils.relearn import recovery_above_floor
 
-    refs["rtn_quantize"] = lambda w, b, g: quantize_tensor(w, b, g)
+    refs["rtn_quantize"] = lambda w, b, g: quantize_tensor(w, b, g, step="absmax")  # notebook 05's stated grid
     refs["recovery_rate"] = recovery_above_floor
     refs["vocab_projection"] = lambda E, v, k: (E @ v).topk(k).indices
     from unlearn_utils.grun import gated_loss, loreft_edit

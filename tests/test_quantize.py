@@ -6,15 +6,79 @@ from unlearn_utils.quantize import load_bnb, quantization_step, quantize_model, 
 
 @pytest.mark.parametrize("bits", [8, 4, 3])
 @pytest.mark.parametrize("group", [None, 16])
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_error_within_half_a_step(bits, group, symmetric):
+@pytest.mark.parametrize("symmetric,step_kind", [(True, "paper"), (True, "absmax"), (False, "paper")])
+def test_error_within_half_a_step(bits, group, symmetric, step_kind):
     w = torch.randn(8, 64, generator=torch.Generator().manual_seed(bits))
-    q = quantize_tensor(w, bits, group, symmetric)
-    step = quantization_step(w, bits, group, symmetric)
-    assert ((q - w).abs() <= step / 2 + 1e-6).all()
+    q = quantize_tensor(w, bits, group, symmetric, step_kind)
+    step = quantization_step(w, bits, group, symmetric, step_kind)
+    # the paper's grid clips the weights above the top code, 2^(bits-1) - 1 steps, by up to one step
+    clipped = (w > (2 ** (bits - 1) - 0.5) * step) if (symmetric and step_kind == "paper") else torch.zeros_like(
+        w, dtype=torch.bool)
+    assert ((q - w).abs() <= step / 2 + 1e-6)[~clipped].all()
+    assert ((q - w).abs() <= step + 1e-6)[clipped].all()
     # the grid really has at most 2^bits levels per group
     g = q.reshape(8, -1, group or 64)
     assert max(len(torch.unique(g[i, j])) for i in range(8) for j in range(g.shape[1])) <= 2 ** bits
+
+
+def test_rtn_step_is_the_quantization_papers_by_hand():
+    """Zhang et al.: step = max|w| / 2^(N-1); the absmax grid, max|w| / (2^(N-1) - 1), has a step 8/7 as large."""
+    w = torch.tensor([[0.8, -0.43, 0.16, 0.04]])
+    # paper: step 0.8 / 8 = 0.1; w / step = 8, -4.3, 1.6, 0.4 -> codes 7 (8 clipped to a 4-bit integer's top), -4, 2, 0
+    assert quantization_step(w, 4, 4)[0, 0].item() == pytest.approx(0.1)
+    assert quantize_tensor(w, 4, 4).tolist()[0] == pytest.approx([0.7, -0.4, 0.2, 0.0], abs=1e-6)
+    # absmax: step 0.8 / 7; w / step = 7, -3.7625, 1.4, 0.35 -> codes 7, -4, 1, 0
+    s = 0.8 / 7
+    assert quantization_step(w, 4, 4, step="absmax")[0, 0].item() == pytest.approx(s)
+    assert quantize_tensor(w, 4, 4, step="absmax").tolist()[0] == pytest.approx([0.8, -4 * s, s, 0.0], abs=1e-6)
+    assert (quantization_step(w, 4, 4, step="absmax") / quantization_step(w, 4, 4))[0, 0].item() == pytest.approx(
+        8 / 7)
+    # the most negative code is used: -0.8 is exactly -8 steps
+    assert quantize_tensor(-w, 4, 4).tolist()[0] == pytest.approx([-0.8, 0.4, -0.2, 0.0], abs=1e-6)
+    with pytest.raises(ValueError, match="Unknown RTN step"):
+        quantize_tensor(w, 4, 4, step="max")
+
+
+def test_a_constant_group_is_kept_and_not_measured_in_steps(tiny):
+    """A group of equal weights has a one-point grid (step 0): kept exactly, and change_in_steps measures no ratio
+    there (it used to divide by 1e-12 and report changes of about 10^9 steps)."""
+    import copy
+
+    from unlearn_utils import quantize as Q
+
+    w = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, -2.0, 0.5, 0.25]])
+    assert quantization_step(w, 4, 4)[0].tolist() == [0.0] * 4 + [0.25] * 4   # 2 / 2^3
+    assert torch.equal(quantize_tensor(w, 4, 4)[0, :4], torch.zeros(4))
+    asym = torch.full((1, 4), 0.3)
+    assert torch.equal(quantize_tensor(asym, 4, 4, symmetric=False), asym)
+    world, model, tok = tiny
+    original, unlearned = copy.deepcopy(model), copy.deepcopy(model)
+    name = "model.layers.0.mlp.down_proj"
+    with torch.no_grad():
+        w0 = original.model.layers[0].mlp.down_proj.weight
+        w0[:, :32] = 0.0                       # the first group of 32 of every row: constant
+        w1 = unlearned.model.layers[0].mlp.down_proj.weight
+        w1.copy_(w0)
+        w1[:, :32] = 0.01                      # moved, in a group with no step
+        step = Q.quantization_step(w0, 4, 32)[:, 32:]
+        w1[:, 32:] += 0.25 * step              # a quarter of a step everywhere else
+    ch = Q.change_in_steps(original, unlearned, 4, 32).set_index("module").loc[name]
+    assert ch["constant_groups"] == pytest.approx(32 / w0.shape[1])
+    assert ch["median"] == pytest.approx(0.25, rel=1e-3) and ch["p99"] == pytest.approx(0.25, rel=1e-3)
+    assert Q.steps_histogram(original, unlearned, 4, 32).max() < 1
+
+
+def test_bfloat16_weights_move_half_a_step_plus_the_dtypes_rounding():
+    w32 = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
+    w = w32.to(torch.bfloat16)
+    q = quantize_tensor(w, 4, 32, step="absmax")
+    assert q.dtype == torch.bfloat16
+    step = quantization_step(w, 4, 32, step="absmax")
+    err = (q.float() - w.float()).abs()
+    assert (err <= step / 2 + q.float().abs() * 2 ** -8 + 1e-7).all()   # the bound in quantize_tensor's docstring
+    assert (err > step / 2 + 1e-7).any()   # the bfloat16 rounding of the grid points alone breaks half a step
+    exact = quantize_tensor(w.float(), 4, 32, step="absmax")          # in float32 the bound is half a step
+    assert ((exact - w.float()).abs() <= step / 2 + 1e-6).all()
 
 
 def test_bad_bits_and_group():
@@ -412,9 +476,9 @@ def test_scheme_names_round_trip_and_bad_names():
     from unlearn_utils.quantize import Scheme, as_scheme
 
     schemes = [Scheme.rtn(4, 64), Scheme.rtn(4, None), Scheme.rtn(8), Scheme.rtn(3, 32, symmetric=False),
-               Scheme.gguf("q4_1"), Scheme.bnb("nf4"), Scheme.bnb("int8")]
+               Scheme.gguf("q4_1"), Scheme.bnb("nf4"), Scheme.bnb("int8"), Scheme.rtn(4, 64, step="absmax")]
     assert [s.name for s in schemes] == ["RTN 4-bit g64", "RTN 4-bit per channel", "RTN 8-bit", "RTN 3-bit g32 asym",
-                                         "GGUF Q4_1", "bnb nf4", "bnb int8"]
+                                         "GGUF Q4_1", "bnb nf4", "bnb int8", "RTN 4-bit g64 absmax"]
     assert all(as_scheme(s.name) == s for s in schemes) and as_scheme("nf4") == Scheme.bnb("nf4")
     assert as_scheme("Q4_1") == Scheme.gguf("Q4_1") and str(as_scheme("q8_0")) == "GGUF Q8_0"
     with pytest.raises(ValueError, match="K-quants"):

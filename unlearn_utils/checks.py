@@ -334,8 +334,16 @@ def check_jaccard(fn) -> CheckResult:
 # ----------------------------------------------------------------------------------------------
 def check_rtn_quantize(fn) -> CheckResult:
     """fn(w [out, in], bits, group_size) -> symmetric (absmax) round-to-nearest quantize-dequantize, per group of
-    ``group_size`` consecutive inputs of a row, as :func:`unlearn_utils.quantize.quantize_tensor`."""
-    from .quantize import quantization_step, quantize_tensor
+    ``group_size`` consecutive inputs of a row, as :func:`unlearn_utils.quantize.quantize_tensor` with the grid
+    notebook 05's exercise states, step = max|w| / (2^(bits-1) - 1) (``step="absmax"``; the kit's default is the
+    quantization paper's max|w| / 2^(bits-1))."""
+    from functools import partial
+
+    from .quantize import quantization_step as step_of
+    from .quantize import quantize_tensor as reference
+
+    quantize_tensor = partial(reference, step="absmax")
+    quantization_step = partial(step_of, step="absmax")
 
     name = "rtn_quantize"
     gen = torch.Generator().manual_seed(6)

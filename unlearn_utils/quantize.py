@@ -2,8 +2,11 @@
 
 Round-to-nearest (RTN) here is *quantize-dequantize*: each weight is replaced by the nearest point of
 its group's grid, stored back in the model's own dtype. The model then runs anywhere (CPU or GPU) and
-behaves exactly as an integer model with that grid would. GGUF block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0:
-what llama.cpp users deploy) are quantize-dequantized the same way with the ``gguf`` package's own numpy code.
+behaves exactly as an integer model with that grid would. The symmetric grid's step is the quantization paper's
+(Zhang et al., arXiv 2410.16454: Q(w) = step * Round(w / step), step = max|w| / 2^(N-1) for N bits);
+``step="absmax"`` is the other common symmetric grid, max|w| / (2^(N-1) - 1), a step 8/7 = 1.14x coarser at 4 bits
+(:func:`quantization_step`). GGUF block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: what llama.cpp users deploy) are
+quantize-dequantized the same way with the ``gguf`` package's own numpy code.
 bitsandbytes (LLM.int8, 4-bit fp4/nf4) is the library transformers users quantize with; :func:`load_bnb` loads
 any model through it (CPU or CUDA).
 
@@ -27,11 +30,25 @@ import pandas as pd
 import torch
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8)
+RTN_STEPS = ("paper", "absmax")
+"""The symmetric RTN grids. ``"paper"`` (the default): the quantization paper's step = max|w| / 2^(N-1), with the
+codes of an N-bit signed integer, -2^(N-1) ... 2^(N-1) - 1 (2^N points; the paper's Round(w / step) would give the
+weight at +max|w| the code 2^(N-1), which N bits cannot hold, so the group's largest positive weights take the top
+code and move by up to one step; every other weight by at most half a step). ``"absmax"``: step =
+max|w| / (2^(N-1) - 1), codes -(2^(N-1) - 1) ... 2^(N-1) - 1 (2^N - 1 points, every weight within half a step; the
+kit's earlier grid, and notebook 05's exercise)."""
 
 
 def check_bits(bits: int) -> None:
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"Unsupported bit width {bits}: round-to-nearest supports {SUPPORTED_BITS}.")
+
+
+def check_step(step: str) -> str:
+    if step not in RTN_STEPS:
+        raise ValueError(f"Unknown RTN step {step!r}: choose one of {RTN_STEPS} ('paper': max|w| / 2^(bits-1), "
+                         "'absmax': max|w| / (2^(bits-1) - 1)).")
+    return step
 
 
 def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
@@ -49,38 +66,68 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _grid(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool):
-    """Grouped view of ``w``, the grid step of each group and the grid's origin (0 for symmetric, the minimum else)."""
+def _grid(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool, step: str = "paper"):
+    """Grouped view of ``w``, the grid step of each group and the grid's origin (0 for symmetric, the minimum else).
+
+    A constant group (all its weights equal: all zero for a symmetric grid) has step 0: its grid is one point, the
+    group's value, which stores it exactly."""
     check_bits(bits)
+    check_step(step)
     wg = _grouped(w.float(), group_size)
     if symmetric:
-        step = (wg.abs().amax(-1, keepdim=True) / (2 ** (bits - 1) - 1)).clamp_min(1e-12)
-        return wg, step, torch.zeros_like(step)
+        levels = 2 ** (bits - 1) if step == "paper" else 2 ** (bits - 1) - 1
+        size = wg.abs().amax(-1, keepdim=True) / levels
+        return wg, size, torch.zeros_like(size)
     lo = wg.amin(-1, keepdim=True)
-    return wg, ((wg.amax(-1, keepdim=True) - lo) / (2 ** bits - 1)).clamp_min(1e-12), lo
+    return wg, (wg.amax(-1, keepdim=True) - lo) / (2 ** bits - 1), lo
 
 
-def _codes(wg: torch.Tensor, step: torch.Tensor, origin: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
-    """The integer grid index of each grouped weight (what a quantized checkpoint stores)."""
-    lo, hi = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
-    return torch.round((wg - origin) / step).clamp(lo, hi)
+def _code_range(bits: int, symmetric: bool, step: str = "paper") -> tuple[int, int]:
+    if not symmetric:
+        return 0, 2 ** bits - 1
+    if step == "paper":
+        return -2 ** (bits - 1), 2 ** (bits - 1) - 1
+    return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
 
 
-def quantization_step(w: torch.Tensor, bits: int, group_size: int | None = 64, symmetric: bool = True) -> torch.Tensor:
-    """The grid spacing of each weight's group, same shape as ``w`` (the "step" a change must beat to survive)."""
-    wg, step, _ = _grid(w, bits, group_size, symmetric)
-    return step.expand_as(wg).reshape(w.shape)
+def _codes(wg: torch.Tensor, step: torch.Tensor, origin: torch.Tensor, bits: int, symmetric: bool,
+           step_kind: str = "paper") -> torch.Tensor:
+    """The integer grid index of each grouped weight (what a quantized checkpoint stores); 0 in a constant group."""
+    lo, hi = _code_range(bits, symmetric, step_kind)
+    safe = torch.where(step > 0, step, torch.ones_like(step))  # a constant group: wg - origin is 0, its code 0
+    return torch.round((wg - origin) / safe).clamp(lo, hi)
 
 
-def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None = 64, symmetric: bool = True) -> torch.Tensor:
+def quantization_step(w: torch.Tensor, bits: int, group_size: int | None = 64, symmetric: bool = True,
+                      step: str = "paper") -> torch.Tensor:
+    """The grid spacing of each weight's group, same shape as ``w`` (the "step" a change must beat to survive).
+
+    Symmetric, ``step="paper"`` (default): max|w| / 2^(bits-1) per group, the quantization paper's step;
+    ``step="absmax"``: max|w| / (2^(bits-1) - 1). Asymmetric: (max w - min w) / (2^bits - 1). 0 in a constant group
+    (a one-point grid; :func:`change_in_steps` does not measure changes against it)."""
+    wg, size, _ = _grid(w, bits, group_size, symmetric, step)
+    return size.expand_as(wg).reshape(w.shape)
+
+
+def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None = 64, symmetric: bool = True,
+                    step: str = "paper") -> torch.Tensor:
     """Round-to-nearest quantize-dequantize of a [out, in] weight, per group of ``group_size`` inputs.
 
-    group_size=None quantizes per output channel (one grid per row). Symmetric (absmax) grids are
-    centred on zero with 2^(bits-1)-1 levels each side; asymmetric (min-max) grids use all 2^bits levels.
-    Every weight moves by at most half a step.
+    group_size=None quantizes per output channel (one grid per row). Symmetric grids are centred on zero: by
+    default the quantization paper's, step * Round(w / step) with step = max|w| / 2^(bits-1) and the codes of a
+    bits-bit signed integer, -2^(bits-1) ... 2^(bits-1) - 1 (:data:`RTN_STEPS`); with ``step="absmax"``, step =
+    max|w| / (2^(bits-1) - 1) and 2^(bits-1) - 1 levels each side. Asymmetric (min-max) grids use all 2^bits levels
+    from the group's minimum. A constant group is kept exactly.
+
+    The grid is computed in float32, where every weight moves by at most half a step (on the paper's grid, all but
+    the group's largest positive weights, above (2^(bits-1) - 1/2) steps, which the top code clips by up to one
+    step). The result is stored in ``w``'s dtype: in bfloat16 or float16 each grid point is itself rounded to that
+    dtype (bfloat16 keeps 8 significant bits, float16 11), which can move a weight a little more,
+    |q - w| <= step / 2 + |q| * 2^-8 in bfloat16 (2^-11 in float16), the rounding a 16-bit kernel that dequantizes
+    step * code makes too.
     """
-    wg, step, origin = _grid(w, bits, group_size, symmetric)
-    q = _codes(wg, step, origin, bits, symmetric) * step + origin
+    wg, size, origin = _grid(w, bits, group_size, symmetric, step)
+    q = _codes(wg, size, origin, bits, symmetric, step) * size + origin
     return q.reshape(w.shape).to(w.dtype)
 
 
@@ -190,7 +237,7 @@ def resolve_group_size(model, group_size: int | str | None = "auto", include_lm_
 
 @torch.no_grad()
 def quantize_model(model, bits: int, group_size: int | str | None = "auto", symmetric: bool = True,
-                   include_lm_head: bool = False, inplace: bool = False):
+                   include_lm_head: bool = False, inplace: bool = False, step: str = "paper"):
     """A copy of ``model`` whose decoder Linear weights are RTN quantize-dequantized (see :func:`quantize_tensor`).
 
     ``group_size="auto"`` picks :func:`default_group_size` (64 wherever 64 divides every width); a size that does
@@ -199,13 +246,15 @@ def quantize_model(model, bits: int, group_size: int | str | None = "auto", symm
     then *untied* in the copy (the unembedding gets its own quantized weight, ``tie_word_embeddings`` becomes
     False). A LoRA (peft) model is quantized as its merged weights (what deploying it means): the result is a plain
     model, and ``inplace=True`` merges the adapters into the model's own weights first (use the returned model).
+    ``step``: the symmetric grid's step, as in :func:`quantize_tensor` (default the quantization paper's).
     """
     check_bits(bits)
+    check_step(step)
     group_size = resolve_group_size(model, group_size, include_lm_head)
     target = _quantization_target(model, include_lm_head, inplace)
     for mod in quantizable_linears(target, include_lm_head).values():
         w = _row_major(mod)
-        w.copy_(quantize_tensor(w, bits, group_size, symmetric))
+        w.copy_(quantize_tensor(w, bits, group_size, symmetric, step))
     return target
 
 
@@ -311,28 +360,32 @@ def quantize_model_gguf(model, fmt: str, include_lm_head: bool = False, inplace:
 # One name for a quantization scheme: RTN (bits, group, symmetric), a GGUF format, or bitsandbytes
 # ----------------------------------------------------------------------------------------------
 BNB_TYPES = ("nf4", "fp4", "int8")
-_RTN_NAME = re.compile(r"RTN (\d+)-bit(?: g(\d+)| (per channel))?( asym)?")
+_RTN_NAME = re.compile(r"RTN (\d+)-bit(?: g(\d+)| (per channel))?( asym| absmax)?")
 
 
 @dataclass(frozen=True)
 class Scheme:
     """One way to quantize a model, for tables that loop over schemes. Build one with :meth:`rtn`, :meth:`gguf` or
     :meth:`bnb`, or name it (see :func:`as_scheme`): "Q4_1", "nf4", "RTN 4-bit g64 asym". ``name`` is the label
-    tables use, the tool first: "GGUF Q4_1", "bnb nf4", "RTN 4-bit g64 asym"."""
+    tables use, the tool first: "GGUF Q4_1", "bnb nf4", "RTN 4-bit g64 asym", "RTN 4-bit g64 absmax" (the symmetric
+    grid with step max|w| / (2^(bits-1) - 1) instead of the paper's max|w| / 2^(bits-1))."""
 
     kind: str                                  # "rtn", "gguf" or "bnb"
     bits: int
     format: str | None = None                  # GGUF format ("Q4_1") or bitsandbytes type ("nf4", "fp4", "int8")
     group_size: int | str | None = "auto"      # RTN only: a divisor of the widths, None (per row) or "auto"
     symmetric: bool = True                     # RTN only
+    step: str = "paper"                        # RTN symmetric only: "paper" or "absmax" (see RTN_STEPS)
 
     @classmethod
-    def rtn(cls, bits: int, group_size: int | str | None = "auto", symmetric: bool = True) -> "Scheme":
+    def rtn(cls, bits: int, group_size: int | str | None = "auto", symmetric: bool = True,
+            step: str = "paper") -> "Scheme":
         check_bits(bits)
+        check_step(step)
         if group_size != "auto" and group_size is not None and (
                 not isinstance(group_size, int) or isinstance(group_size, bool) or group_size <= 0):
             raise ValueError(f"group size must be a positive integer, None or 'auto', got {group_size!r}.")
-        return cls("rtn", bits, None, group_size, symmetric)
+        return cls("rtn", bits, None, group_size, symmetric, step if symmetric else "paper")
 
     @classmethod
     def gguf(cls, fmt: str) -> "Scheme":
@@ -352,7 +405,8 @@ class Scheme:
         if self.kind == "bnb":
             return f"bnb {self.format}"
         group = {"auto": "", None: " per channel"}.get(self.group_size, f" g{self.group_size}")
-        return f"RTN {self.bits}-bit{group}{'' if self.symmetric else ' asym'}"
+        grid = " asym" if not self.symmetric else " absmax" if self.step == "absmax" else ""
+        return f"RTN {self.bits}-bit{group}{grid}"
 
     def __str__(self) -> str:
         return self.name
@@ -361,7 +415,7 @@ class Scheme:
 def as_scheme(spec) -> Scheme:
     """A :class:`Scheme` from itself or its name: a GGUF format ("Q4_1" or "GGUF Q4_1"), a bitsandbytes type ("nf4"
     or "bnb nf4", "fp4", "int8"), or an RTN name ("RTN 4-bit" with the model's default group, "RTN 4-bit g64",
-    "RTN 8-bit per channel", "RTN 4-bit g32 asym")."""
+    "RTN 8-bit per channel", "RTN 4-bit g32 asym", "RTN 4-bit g64 absmax")."""
     if isinstance(spec, Scheme):
         return spec
     if not isinstance(spec, str):
@@ -375,11 +429,13 @@ def as_scheme(spec) -> Scheme:
         return Scheme.bnb(kind)
     match = _RTN_NAME.fullmatch(text)
     if match:
-        bits, group, per_channel, asym = match.groups()
-        return Scheme.rtn(int(bits), None if per_channel else int(group) if group else "auto", not asym)
+        bits, group, per_channel, grid = match.groups()
+        return Scheme.rtn(int(bits), None if per_channel else int(group) if group else "auto", grid != " asym",
+                          "absmax" if grid == " absmax" else "paper")
     raise ValueError(f"Unknown quantization scheme {spec!r}: name a GGUF format {GGUF_FORMATS}, a bitsandbytes type "
                      f"{BNB_TYPES} (or 'bnb nf4'), or RTN as 'RTN 4-bit', 'RTN 4-bit g64', 'RTN 4-bit per channel', "
-                     "'RTN 4-bit g64 asym'; or build one with Scheme.rtn / Scheme.gguf / Scheme.bnb.")
+                     "'RTN 4-bit g64 asym', 'RTN 4-bit g64 absmax'; or build one with Scheme.rtn / Scheme.gguf / "
+                     "Scheme.bnb.")
 
 
 def check_scheme(model, spec, include_lm_head: bool = False) -> Scheme:
@@ -398,7 +454,7 @@ def quantize_as(model, spec, device=None, include_lm_head: bool = False):
     bitsandbytes a model loaded through it (:func:`load_bnb`, on ``device``)."""
     s = check_scheme(model, spec, include_lm_head)
     if s.kind == "rtn":
-        return quantize_model(model, s.bits, s.group_size, s.symmetric, include_lm_head)
+        return quantize_model(model, s.bits, s.group_size, s.symmetric, include_lm_head, step=s.step)
     if s.kind == "gguf":
         return quantize_model_gguf(model, s.format, include_lm_head)
     if include_lm_head:
@@ -410,8 +466,8 @@ def quantize_as(model, spec, device=None, include_lm_head: bool = False):
 def _quantized_weight(w: torch.Tensor, s: Scheme) -> tuple[torch.Tensor, torch.Tensor]:
     """(quantize-dequantized float32 weight, integer codes) of an [out, in] weight under a checked scheme."""
     if s.kind == "rtn":
-        wg, step, origin = _grid(w, s.bits, s.group_size, s.symmetric)
-        codes = _codes(wg, step, origin, s.bits, s.symmetric)
+        wg, step, origin = _grid(w, s.bits, s.group_size, s.symmetric, s.step)
+        codes = _codes(wg, step, origin, s.bits, s.symmetric, s.step)
         return (codes * step + origin).reshape(w.shape), codes.reshape(w.shape)
     if s.kind == "gguf":
         return _gguf_roundtrip(w, s.format)
@@ -632,40 +688,55 @@ def _sample(x: torch.Tensor, n: int) -> torch.Tensor:
     return x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(0))[:n]]
 
 
+def _in_steps(change: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """|change| / step where the step is positive; NaN in a constant group (step 0), where there is no step to
+    measure a change against (dividing by a stand-in for 0 reported changes of about 10^9 steps there)."""
+    return torch.where(step > 0, change.abs() / torch.where(step > 0, step, torch.ones_like(step)),
+                       torch.full_like(change, float("nan")))
+
+
 @torch.no_grad()
 def change_in_steps(original, unlearned, bits: int = 4, group_size: int | str | None = "auto", symmetric: bool = True,
-                    include_lm_head: bool = False) -> pd.DataFrame:
-    """Per quantized Linear: how far unlearning moved the weights, in units of the original's quantization step.
+                    include_lm_head: bool = False, step: str = "paper") -> pd.DataFrame:
+    """Per quantized Linear: how far unlearning moved the weights, in units of the original's quantization step
+    (:func:`quantization_step`; ``step`` picks the symmetric grid, by default the quantization paper's).
 
     Columns: module, median / p90 / p99 of |w_unlearned - w_original| / step, the share of weights whose
-    quantized value differs between the two models (``changed_after_quant``), and the share that moved at all.
-    ``changed_after_quant`` compares integer codes (each model on its own grid): a weight whose code is unchanged
-    holds, after quantization, what the original held up to the grid's rescaling. For GGUF and bitsandbytes grids
-    see :func:`grid_table`.
+    quantized value differs between the two models (``changed_after_quant``), the share that moved at all, and the
+    share in constant groups of the original (``constant_groups``: a one-point grid, step 0, so no ratio; the
+    quantiles leave them out, NaN when every group is constant). ``changed_after_quant`` compares integer codes
+    (each model on its own grid): a weight whose code is unchanged holds, after quantization, what the original held
+    up to the grid's rescaling. For GGUF and bitsandbytes grids see :func:`grid_table`.
     """
     check_bits(bits)
+    check_step(step)
     group_size = resolve_group_size(original, group_size, include_lm_head)
     rows = []
     for name, w0, w1 in _weight_pairs(original, unlearned, include_lm_head):
-        g0, step, o0 = _grid(w0, bits, group_size, symmetric)
-        g1, step1, o1 = _grid(w1, bits, group_size, symmetric)
-        ratio = ((g1 - g0).abs() / step).flatten()
-        changed = _codes(g1, step1, o1, bits, symmetric) != _codes(g0, step, o0, bits, symmetric)
-        q = torch.quantile(_sample(ratio, 100_000), torch.tensor([0.5, 0.9, 0.99]))
+        g0, step0, o0 = _grid(w0, bits, group_size, symmetric, step)
+        g1, step1, o1 = _grid(w1, bits, group_size, symmetric, step)
+        ratio = _in_steps(g1 - g0, step0.expand_as(g0)).flatten()
+        changed = _codes(g1, step1, o1, bits, symmetric, step) != _codes(g0, step0, o0, bits, symmetric, step)
+        measured = ratio[~ratio.isnan()]
+        q = (torch.quantile(_sample(measured, 100_000), torch.tensor([0.5, 0.9, 0.99])) if measured.numel()
+             else torch.full((3,), float("nan")))
         rows.append({"module": name, "n_weights": ratio.numel(), "median": float(q[0]), "p90": float(q[1]),
                      "p99": float(q[2]), "moved": float((w1 != w0).float().mean()),
-                     "changed_after_quant": float(changed.float().mean())})
+                     "changed_after_quant": float(changed.float().mean()),
+                     "constant_groups": 1 - measured.numel() / ratio.numel()})
     return pd.DataFrame(rows)
 
 
 @torch.no_grad()
-def steps_histogram(original, unlearned, bits: int = 4, group_size: int | str | None = "auto", sample: int = 200_000):
-    """A sample of |w_unlearned - w_original| / step over all quantized weights (for a histogram)."""
+def steps_histogram(original, unlearned, bits: int = 4, group_size: int | str | None = "auto", sample: int = 200_000,
+                    step: str = "paper"):
+    """A sample of |w_unlearned - w_original| / step over all quantized weights (for a histogram); weights in
+    constant groups (step 0) are left out."""
     check_bits(bits)
     group_size = resolve_group_size(original, group_size)
-    ratios = [((w1 - w0).abs() / quantization_step(w0, bits, group_size)).flatten()
-              for _, w0, w1 in _weight_pairs(original, unlearned)]
-    return _sample(torch.cat(ratios), sample).numpy()
+    ratios = torch.cat([_in_steps(w1 - w0, quantization_step(w0, bits, group_size, step=step)).flatten()
+                        for _, w0, w1 in _weight_pairs(original, unlearned)])
+    return _sample(ratios[~ratios.isnan()], sample).numpy()
 
 
 def mechanism_table(original, models: dict, methods, forget_table: pd.DataFrame, bits: int = 4,
