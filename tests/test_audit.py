@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from unlearn_utils.audit import (AuditConfig, AuditReport, audit, audit_each, auto_group_size, recorded_numbers,
-                                  recovery_verdict, share_back, side_by_side)
+from unlearn_utils.audit import (AuditConfig, AuditReport, audit, audit_each, auto_group_size, reaches,
+                                  recorded_numbers, recovery_verdict, share_back, side_by_side)
 from unlearn_utils.evaluate import accuracy, eval_data
 from unlearn_utils.quantize import quantize_model
 
@@ -26,6 +26,45 @@ def test_share_back_and_verdicts_follow_the_numbers():
     assert v["still_there"] is False and v["verdict"].startswith("stays forgotten")
     v = recovery_verdict("x", 1.0, 1.0, 1.0, came_back_at=0.2)
     assert v["still_there"] is None and v["verdict"].startswith("nothing to recover")
+
+
+def test_exact_ties_at_the_threshold_count_as_back():
+    """10 questions: unlearned 2 right, original 7, the probe 3: 1 of the 5 forgotten facts is back, exactly 20 %
+    (5 x 1 >= 5), though (0.3 - 0.2) / (0.7 - 0.2) is 0.19999999999999998 in floating point."""
+    share = share_back(0.3, 0.2, 0.7)
+    assert share < 0.2 and 5 * (3 - 2) >= (7 - 2)
+    v = recovery_verdict("under 4-bit quantization", 0.3, 0.2, 0.7, came_back_at=0.2)
+    assert v["still_there"] is True and "; 20% of the forgotten facts back" in v["verdict"]
+    assert reaches(share, 0.2) and not reaches(0.2 - 1e-6, 0.2)
+    # a share just below prints the digits that show it is below (not "20%" next to "stays forgotten")
+    v = recovery_verdict("under 4-bit quantization", 0.1996, 0.0, 1.0, came_back_at=0.2)
+    assert v["still_there"] is False and "; 19.96% of the forgotten facts back" in v["verdict"]
+    v = recovery_verdict("x", 0.25, 0.0, 1.0, came_back_at=0.2)
+    assert "; 25% of the forgotten facts back" in v["verdict"]
+
+
+def test_the_paraphrase_probe_divides_by_the_baseline_row():
+    """The one baseline rule (audit's module docstring): floor and ceiling are the unlearned and the original model
+    without the probe, here the trained wording's forget accuracy of the baseline row; what the original answers
+    in the new wording is a row of the table, not the denominator."""
+    import datasets
+
+    from test_evaluate import TABLE_A, TABLE_B, FixedLM, WordTok
+    from unlearn_utils.audit import PROBES, AuditData, ProbeContext
+
+    original, unlearned = FixedLM(TABLE_A), FixedLM(TABLE_B)   # always answer "a" / always "c"
+    para = datasets.Dataset.from_dict({"prompt": ["a", "b", "a", "b"], "answer": ["a", "a", "c", "b"]})
+    rows = [{"probe": "baseline", "setting": "full precision", "measure": "forget accuracy", "original": 1.0,
+             "unlearned": 0.0}]
+    verdicts = []
+    ctx = ProbeContext(original=original, unlearned=unlearned, tokenizer=WordTok(),
+                       models={"original": original, "unlearned": unlearned},
+                       data=AuditData(forget=para, retain=para, forget_para=para), config=AuditConfig(),
+                       rows=rows, verdicts=verdicts, progress=False)
+    PROBES["paraphrase"].run(ctx)
+    assert rows[1]["original"] == 0.5 and rows[1]["unlearned"] == 0.25   # 2 of 4 and 1 of 4 in the new wording
+    # (0.25 - 0) / (1.0 - 0): a quarter of the forgotten facts back (the old ceiling, 0.5, made it half)
+    assert verdicts[0]["share_back"] == pytest.approx(0.25) and verdicts[0]["still_there"] is True
 
 
 def test_bad_settings_are_clear_errors(tiny):
@@ -88,13 +127,16 @@ def test_audit_on_the_world_model(knowing, unlearned_pair, method):
     for r in v.itertuples():
         if r.probe in ("quantization", "paraphrase", "in_context"):
             assert not pd.isna(r.share_back), r.verdict
-            assert r.still_there == (r.share_back >= rep.config.came_back_at), r.verdict
+            assert r.still_there == reaches(r.share_back, rep.config.came_back_at), r.verdict
     quant4 = v[(v.probe == "quantization") & (v.setting == "4-bit")].iloc[0]
     assert quant4.share_back == pytest.approx(share_back(q4.unlearned, base.unlearned, base.original))
     para = t[t.probe == "paraphrase"].iloc[0]
     assert para.unlearned == pytest.approx(accuracy(unl, tok, data.forget_para))
+    # one baseline rule: the paraphrase's share is measured against the baseline row, not the original's paraphrases
+    para_v = v[v.probe == "paraphrase"].iloc[0]
+    assert para_v.share_back == pytest.approx(share_back(para.unlearned, base.unlearned, base.original))
     rtt = v[v.probe == "relearning"].iloc[0]
-    assert not pd.isna(rtt.share_back) and rtt.still_there == (rtt.share_back >= rep.config.came_back_at)
+    assert not pd.isna(rtt.share_back) and rtt.still_there == reaches(rtt.share_back, rep.config.came_back_at)
     vec = rep.vectors
     if method == "grun":   # weights untouched: the value vectors are the original's exactly
         assert vec.cosine.min() == pytest.approx(1.0, abs=1e-6) and (vec.jaccard.dropna() == 1.0).all()
@@ -294,7 +336,7 @@ def test_without_a_retain_model_rtt_takes_its_floor_from_unknown_facts(knowing, 
     assert "facts the original never knew" in rtt.verdict
     floor_row = rep.table[rep.table.setting.str.contains("unknown facts")]
     assert len(floor_row) == 1 and 0.0 <= floor_row.original.iloc[0] <= 1.0
-    assert not pd.isna(rtt.share_back) and rtt.still_there == (rtt.share_back >= rep.config.came_back_at)
+    assert not pd.isna(rtt.share_back) and rtt.still_there == reaches(rtt.share_back, rep.config.came_back_at)
 
 
 def test_a_checkpoint_on_a_quantization_grid_is_also_audited_on_that_grid(knowing, unlearned_pair):

@@ -170,3 +170,17 @@ def test_not_measured_names_real_rules():
     grun = [r for r in report.claims_table(res) if r["paper"].startswith("GRUN")]
     assert [r["holds"] for r in grun] == ["not measured", "no"]
     assert grun[0]["measured"] == "the real-knowledge set has no topic questions"
+
+
+def test_thresholds_count_exact_ties_as_reached():
+    """3 of 10 forget facts after 4-bit against 2 of 10 before is exactly 10 points, though 0.3 - 0.2 is
+    0.09999999999999998 in floating point; every rule reads its threshold with the same tolerance."""
+    gain = 0.3 - 0.2
+    assert gain < 0.1 and 3 - 2 == 0.1 * 10
+    assert report.quantization_back({"grad_diff": gain}) and report.vanilla_quantization_back({"vanilla": gain})
+    assert not report.grun_quantization_robust({"grun": gain})
+    assert not report.quantization_back({"grad_diff": 0.1 - 1e-6})
+    assert report.rtt_recovers((0.7 - 0.2) / (1.2 - 0.2)) and not report.rtt_recovers(0.5 - 1e-6)
+    assert report.topic_forgotten([0.4 - 0.3], 1.0)   # 0.10000000000000003 in floating point: "at most 10 %"
+    assert report.reaches(0.95 - 1e-12, 0.95) and report.at_most(0.1 + 1e-12, 0.1)
+    assert not report.reaches(0.95 - 1e-6, 0.95) and not report.at_most(0.1 + 1e-6, 0.1)

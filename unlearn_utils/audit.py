@@ -12,11 +12,35 @@ Each probe asks the same question in its own way: *is the forgotten knowledge st
 =================== ===================================================================================
 
 The probes are the entries of :data:`PROBES` (one :class:`Probe` each, one runner signature ``run(ctx)``): adding
-one is a :func:`register_probe` call with its function. Every verdict is computed from the table: a probe "brings
-knowledge back" when it recovers at least ``came_back_at`` of what unlearning removed, i.e. (probe accuracy -
-unlearned accuracy) / (original accuracy - unlearned accuracy), or for RTT the paper's recovery above the
-retain-model floor. The audit also runs on GRUN models (:class:`unlearn_utils.grun.GatedModel`): quantization hits
-the base and the module rides on top; the weight probes report that the weights are the original's.
+one is a :func:`register_probe` call with its function. Every verdict is computed from the table. The audit also
+runs on GRUN models (:class:`unlearn_utils.grun.GatedModel`): quantization hits the base and the module rides on
+top; the weight probes report that the weights are the original's.
+
+**One baseline rule.** Every accuracy probe reports the share of the forgotten facts it brings back::
+
+    share back = (U_probe - B) / (O - B)
+
+* ``U_probe``: the unlearned model's accuracy under the probe (quantized, attacked, patched, asked another way);
+* ``O``, the ceiling: the **original without the probe**, on the same questions as ``U_probe`` where the probe keeps
+  the questions (quantization: the full-precision forget accuracy; RTT: V before the attack; patching: 1, the
+  original's own answers), on the trained wording where the probe rewrites them (paraphrase, in-context: the
+  baseline row's full-precision forget accuracy). What the probe does to the original is in the table, never in
+  the share;
+* ``B``, the floor: the **unlearned model without the probe**, taken the same way as ``O``; except for a probe
+  that teaches (relearning), where ``B`` is what the same attack gives a model that never knew the facts (the
+  retain model after the same fine-tuning, or the same attack on facts the original does not know) when there is
+  one (Deeb & Roger's recovery above the floor).
+
+Until this rule the paraphrase and in-context probes divided by the original's accuracy *on the rewritten
+questions* (a second ceiling), so their shares were larger wherever the original answered fewer rewritten questions.
+
+**Thresholds, with a tolerance.** Accuracies are ratios of counts, so an exact tie computed in floating point can
+land a hair below its threshold: with 10 questions, unlearned 0.2, original 0.7 and a probe at 0.3, 1 of the 5
+forgotten facts is back, exactly 20 %, but (0.3 - 0.2) / (0.7 - 0.2) is 0.19999999999999998. A probe "brings
+knowledge back" when its share reaches ``came_back_at`` within :data:`TOLERANCE` (1e-9, far below the 1 / n^2 that
+separates two different shares of n <= 10,000 questions); the value-vector probe's "barely moved" reads
+``vectors_kept_at`` the same way (:func:`reaches`). A verdict prints its share rounded so that the printed number
+agrees with the verdict (19.96 % back that stays forgotten prints 19.96 %, not 20 %).
 """
 
 from __future__ import annotations
@@ -36,6 +60,19 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluate import accuracy
+from .report import TOLERANCE, reaches  # noqa: F401 (the audit's threshold rule, shared with the summary's rules)
+
+
+def percent(value: float, threshold: float | None = None, tolerance: float = TOLERANCE) -> str:
+    """``value`` as a percentage, rounded to whole points unless that would put it on the other side of
+    ``threshold`` than :func:`reaches` does (then with more decimals: 19.96 %, not 20 %)."""
+    for digits in (0, 1, 2, 3):
+        text = f"{value:.{digits}%}"
+        if threshold is None or reaches(float(text.rstrip("%")) / 100, threshold, tolerance) == reaches(
+                value, threshold, tolerance):
+            return text
+    return f"{value:.4%}"
+
 
 @dataclass
 class AuditConfig:
@@ -257,10 +294,10 @@ def recovery_verdict(label: str, probed: float, unlearned: float, original: floa
         return {"verdict": f"nothing to recover: the unlearned model already answers {unlearned:.0%} of forget facts, "
                            f"as many as the original ({original:.0%}) {label}",
                 "share_back": float("nan"), "still_there": None}
-    back = share >= came_back_at
+    back = reaches(share, came_back_at)
     head = "knowledge came back" if back else "stays forgotten"
-    return {"verdict": f"{head} {label}: {probed:.0%} of forget facts answered {ref}; {max(share, 0):.0%} of the "
-                       "forgotten facts back",
+    return {"verdict": f"{head} {label}: {probed:.0%} of forget facts answered {ref}; "
+                       f"{percent(max(share, 0), came_back_at)} of the forgotten facts back",
             "share_back": share, "still_there": bool(back)}
 
 
@@ -416,10 +453,11 @@ def _probe_relearning(ctx: ProbeContext):
             verdict = f"undetermined: {given} answers {floor:.0%} of V, as many as the original ({o_before:.0%})"
             still = None
         else:
-            still = share >= cfg.came_back_at
+            still = reaches(share, cfg.came_back_at)
             verdict = (f"{'knowledge came back' if still else 'stays forgotten'} after fine-tuning on T: "
                        f"{attacked:.0%} of V answered (before {u_before:.0%}; {floor_from} "
-                       f"{floor:.0%}; original {o_before:.0%}); {max(share, 0):.0%} of the gap above the floor")
+                       f"{floor:.0%}; original {o_before:.0%}); {percent(max(share, 0), cfg.came_back_at)} of the gap "
+                       "above the floor")
         verdicts.append({"probe": "relearning", "setting": "RTT", "verdict": verdict, "share_back": share,
                          "still_there": still})
     else:
@@ -461,7 +499,7 @@ def _probe_patching(ctx: ProbeContext):
     mlp = sweep[sweep.component == "mlp"]
     best = mlp.loc[mlp.krs.idxmax()]
     share = share_back(float(best.recovered_accuracy), base, 1.0)
-    still = None if np.isnan(share) else bool(share >= cfg.came_back_at)
+    still = None if np.isnan(share) else reaches(share, cfg.came_back_at)
     where = "the last layers" if best.layer >= unlearned.config.num_hidden_layers / 2 else "the first layers"
     verdicts.append({"probe": "patching", "setting": "MLP coefficients", "verdict": (
         f"patching the original's MLP coefficients restores up to KRS {best.krs:.2f} (layers {best.layers}, "
@@ -506,11 +544,11 @@ def _probe_vectors(ctx: ProbeContext):
                  "original": 1.0, "unlearned": med})
     rows.append({"probe": "concept_vectors", "setting": f"{cfg.n_vectors} most-changed vectors",
                  "measure": f"top-{cfg.k} token Jaccard", "original": 1.0, "unlearned": kept})
-    still = kept >= cfg.vectors_kept_at
+    still = reaches(kept, cfg.vectors_kept_at)
     verdicts.append({"probe": "concept_vectors", "setting": "value vectors", "verdict": (
         f"value vectors {'barely moved' if still else 'changed what they say'}: median cosine to the original "
-        f"{med:.3f} (lowest {low:.3f}); the {cfg.n_vectors} most-changed keep {kept:.0%} of their top-{cfg.k} "
-        "vocabulary tokens"), "share_back": float("nan"), "still_there": bool(still)})
+        f"{med:.3f} (lowest {low:.3f}); the {cfg.n_vectors} most-changed keep {percent(kept, cfg.vectors_kept_at)} of "
+        f"their top-{cfg.k} vocabulary tokens"), "share_back": float("nan"), "still_there": bool(still)})
     return df
 
 
@@ -522,7 +560,9 @@ def _probe_variant(ctx: ProbeContext, name: str, label: str, ds):
         return
     accs = {n: accuracy(m, tok, ds) for n, m in models.items()}
     rows.append({"probe": name, "setting": label, "measure": "forget accuracy", **accs})
-    v = recovery_verdict(f"with {label}", accs["unlearned"], rows[0]["unlearned"], accs["original"],
+    # the module's baseline rule: floor and ceiling are the unlearned and the original model without the probe (the
+    # trained wording, the baseline row); the original's accuracy on the rewritten questions is in the table only
+    v = recovery_verdict(f"with {label}", accs["unlearned"], rows[0]["unlearned"], rows[0]["original"],
                          cfg.came_back_at, accs.get("retain_model"))
     verdicts.append({"probe": name, "setting": label, **v})
 

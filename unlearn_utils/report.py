@@ -11,6 +11,11 @@ sub-folder, the world's ``summary.md`` shows each claim's verdict on the world a
 computed by the same rule from its own run's results, and says in a sentence where they disagree. With one run
 the summary is the one-column table.
 
+Thresholds, with a tolerance. Every rule compares a number with its threshold through :func:`reaches` /
+:func:`at_most`, which count a value within :data:`TOLERANCE` (1e-9) of the threshold as on it: the numbers are
+ratios and differences of counts, and an exact tie computed in floating point can land a hair on the wrong side
+(0.3 - 0.2 is 0.09999999999999998, short of "10 points"; 3 right of 10 against 2 of 10 is exactly 10 points).
+
 Not measured, with a reason. A notebook that cannot measure a claim's numbers on some model or data records why,
 under the key ``not_measured`` of its results, by rule id (see :data:`RULES` and :attr:`Claim.rules`)::
 
@@ -29,6 +34,21 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+
+TOLERANCE = 1e-9
+"""How far on the wrong side of a threshold a number may fall and still count as on it (see the module docstring);
+far below the 1 / n^2 that separates two different ratios of counts up to n = 10,000."""
+
+
+def reaches(value: float, threshold: float, tolerance: float = TOLERANCE) -> bool:
+    """``value >= threshold`` up to ``tolerance`` (a tie computed in floating point reaches the threshold)."""
+    return bool(value >= threshold - tolerance)
+
+
+def at_most(value: float, threshold: float, tolerance: float = TOLERANCE) -> bool:
+    """``value <= threshold`` up to ``tolerance``."""
+    return bool(value <= threshold + tolerance)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,48 +116,48 @@ def print_verdicts(found: dict[str, bool | None]) -> None:
       "restoring the value vectors brings back less")
 def patching_restores(summary) -> bool:
     """summary: one method's row of notebook 02's summary ("max patch mlp", "max restore down_proj")."""
-    return summary["max patch mlp"] > 0.5 and summary["max restore down_proj"] < summary["max patch mlp"]
+    return not at_most(summary["max patch mlp"], 0.5) and summary["max restore down_proj"] < summary["max patch mlp"]
 
 
 @rule("vector_unchanged", "fine-tuning leaves the vector nearly unchanged (cosine >= 0.95)")
 def vector_unchanged(cosines) -> bool:
-    return all(c >= 0.95 for c in cosines)
+    return all(reaches(c, 0.95) for c in cosines)
 
 
 @rule("topic_forgotten", "fine-tuning still forgets the topic (accuracy <= 10%)")
 def topic_forgotten(target_accuracies, original_accuracy: float) -> bool | None:
-    if original_accuracy < 0.5:  # forgetting a topic the model never knew proves nothing
+    if not reaches(original_accuracy, 0.5):  # forgetting a topic the model never knew proves nothing
         return None
-    return all(a <= 0.1 for a in target_accuracies)
+    return all(at_most(a, 0.1) for a in target_accuracies)
 
 
 @rule("needle_matches", "Needle forgets as much as the best fine-tuning method and keeps unrelated topics better")
 def needle_matches(needle, fine_tuned, original_accuracy: float) -> bool | None:
     """needle / fine_tuned: tables with "target topic acc" and "unrelated topics acc" per model."""
-    if original_accuracy < 0.5:
+    if not reaches(original_accuracy, 0.5):
         return None
     best_needle = needle.sort_values("target topic acc").iloc[0]
     best_ft = fine_tuned.sort_values("unrelated topics acc").iloc[-1]
-    return (best_needle["target topic acc"] <= best_ft["target topic acc"] + 0.1
+    return (at_most(best_needle["target topic acc"], best_ft["target topic acc"] + 0.1)
             and best_needle["unrelated topics acc"] > best_ft["unrelated topics acc"])
 
 
 @rule("quantization_back", "4-bit quantization brings back >= 10 points of forget accuracy for some method")
 def quantization_back(gains: dict) -> bool:
-    return max(gains.values()) >= 0.1
+    return reaches(max(gains.values()), 0.1)
 
 
 @rule("rtt_recovers", "RTT recovers V far above the floor (>= 50% of the gap) for {name}")
 def rtt_recovers(recovery_above_floor: float) -> bool | None:
     if not math.isfinite(recovery_above_floor):  # no retain model, so no floor
         return None
-    return recovery_above_floor >= 0.5
+    return reaches(recovery_above_floor, 0.5)
 
 
 @rule("grun_keeps_retain", "GRUN grad_diff keeps more retain accuracy than vanilla grad_diff at equal forget accuracy")
 def grun_keeps_retain(grun, vanilla, forget_at_most: float) -> bool:
     """grun / vanilla: each run's numbers at its first checkpoint with forget accuracy <= forget_at_most."""
-    return (grun["forget"] <= forget_at_most and vanilla["forget"] <= forget_at_most
+    return (at_most(grun["forget"], forget_at_most) and at_most(vanilla["forget"], forget_at_most)
             and grun["retain"] > vanilla["retain"])
 
 
@@ -146,7 +166,7 @@ def grun_keeps_retain(grun, vanilla, forget_at_most: float) -> bool:
 def grun_keeps_topics(grun, vanilla, forget_at_most: float) -> bool | None:
     if grun["topics"] != grun["topics"]:  # NaN: the data has no topic questions
         return None
-    return (grun["forget"] <= forget_at_most and vanilla["forget"] <= forget_at_most
+    return (at_most(grun["forget"], forget_at_most) and at_most(vanilla["forget"], forget_at_most)
             and grun["topics"] > vanilla["topics"])
 
 
@@ -157,17 +177,17 @@ def grun_is_small(trainable: int, n_parameters: int) -> bool:
 
 @rule("gate_separates", "the gate separates unseen forget from retain prompts (AUC >= 0.95)")
 def gate_separates(aucs: dict, unseen: bool) -> bool | None:
-    return min(aucs.values()) >= 0.95 if unseen else None  # None: no held-out phrasings in the data
+    return reaches(min(aucs.values()), 0.95) if unseen else None  # None: no held-out phrasings in the data
 
 
 @rule("grun_quantization_robust", "GRUN's forget accuracy stays low under 4-bit (rises < 10 points)")
 def grun_quantization_robust(gains: dict) -> bool:
-    return max(gains.values()) < 0.10
+    return not reaches(max(gains.values()), 0.10)
 
 
 @rule("vanilla_quantization_back", "vanilla's forget accuracy comes back under 4-bit (>= 10 points)")
 def vanilla_quantization_back(gains: dict) -> bool:
-    return max(gains.values()) >= 0.10
+    return reaches(max(gains.values()), 0.10)
 
 
 @rule("sequential_holds", "after all sequential stages, every earlier forget set stays at or below 10%")
@@ -175,7 +195,7 @@ def sequential_holds(table, n_stages: int) -> bool | None:
     """table: accuracy per stage (rows) on each forget set ("forget set j" columns)."""
     if n_stages <= 1:
         return None
-    return table.loc[n_stages, [f"forget set {j}" for j in range(1, n_stages)]].max() <= 0.10
+    return at_most(table.loc[n_stages, [f"forget set {j}" for j in range(1, n_stages)]].max(), 0.10)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,7 +230,7 @@ def _concept_unchanged(r: dict) -> tuple[str, bool]:
             f"fine-tuning unlearning, while topic accuracy fell to at most {max(target):.0%}")
     if recorded(r, "topic_forgotten") is None:  # the original never knew it
         return text + " (the original did not know the topic)", None
-    return text, bool(vector_unchanged(cos) and all(t <= 0.1 for t in target))
+    return text, bool(vector_unchanged(cos) and all(at_most(t, 0.1) for t in target))
 
 
 def _concept_ablation(r: dict) -> tuple[str, bool]:
