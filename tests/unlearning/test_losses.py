@@ -42,8 +42,11 @@ def test_npo_by_hand():
 
 
 def test_simnpo_by_hand():
+    # S = 3 over |y| = 2 tokens: 1.5 per token; β = 2.5, γ = 0.5
     got = L.simnpo_loss(torch.tensor([3.0]), torch.tensor([2]), beta=2.5, gamma=0.5).item()
-    assert got == pytest.approx(-(2 / 2.5) * logsig(2.5 * 1.5 - 0.5), rel=1e-6)
+    assert got == pytest.approx(-(2 / 2.5) * logsig(2.5 * (1.5 - 0.5)), rel=1e-6)   # SimNPO's code, open-unlearning
+    paper = L.simnpo_loss(torch.tensor([3.0]), torch.tensor([2]), beta=2.5, gamma=0.5, margin="paper").item()
+    assert paper == pytest.approx(-(2 / 2.5) * logsig(2.5 * 1.5 - 0.5), rel=1e-6)   # the paper's equation
 
 
 def test_dpo_by_hand():

@@ -54,12 +54,31 @@ def npo_loss(seq_nll: torch.Tensor, ref_seq_nll: torch.Tensor, beta: float = 0.1
     return -(2.0 / beta) * F.logsigmoid(beta * (seq_nll - ref_seq_nll)).mean()
 
 
-def simnpo_loss(seq_nll: torch.Tensor, n_tokens: torch.Tensor, beta: float = 2.5, gamma: float = 0.0) -> torch.Tensor:
-    """SimNPO (Fan et al. 2024): NPO without a reference model, length-normalised, with a margin γ:
+SIMNPO_MARGINS = ("code", "paper")
+
+
+def simnpo_loss(seq_nll: torch.Tensor, n_tokens: torch.Tensor, beta: float = 2.5, gamma: float = 0.0,
+                margin: str = "code") -> torch.Tensor:
+    """SimNPO (Fan et al. 2024): NPO without a reference model, length-normalised, with a margin γ.
+
+    ``margin="code"`` (default), as the SimNPO authors' released code (OPTML-Group/Unlearn-Simple) and
+    open-unlearning compute it, γ inside the scaling:
+
+    L = -(2/β) · mean_i log σ( β · (S_θ(x_i)/|y_i| - γ) )
+
+    ``margin="paper"``, the paper's equation, γ outside it:
 
     L = -(2/β) · mean_i log σ( β · S_θ(x_i)/|y_i| - γ )
+
+    The two agree at γ = 0 (the kit's default) and differ by a factor β on the margin otherwise: a γ tuned for one
+    form is β times too large or too small in the other.
     """
-    return -(2.0 / beta) * F.logsigmoid(beta * seq_nll / n_tokens.clamp_min(1) - gamma).mean()
+    per_token = seq_nll / n_tokens.clamp_min(1)
+    if margin == "code":
+        return -(2.0 / beta) * F.logsigmoid(beta * (per_token - gamma)).mean()
+    if margin == "paper":
+        return -(2.0 / beta) * F.logsigmoid(beta * per_token - gamma).mean()
+    raise ValueError(f"Unknown SimNPO margin {margin!r}: choose one of {SIMNPO_MARGINS}.")
 
 
 def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -82,17 +101,34 @@ def dpo_loss(chosen_nll: torch.Tensor, rejected_nll: torch.Tensor, ref_chosen_nl
     return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
 
 
+RMU_AVERAGES = ("tokens", "sequences")
+
+
+def _masked_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, average: str) -> torch.Tensor:
+    """Mean squared difference per hidden unit at the masked positions: over all of the batch's masked tokens
+    (``"tokens"``), or over each sequence's masked tokens and then over the sequences (``"sequences"``)."""
+    m = mask.float()[..., None]
+    squared = ((hidden.float() - target.float()) ** 2) * m
+    if average == "tokens":
+        return squared.sum() / (m.sum() * hidden.shape[-1]).clamp_min(1)
+    if average == "sequences":
+        return (squared.mean(-1).sum(-1) / m[..., 0].sum(-1).clamp_min(1)).mean()
+    raise ValueError(f"Unknown RMU average {average!r}: choose one of {RMU_AVERAGES}.")
+
+
 def rmu_loss(forget_hidden: torch.Tensor, forget_mask: torch.Tensor, control: torch.Tensor,
              retain_hidden: torch.Tensor, ref_retain_hidden: torch.Tensor, retain_mask: torch.Tensor,
-             alpha: float = 1.0) -> torch.Tensor:
+             alpha: float = 1.0, average: str = "tokens") -> torch.Tensor:
     """Representation misdirection (Li et al. 2024, WMDP):
 
-    L = mean_t ‖h_θ(x_f)_t - c·u‖² + α · mean_t ‖h_θ(x_r)_t - h_ref(x_r)_t‖²
+    L = mean_t ‖h_θ(x_f)_t - c·u‖² / d + α · mean_t ‖h_θ(x_r)_t - h_ref(x_r)_t‖² / d
 
-    h = one layer's residual stream, u a fixed random unit vector, c the steering coefficient (in ``control = c·u``).
+    h = one layer's residual stream (width d), u a fixed random unit vector, c the steering coefficient (in
+    ``control = c·u``); t runs over the positions the masks mark. ``average="tokens"`` (default) pools every marked
+    token of the batch; ``"sequences"`` averages within each sequence first, then over the batch, as open-unlearning
+    does. Which tokens are marked is the caller's choice: the kit marks every token of prompt and answer by default
+    (``UnlearnConfig.rmu_tokens="all"``, as WMDP's RMU steers every token of its texts), open-unlearning the answer
+    tokens only (``rmu_tokens="answer"``).
     """
-    fm, rm = forget_mask.float()[..., None], retain_mask.float()[..., None]
-    d = forget_hidden.shape[-1]
-    f = (((forget_hidden.float() - control) ** 2) * fm).sum() / (fm.sum() * d).clamp_min(1)
-    r = (((retain_hidden.float() - ref_retain_hidden.float()) ** 2) * rm).sum() / (rm.sum() * d).clamp_min(1)
-    return f + alpha * r
+    return (_masked_mse(forget_hidden, control.expand_as(forget_hidden), forget_mask, average)
+            + alpha * _masked_mse(retain_hidden, ref_retain_hidden, retain_mask, average))

@@ -34,6 +34,9 @@ DEFAULTS: dict[str, dict] = {name: dict(m.defaults) for name, m in REGISTRY.item
 METHODS = tuple(REGISTRY)
 
 
+RMU_TOKENS = ("all", "answer")
+
+
 @dataclass
 class UnlearnConfig:
     """Settings of one unlearning run (saved next to the model). Unset values take the method's defaults."""
@@ -45,8 +48,12 @@ class UnlearnConfig:
     retain_weight: float = 1.0
     beta: float = 0.1
     gamma: float = 0.0
+    simnpo_margin: str = "code"       # SimNPO: β·(S/|y| - γ) as its authors' code and open-unlearning ("code"), or
+                                      # the paper's equation β·S/|y| - γ ("paper"); the same loss at γ = 0
     layer: int | None = None          # RMU: which layer's output is steered (default: the middle layer)
     steering_coeff: float = 4.0       # RMU: |control| = coeff x the mean hidden-state norm on forget data
+    rmu_tokens: str = "all"           # RMU: steer every prompt and answer token ("all", the kit's default) or, as
+                                      # open-unlearning, the answer tokens, averaged per sequence ("answer")
     lora: bool = False
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -84,6 +91,12 @@ class UnlearnConfig:
         check_number("beta", self.beta, minimum=0, strict=True,
                      fix="NPO, SimNPO and DPO divide by it: use e.g. 0.1 (SimNPO: 2.5).")
         check_number("gamma", self.gamma, fix="SimNPO's margin: use e.g. 0.0.")
+        if self.simnpo_margin not in L.SIMNPO_MARGINS:
+            raise ValueError(f"simnpo_margin must be one of {L.SIMNPO_MARGINS} ('code': β·(S/|y| - γ), as SimNPO's "
+                             f"code and open-unlearning; 'paper': β·S/|y| - γ), got {self.simnpo_margin!r}.")
+        if self.rmu_tokens not in RMU_TOKENS:
+            raise ValueError(f"rmu_tokens must be one of {RMU_TOKENS} ('all': every prompt and answer token; "
+                             f"'answer': the answer tokens, as open-unlearning), got {self.rmu_tokens!r}.")
         check_number("steering_coeff", self.steering_coeff, fix="RMU's steering coefficient: use e.g. 4.0.")
         check_number("weight_decay", self.weight_decay, minimum=0, fix="Use 0 (none) or a small value such as 0.01.")
         self.lora_rank = check_count("lora_rank", self.lora_rank, fix="e.g. lora_rank=8.")
@@ -373,6 +386,9 @@ class _RMU:
         hf = self.hidden(model, f)
         hr = self.hidden(model, r)
         hr_ref = self.ref_hidden(model, r)
+        if self.cfg.rmu_tokens == "answer":  # open-unlearning: the answer tokens, each sequence's mean
+            return L.rmu_loss(hf, f["labels"] != -100, self.control, hr, hr_ref, r["labels"] != -100,
+                              self.cfg.retain_weight, average="sequences")
         return L.rmu_loss(hf, f["attention_mask"], self.control, hr, hr_ref, r["attention_mask"],
                           self.cfg.retain_weight)
 
@@ -419,6 +435,18 @@ def load_unlearned(folder, device=None, dtype=None):
     return _read_unlearned(Path(folder), device=device, dtype=dtype)
 
 
+def cache_settings(cfg: UnlearnConfig) -> dict:
+    """The settings of a run as its cache key holds them: every field, except those added after results were
+    cached while they are at a value that trains exactly as before (so those results stay valid): ``only_modules``
+    None, ``rmu_tokens`` "all", and ``simnpo_margin`` whenever γ is 0 (both margins are then the same loss)."""
+    conf = dataclasses.asdict(cfg)
+    for name, same in (("only_modules", conf["only_modules"] is None), ("rmu_tokens", conf["rmu_tokens"] == "all"),
+                       ("simnpo_margin", conf["gamma"] == 0)):
+        if same:
+            del conf[name]
+    return conf
+
+
 def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: str | None = None,
                    progress: bool = True, eval_fn: Callable | None = None, eval_every: int = 0,
                    log_name: str | None = None, data: dict | None = None, **settings):
@@ -445,8 +473,7 @@ def cached_unlearn(model, tokenizer, world, split: str, method: str, model_key: 
     log_file = f"log-{log_name}.csv" if eval_fn is not None else None
     key = None
     if model_key is not None:
-        conf = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k == "only_modules" and v is None)}
-        key = {"model": model_key, "split": split, "config": conf, "trainer": TRAINING_VERSION}
+        key = {"model": model_key, "split": split, "config": cache_settings(cfg), "trainer": TRAINING_VERSION}
         if data is not None:
             key["data"] = data_fingerprint(data["forget"], data["retain"])
 

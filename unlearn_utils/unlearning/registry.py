@@ -84,7 +84,7 @@ def simnpo(run, b):
     """Length-normalised NPO without a reference (:func:`losses.simnpo_loss`)."""
     f = b["forget"]
     s, n = L.sequence_nll(run.logits(f), f["answer_labels"])
-    return L.simnpo_loss(s, n, run.config.beta, run.config.gamma)
+    return L.simnpo_loss(s, n, run.config.beta, run.config.gamma, run.config.simnpo_margin)
 
 
 def relabelled_nll(run, b):
