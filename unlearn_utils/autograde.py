@@ -41,7 +41,8 @@ How a submission is graded
 What a submission can still do (residual limits, be honest with your students and yourself)
 -------------------------------------------------------------------------------------------
 * **Call the kit's reference.** The kernel can import ``unlearn_utils`` (it needs it), so a function that calls the
-  kit's own reference implementation (e.g. ``unlearn_utils.evaluate.min_k_score``) passes. Read suspicious code.
+  kit's own reference implementation (e.g. ``unlearn_utils.evaluate.min_k_score(..., count="round")``, the rule
+  notebook 00's exercise states) passes. Read suspicious code.
 * **Without namespaces** the kernel still runs as the grader's user: with absolute paths (which it can learn from
   ``/proc``) it can read, change or delete any file that user can (other submissions, the grader's cache, the
   downloads), signal any of that user's processes (``kill(-1)``, the grader's pid from ``/proc``), and use the
