@@ -73,6 +73,9 @@ def test_bad_settings_are_clear_errors(tiny):
         AuditConfig(probes=("quantisation",))
     with pytest.raises(ValueError, match="Unsupported bit width 16"):
         AuditConfig(bits=(16,))
+    for bad in (-0.1, "0.05", float("nan")):
+        with pytest.raises(ValueError, match="depth_threshold"):
+            AuditConfig(depth_threshold=bad)
     with pytest.raises(ValueError, match="forget set is empty"):
         audit(model, model, tok, {"forget": world.facts("forget05").select([]), "retain": world.facts("retain")})
     with pytest.raises(ValueError, match="overlap"):
@@ -111,7 +114,8 @@ def test_audit_on_the_world_model(knowing, unlearned_pair, method):
     rep = audit(model, unl, tok, world, split=SPLIT, retain_model=unlearned_pair["retain"], progress=False,
                 rtt_epochs=2)
     t, v = rep.table, rep.verdicts
-    assert set(v.probe) == {"quantization", "relearning", "patching", "concept_vectors", "paraphrase", "in_context"}
+    assert set(v.probe) == {"quantization", "relearning", "patching", "depth", "concept_vectors", "paraphrase",
+                            "in_context"}
     assert (v.setting[v.probe == "quantization"] == ["8-bit", "4-bit"]).all()
     # the table's numbers are the ones a learner gets by hand
     data = eval_data(world, SPLIT)
@@ -141,7 +145,17 @@ def test_audit_on_the_world_model(knowing, unlearned_pair, method):
     if method == "grun":   # weights untouched: the value vectors are the original's exactly
         assert vec.cosine.min() == pytest.approx(1.0, abs=1e-6) and (vec.jaccard.dropna() == 1.0).all()
         assert "not applicable" in v[v.probe == "patching"].verdict.iloc[0]
+        assert "not applicable" in v[v.probe == "depth"].verdict.iloc[0]
     else:
+        # the depth probe: its score, and the control on retain questions that says whether it can be read
+        depth = v[v.probe == "depth"].iloc[0]
+        score = t[(t.probe == "depth") & t.measure.str.startswith("depth score")].unlearned.iloc[0]
+        mismatch = t[(t.probe == "depth") & t.measure.str.startswith("basis mismatch")].retain_model.iloc[0]
+        assert 0.0 <= score <= 1.0 and rep.details["depth"].encodes_share.max() > 0
+        # the small world's retain model is trained apart, from scratch: its layers differ from the original's on
+        # retain questions about as much as on forget questions, so the score is refused, not read
+        assert mismatch >= 0.5, mismatch
+        assert "not readable" in depth.verdict and pd.isna(depth.share_back) and depth.still_there is None
         assert vec.cosine.min() < 1.0
         assert rep.patching is not None and set(rep.patching.component) == {"mlp", "attn", "both"}
     assert len(rep.lines()) == len(v)
@@ -334,6 +348,8 @@ def test_without_a_retain_model_rtt_takes_its_floor_from_unknown_facts(knowing, 
                 probes=("relearning",))
     rtt = rep.verdicts[rep.verdicts.probe == "relearning"].iloc[0]
     assert "facts the original never knew" in rtt.verdict
+    no_retain = audit(model, unlearned_pair["grad_diff"], tok, data, progress=False, probes=("depth",))
+    assert "needs a retain model" in no_retain.verdicts.verdict.iloc[0]
     floor_row = rep.table[rep.table.setting.str.contains("unknown facts")]
     assert len(floor_row) == 1 and 0.0 <= floor_row.original.iloc[0] <= 1.0
     assert not pd.isna(rtt.share_back) and rtt.still_there == reaches(rtt.share_back, rep.config.came_back_at)

@@ -92,6 +92,21 @@ def test_krs_check():
     assert not checks.check_krs(lambda o, p, u, m: krs(o, u, p, m)).passed  # patched and unlearned swapped
 
 
+def test_depth_check():
+    def depth(d1, d2, tau):
+        keep = d1 > tau
+        if not keep.any():
+            return float("nan")
+        return float((d1[keep] * (d2[keep] / d1[keep]).clamp(0, 1)).sum() / d1[keep].sum())
+
+    assert checks.check_depth(depth).passed
+    r = checks.check_depth(lambda d1, d2, t: float((d2[d1 > t]).sum() / d1[d1 > t].sum()))
+    assert not r.passed and "unclipped" in r.message
+    assert not checks.check_depth(lambda d1, d2, t: float((d2 / d1).clamp(0, 1).mean())).passed  # unweighted, all
+    r = checks.check_depth(lambda d1, d2, t: depth(d1, d2, t) if (d1 > t).any() else 0.0)
+    assert not r.passed and "NaN" in r.message
+
+
 def test_patch_mlp_check():
     import checks_patch_impls as impl
 

@@ -3,6 +3,7 @@
 import copy
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -244,7 +245,7 @@ def _same_sweeps(a, b, tol=1e-5):
 
 
 @pytest.mark.parametrize("window", [1, 2])
-@pytest.mark.parametrize("positions", ["all", "answer"])
+@pytest.mark.parametrize("positions", ["all", "answer", "own"])
 def test_resumed_sweep_equals_the_full_rerun(pair, window, positions):
     model, other, tok, tf = pair
     resumed = P.patch_sweep(model, other, tok, tf, components=P.ALL_COMPONENTS, window=window, positions=positions)
@@ -509,3 +510,103 @@ def test_one_string_where_a_list_is_asked_is_refused(pair):
         P.restoration_sweep(original, unlearned, tok, tf, parts="down")
     with pytest.raises(ValueError, match="components='attn' is one string"):
         P.intervention_table({}, {}, components="attn")
+
+
+# ----------------------------------------------------------------------------------------------
+# The unlearning depth score
+# ----------------------------------------------------------------------------------------------
+def test_depth_from_drops_by_hand():
+    knowledge = P.LayerDrops(full=torch.zeros(3), drops=torch.tensor([[0.5, 0.01, 1.0],    # layer 1 below tau
+                                                                      [0.02, 0.03, 0.0],   # no encoding layer
+                                                                      [0.2, 0.4, 0.0]]))
+    unlearned = P.LayerDrops(full=torch.zeros(3), drops=torch.tensor([[0.25, 9.0, 2.0],    # 0.5 and 1 (clipped)
+                                                                      [1.0, 1.0, 1.0],
+                                                                      [-0.3, 0.1, 5.0]]))  # 0 (clipped) and 0.25
+    d = P.depth_from_drops(knowledge, unlearned, threshold=0.05)
+    first = (0.5 * 0.5 + 1.0 * 1.0) / (0.5 + 1.0)
+    third = (0.2 * 0.0 + 0.4 * 0.25) / (0.2 + 0.4)
+    assert d.per_question[0].item() == pytest.approx(first)
+    assert torch.isnan(d.per_question[1])
+    assert d.per_question[2].item() == pytest.approx(third)
+    assert d.score == pytest.approx((first + third) / 2) and d.n_defined == 2
+    assert d.layers.encodes_share.tolist() == pytest.approx([2 / 3, 1 / 3, 1 / 3])
+    assert d.layers.retain_drop.tolist() == pytest.approx([0.72 / 3, 0.44 / 3, 1.0 / 3])
+    nothing = P.depth_from_drops(P.LayerDrops(torch.zeros(1), torch.zeros(1, 3)),
+                                 P.LayerDrops(torch.zeros(1), torch.ones(1, 3)))
+    assert np.isnan(nothing.score) and nothing.n_defined == 0
+    with pytest.raises(ValueError, match="different questions or layers"):
+        P.depth_from_drops(knowledge, P.LayerDrops(torch.zeros(2), torch.zeros(2, 3)))
+    with pytest.raises(ValueError, match="threshold"):
+        P.depth_from_drops(knowledge, unlearned, threshold=-1)
+
+
+def test_layer_drops_at_the_last_layer_are_the_other_models_answer_by_hand(pair):
+    """Overwriting the last layer's output at the positions that predict the answer's own tokens gives those
+    positions the other model's logits (the two share the final norm and the unembedding): the drop is the
+    original's mean log-probability of its answer tokens minus the other model's, computed here by hand."""
+    model, other, tok, tf = pair
+    drops = P.layer_drops(model, other, tok, tf)
+    n = model.config.num_hidden_layers
+    assert drops.drops.shape == (len(tf), n) and drops.full.shape == (len(tf),)
+    targets = torch.roll(tf.input_ids, -1, dims=1)
+    own = tf.scored_mask
+
+    def score(m):
+        logp = torch.log_softmax(m(input_ids=tf.input_ids, attention_mask=tf.attention_mask).logits, -1)
+        tok_logp = logp.gather(-1, targets[..., None]).squeeze(-1)
+        return torch.stack([tok_logp[i][own[i]].mean() for i in range(len(tf))])
+
+    with torch.no_grad():
+        full, theirs = score(model), score(other)
+    assert torch.allclose(drops.full, full, atol=1e-5)
+    assert torch.allclose(drops.drops[:, n - 1], full - theirs, atol=1e-5)
+    assert drops.drops.abs().max() > 1e-3, "the perturbed layers must change the answers"
+    again = P.layer_drops(model, other, tok, tf, resume=False)
+    assert torch.allclose(again.drops, drops.drops, atol=1e-5) and torch.allclose(again.full, drops.full, atol=1e-5)
+
+
+def test_depth_score_is_zero_for_the_original_and_one_for_the_retain_model_itself(pair):
+    """Ground truth at both ends: the original's own hidden states change nothing (depth 0); the retain model's
+    reproduce the retain model's effect exactly (depth 1)."""
+    model, other, tok, tf = pair
+    knowledge = P.layer_drops(model, other, tok, tf)
+    assert (knowledge.drops > 0.05).any(), "some layer of the stand-in retain model must carry an answer"
+    intact = P.depth_score(model, model, tok, tf, knowledge=knowledge)
+    erased = P.depth_score(model, other, tok, tf, retain_model=other)
+    assert intact.n_defined == erased.n_defined == int((knowledge.drops > 0.05).any(1).sum())
+    assert intact.score == pytest.approx(0.0, abs=1e-4)
+    assert erased.score == pytest.approx(1.0, abs=1e-4)
+    assert list(erased.layers.columns) == ["layer", "retain_drop", "unlearned_drop", "encodes_share"]
+
+
+def test_depth_score_says_what_it_needs(pair):
+    model, other, tok, tf = pair
+    with pytest.raises(ValueError, match="needs a retain model"):
+        P.depth_score(model, other, tok, tf)
+    short = P.teacher_forced_inputs(model, tok, tf.prompts[:3], max_new_tokens=3)
+    with pytest.raises(ValueError, match="same teacher-forced inputs"):
+        P.depth_score(model, other, tok, short, knowledge=P.layer_drops(model, other, tok, tf))
+    with pytest.raises(ValueError, match="positions must be one of"):
+        P.patch_sweep(model, other, tok, tf, positions="answers")
+
+
+def test_basis_mismatch_by_hand_and_when_the_score_is_readable():
+    knowledge = P.LayerDrops(torch.zeros(2), torch.tensor([[1.0, 3.0], [2.0, -2.0]]))  # negatives count as 0
+    control = P.LayerDrops(torch.zeros(3), torch.tensor([[0.5, 0.0], [0.0, 0.1], [-1.0, 0.2]]))
+    assert P.basis_mismatch(knowledge, control) == pytest.approx((0.8 / 6) / (6.0 / 4))
+    d = P.depth_from_drops(knowledge, knowledge)
+    assert d.comparable is None  # not measured
+    d.basis_mismatch = 0.49
+    assert d.comparable is True
+    d.basis_mismatch = P.BASIS_MISMATCH_AT
+    assert d.comparable is False
+
+
+def test_depth_score_with_control_questions(pair):
+    model, other, tok, tf = pair
+    control_tf = P.teacher_forced_inputs(model, tok, tf.prompts[6:], max_new_tokens=3)
+    d = P.depth_score(model, other, tok, tf, retain_model=other, control=control_tf)
+    control = P.layer_drops(model, other, tok, control_tf)
+    assert d.basis_mismatch == pytest.approx(P.basis_mismatch(P.layer_drops(model, other, tok, tf), control))
+    with pytest.raises(ValueError, match="control questions need the retain model"):
+        P.depth_score(model, other, tok, tf, knowledge=P.layer_drops(model, other, tok, tf), control=control_tf)

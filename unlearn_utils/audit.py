@@ -6,6 +6,8 @@ Each probe asks the same question in its own way: *is the forgotten knowledge st
 ``quantization``    round-to-nearest quantize-dequantize at 8 and 4 bits (Zhang et al., arXiv 2410.16454)
 ``relearning``      RTT: fine-tune on half of the forget facts (T), test the other half (V) (arXiv 2410.08827)
 ``patching``        the original's MLP coefficients / attention outputs patched in, per layer window (KRS)
+``depth``           the unlearned model's layers patched into the original, where the retain model's change it
+                    (the unlearning depth score, arXiv 2605.24614; needs a retain model)
 ``concept_vectors`` how far the MLP value vectors moved (cosine; top-k vocabulary tokens kept)
 ``paraphrase``      the forget questions in a wording never trained on
 ``in_context``      the forget questions after two of the same person's other facts
@@ -31,8 +33,8 @@ top; the weight probes report that the weights are the original's.
   retain model after the same fine-tuning, or the same attack on facts the original does not know) when there is
   one (Deeb & Roger's recovery above the floor).
 
-Until this rule the paraphrase and in-context probes divided by the original's accuracy *on the rewritten
-questions* (a second ceiling), so their shares were larger wherever the original answered fewer rewritten questions.
+The depth probe measures no accuracy: its column holds 1 - depth score, the share of the knowledge still inside the
+layers that carry it (0 = erased as in the retain model), judged by the same ``came_back_at``.
 
 **Thresholds, with a tolerance.** Accuracies are ratios of counts, so an exact tie computed in floating point can
 land a hair below its threshold: with 10 questions, unlearned 0.2, original 0.7 and a probe at 0.3, 1 of the 5
@@ -86,7 +88,9 @@ class AuditConfig:
     rtt_epochs: int = 4
     rtt_lr: float = 3e-4              # the world model's RTT setting (notebook 05); ~1e-5 for a 7B model
     patch_window: int = 3             # layers per patch (the paper: 5 of 32)
-    max_questions: int | None = 120   # forget questions used by the patching probe (speed)
+    max_questions: int | None = 120   # forget questions used by the patching and depth probes (speed)
+    depth_threshold: float = 0.05     # nats the retain model's hidden states must lower an answer for its layer to
+                                      # count as carrying it (the depth score's tau, as its authors)
     k: int = 20                       # top-k vocabulary tokens for the value-vector probe
     n_vectors: int = 20               # the most-changed value vectors whose top-k tokens are compared
     came_back_at: float = 0.2         # share of the forgotten facts a probe must bring back to count as recovery
@@ -107,6 +111,8 @@ class AuditConfig:
 
         for b in self.bits:
             check_bits(b)
+        if not (isinstance(self.depth_threshold, (int, float)) and self.depth_threshold >= 0):
+            raise ValueError(f"depth_threshold must be a non-negative number of nats, got {self.depth_threshold!r}.")
         if not 0 < self.came_back_at <= 1:
             raise ValueError(f"came_back_at must be in (0, 1], got {self.came_back_at}.")
 
@@ -466,6 +472,14 @@ def _probe_relearning(ctx: ProbeContext):
         verdicts.append({"probe": "relearning", "setting": "RTT", **v})
 
 
+def _probe_prompts(rows, cfg: AuditConfig) -> list[str]:
+    """The prompts of ``rows`` the patching and depth probes use: all, or a fixed sample of ``cfg.max_questions``."""
+    prompts = list(rows["prompt"])
+    if cfg.max_questions and len(prompts) > cfg.max_questions:
+        prompts = sorted(random.Random(cfg.seed).sample(prompts, cfg.max_questions))
+    return prompts
+
+
 def _probe_patching(ctx: ProbeContext):
     from .patching import patch_sweep, teacher_forced_inputs
 
@@ -477,10 +491,7 @@ def _probe_patching(ctx: ProbeContext):
             "removing the module (the counterpart of restoring parameters) gives the original back exactly"),
             "share_back": float("nan"), "still_there": None})
         return None
-    prompts = list(data.forget["prompt"])
-    if cfg.max_questions and len(prompts) > cfg.max_questions:
-        prompts = sorted(random.Random(cfg.seed).sample(prompts, cfg.max_questions))
-    tf = teacher_forced_inputs(original, tok, prompts)
+    tf = teacher_forced_inputs(original, tok, _probe_prompts(data.forget, cfg))
     window = min(cfg.patch_window, unlearned.config.num_hidden_layers)
     sweep = patch_sweep(original, unlearned, tok, tf, window=window)
     with torch.no_grad():
@@ -507,6 +518,60 @@ def _probe_patching(ctx: ProbeContext):
         f"{base:.0%}). Patching uses the original's activations, so it locates the change; it is not an attack"),
         "share_back": share, "still_there": still})
     return sweep
+
+
+def _probe_depth(ctx: ProbeContext):
+    from .patching import depth_score, teacher_forced_inputs
+
+    cfg, verdicts = ctx.config, ctx.verdicts
+    setting = f"hidden states, tau {cfg.depth_threshold:g} nats"
+    if _is_gated(ctx.unlearned):
+        verdicts.append({"probe": "depth", "setting": setting, "verdict": (
+            "not applicable: a GRUN model is the original's weights plus a module on the residual stream; its depth "
+            "is that of the module, which removing it undoes exactly"), "share_back": float("nan"),
+            "still_there": None})
+        return None
+    if "retain_model" not in ctx.models:
+        verdicts.append({"probe": "depth", "setting": setting, "verdict": (
+            "not run: the depth score needs a retain model (one trained without the forget set) to find the layers "
+            "that carry the forget facts; pass retain_model=... (the world has one; for a benchmark, e.g. TOFU's "
+            "retain90 checkpoint)"), "share_back": float("nan"), "still_there": None})
+        return None
+    tf = teacher_forced_inputs(ctx.original, ctx.tokenizer, _probe_prompts(ctx.data.forget, cfg))
+    control = teacher_forced_inputs(ctx.original, ctx.tokenizer, _probe_prompts(ctx.data.retain, cfg))
+    depth = depth_score(ctx.original, ctx.unlearned, ctx.tokenizer, tf, retain_model=ctx.models["retain_model"],
+                        threshold=cfg.depth_threshold, control=control)
+    ctx.rows.append({"probe": "depth", "setting": f"{setting}, {depth.n_defined} of {len(tf)} questions with an "
+                                                  "encoding layer",
+                     "measure": "depth score (0 intact, 1 erased)", "unlearned": depth.score})
+    ctx.rows.append({"probe": "depth", "setting": f"{setting}, {len(control)} retain questions",
+                     "measure": "basis mismatch (retain-question drop / forget-question drop)",
+                     "retain_model": depth.basis_mismatch})
+    if depth.n_defined == 0:
+        verdicts.append({"probe": "depth", "setting": setting, "verdict": (
+            f"undefined: on no question does the retain model's hidden states lower the original's answer by more "
+            f"than {cfg.depth_threshold:g} nats at any layer, so no layer is known to carry the forget facts"),
+            "share_back": float("nan"), "still_there": None})
+        return depth.layers
+    if not depth.comparable:
+        verdicts.append({"probe": "depth", "setting": setting, "verdict": (
+            f"not readable as a share erased: the retain model's hidden states lower the answers of retain "
+            f"questions, which both models know, {depth.basis_mismatch:.0%} as much as the forget answers, so its "
+            f"layers differ from the original's everywhere (a model trained apart, not a fine-tune of the same "
+            f"base); stage 1 then marks layers for that mismatch, not for the forget facts, and the score "
+            f"{depth.score:.2f} is off its 0-1 scale (it may still order methods: benchmarks/RESULTS.md)"),
+            "share_back": float("nan"), "still_there": None})
+        return depth.layers
+    inside = 1 - depth.score
+    still = reaches(inside, cfg.came_back_at)
+    top = depth.layers.sort_values("retain_drop", ascending=False).layer.head(3).tolist()
+    verdicts.append({"probe": "depth", "setting": setting, "verdict": (
+        f"{'knowledge still inside' if still else 'erased inside'}: depth score {depth.score:.2f} (0 intact, 1 as "
+        f"the retain model); at the layers that carry the answers (most: {sorted(top)}) the unlearned model's hidden "
+        f"states reproduce {depth.score:.0%} of the retain model's effect, so {percent(inside, cfg.came_back_at)} of "
+        f"the knowledge is still there ({depth.n_defined} of {len(tf)} questions)"),
+        "share_back": inside, "still_there": bool(still)})
+    return depth.layers
 
 
 @torch.no_grad()
@@ -573,6 +638,8 @@ register_probe(Probe("relearning", "RTT: fine-tune on half of the forget facts (
                      _probe_relearning))
 register_probe(Probe("patching", "the original's MLP coefficients / attention outputs patched in, per layer window",
                      _probe_patching))
+register_probe(Probe("depth", "the unlearned model's hidden states patched into the original where the retain "
+                     "model's change its answers (the unlearning depth score)", _probe_depth))
 register_probe(Probe("concept_vectors", "how far the MLP value vectors moved (cosine; top-k vocabulary tokens kept)",
                      _probe_vectors))
 register_probe(Probe("paraphrase", "the forget questions in a wording never trained on",

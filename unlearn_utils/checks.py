@@ -226,6 +226,38 @@ def check_krs(fn) -> CheckResult:
     return _report(name, True, "matches the reference, with KRS = 1 for a full restore and 0 for no effect.")
 
 
+def check_depth(fn) -> CheckResult:
+    """fn(d1, d2, tau) -> one question's depth score from its per-layer drops (1-D tensors over layers), NaN when no
+    layer has d1 > tau, as :func:`unlearn_utils.patching.depth_from_drops`."""
+    from .patching import LayerDrops, depth_from_drops
+
+    name = "depth"
+    gen = torch.Generator().manual_seed(5)
+    d1 = torch.rand(6, 5, generator=gen) * 0.4
+    d1[0, :3] = 0.01  # two layers above tau only
+    d2 = d1 * (torch.rand(6, 5, generator=gen) * 1.6 - 0.3)  # ratios from -0.3 to 1.3: both clips matter
+    want = depth_from_drops(LayerDrops(torch.zeros(6), d1), LayerDrops(torch.zeros(6), d2), 0.05).per_question
+    got = []
+    for i in range(6):
+        value, err = _run(name, fn, d1[i].clone(), d2[i].clone(), 0.05)
+        if err is not None:
+            return err
+        got.append(float(value))
+    bad = _compare(name, torch.tensor(got), want, atol=1e-5, what="depth per question")
+    if bad is not None:
+        unclipped = [float((d1[i] * (d2[i] / d1[i]))[d1[i] > 0.05].sum() / d1[i][d1[i] > 0.05].sum()) for i in range(6)]
+        if np.allclose(got, unclipped, atol=1e-5):
+            bad += " It matches the unclipped ratio: clip d2 / d1 to [0, 1] (a layer cannot be more than erased)."
+        return _report(name, False, bad)
+    none, err = _run(name, fn, torch.full((5,), 0.01), torch.ones(5), 0.05)
+    if err is not None:
+        return err
+    if none is None or not np.isnan(float(none)):
+        return _report(name, False, f"with no layer above tau the score is undefined: return NaN, not {none!r}.")
+    return _report(name, True, "matches the reference: d1-weighted, clipped, over the layers above tau; NaN when "
+                               "no layer carries the answer.")
+
+
 def _tiny_pair():
     """A tiny random Llama and a copy whose layer weights are perturbed, with a tokenizer-free input batch."""
     import copy

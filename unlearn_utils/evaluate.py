@@ -309,8 +309,13 @@ def truth_ratio_forms(models, tokenizer, data, batch_size: int = 128) -> pd.Data
     model cannot tell the true answer from the wrong ones; row ``true_better`` is the retain-set number, mean
     max(0, 1 - R), which is highest when the model prefers the truth. On forget questions an unlearned model should
     move the first toward the retain model's value, not maximise the second: the two forms disagree exactly on a
-    model that has learned to prefer the *wrong* answers. Columns ``formula`` and ``reads`` say what each row is."""
+    model that has learned to prefer the *wrong* answers. Columns ``formula`` and ``reads`` say what each row is.
+    A model given as None is left out; questions without wrong answers give one row that says so."""
     models = models if isinstance(models, dict) else {"model": models}
+    models = {name: m for name, m in models.items() if m is not None}  # e.g. no retain model for a data file
+    if "perturbed" not in data.column_names:  # said in the table, so that a notebook on any file runs through
+        return pd.DataFrame({"reads": ["no truth ratio: these questions have no wrong answers (perturbed) to "
+                                       "compare with"]}, index=pd.Index(["n/a"], name="form"))
     ratios = {name: truth_ratios(m, tokenizer, data, batch_size) for name, m in models.items()}
     table = pd.DataFrame({name: {form: truth_ratio_score(r, form) for form in TRUTH_RATIO_FORMS}
                           for name, r in ratios.items()})

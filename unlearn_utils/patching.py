@@ -33,6 +33,7 @@ import re
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -303,6 +304,19 @@ def _apply_patch(adapter, nn_model, layers, component, cache, pos_mask):
             site.input = src if pos_mask is None else torch.where(pos_mask, src, site.input)
 
 
+POSITIONS = ("all", "answer", "own")
+
+
+def _position_mask(tf: TeacherForced, positions: str, dev):
+    """Where a patch overwrites: None (every position, "all"), the positions that predict the answer ("answer"), or
+    those that predict the answer's own tokens ("own", ``tf.scored_mask``), as a ``[rows, seq, 1]`` mask."""
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}.")
+    if positions == "all":
+        return None
+    return (tf.answer_mask if positions == "answer" else tf.scored_mask).to(dev)[..., None]
+
+
 def _names(value, what: str, example: str) -> tuple:
     """``value`` as a tuple of names; one string is refused (it would be read letter by letter)."""
     if isinstance(value, str):
@@ -318,7 +332,8 @@ def patch_sweep(original, unlearned, tokenizer, tf: TeacherForced, components=CO
 
     components: any of "mlp" (MLP coefficients = input of the down projection), "attn" (attention output), "both".
     window: layers per patch (centred sliding windows); layers: which window centres (default all).
-    positions: "all" or "answer" (only the positions that predict the answer).
+    positions: "all", "answer" (only the positions that predict the answer) or "own" (those that predict the
+    answer's own tokens, ``tf.scored_mask``).
     direction: "original_to_unlearned" (the paper's; KRS = recovery of the original) or "unlearned_to_original"
     (the score then measures how far the unlearned activations move the original toward the unlearned logits).
     resume: a patch leaves the layers below it unchanged, so run the patched model once, keep every decoder layer's
@@ -334,8 +349,7 @@ def patch_sweep(original, unlearned, tokenizer, tf: TeacherForced, components=CO
     check_compatible(original, unlearned)
     if len(tf) == 0:
         raise ValueError("The question list is empty.")
-    if positions not in ("all", "answer"):
-        raise ValueError(f"positions must be 'all' or 'answer', got {positions!r}.")
+    _position_mask(tf, positions, "cpu")
     if direction not in ("original_to_unlearned", "unlearned_to_original"):
         raise ValueError(f"Unknown direction {direction!r}.")
     if not isinstance(invokes_per_trace, int) or invokes_per_trace < 1:
@@ -359,7 +373,7 @@ def patch_sweep(original, unlearned, tokenizer, tf: TeacherForced, components=CO
         _fallback_warning(target, "patch_sweep")
         inputs = None
     if inputs is not None:
-        pos_mask = None if positions == "all" else tf.answer_mask.to(dev)[..., None]
+        pos_mask = _position_mask(tf, positions, dev)
         scored.base = inputs.logits
         results = []
         for start in _progress(range(0, len(patches), invokes_per_trace), "patches", len(patches) > invokes_per_trace):
@@ -419,7 +433,7 @@ def run_patches(target, tokenizer, tf: TeacherForced, cache: dict, patches: list
     _check_layers(sorted({k for layers, _ in patches for k in layers}), adapter.n_layers(target))
     dev = next(target.parameters()).device
     ids, att = tf.input_ids.to(dev), tf.attention_mask.to(dev)
-    pos_mask = None if positions == "all" else tf.answer_mask.to(dev)[..., None]
+    pos_mask = _position_mask(tf, positions, dev)
     nn_model = _wrap(target, tokenizer)
     out: list[torch.Tensor] = []
     if batched:
@@ -782,3 +796,207 @@ def side_effects(original, unlearned, tokenizer, data) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df["change"] = df["unlearned"] - df["original"]
     return df
+
+
+# ----------------------------------------------------------------------------------------------
+# The unlearning depth score: two-stage patching of whole layers into the original
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class LayerDrops:
+    """How much patching another model's hidden states into the original lowers its answers: ``full[i]``, the
+    original's mean log-probability of question i's own answer tokens (teacher forced); ``drops[i, l]``, ``full[i]``
+    minus the same score when layer l's output is overwritten, at the positions that predict those tokens, by the
+    other model's (same inputs)."""
+
+    full: torch.Tensor   # [questions]
+    drops: torch.Tensor  # [questions, layers]
+
+
+@dataclass
+class DepthScore:
+    """The unlearning depth score of one model (arXiv 2605.24614): ``score`` (mean over the questions where it is
+    defined; 0 = the knowledge is intact inside the model, 1 = erased to the retain model's level), ``per_question``
+    (NaN where no layer encodes the answer), ``layers`` (per layer: the mean drop the retain model and the unlearned
+    model cause, and the share of questions for which the layer encodes the answer), ``threshold``."""
+
+    score: float
+    per_question: torch.Tensor
+    layers: pd.DataFrame
+    threshold: float
+    basis_mismatch: float = float("nan")  # see :func:`depth_score`'s ``control``; NaN when not measured
+
+    @property
+    def comparable(self) -> bool | None:
+        """Whether the retain model's layers speak the original's language (``basis_mismatch`` below
+        :data:`BASIS_MISMATCH_AT`); None when not measured."""
+        return None if np.isnan(self.basis_mismatch) else bool(self.basis_mismatch < BASIS_MISMATCH_AT)
+
+    @property
+    def n_defined(self) -> int:
+        """Questions with at least one knowledge-encoding layer (the score's denominator)."""
+        return int((~self.per_question.isnan()).sum())
+
+
+def _own_logprob(logits: torch.Tensor, targets: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """Mean log-probability of the target tokens at the ``own`` positions, per row (compact tensors)."""
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1)
+    return (logp * own).sum(-1) / own.sum(-1).clamp(min=1)
+
+
+@torch.no_grad()
+def answer_logprob(model, tf: TeacherForced) -> torch.Tensor:
+    """Each question's mean log-probability of its answer's own tokens (``tf.scored_mask``) under ``model``, teacher
+    forced: the score both stages of the depth score compare."""
+    dev = next(model.parameters()).device
+    positions, valid = _answer_positions(tf.answer_mask.to(dev))
+    targets = _compact(torch.roll(tf.input_ids, -1, dims=1).to(dev), positions)
+    own = (_compact(tf.scored_mask.to(dev), positions) & valid).float()
+    logits = model(input_ids=tf.input_ids.to(dev), attention_mask=tf.attention_mask.to(dev)).logits
+    return _own_logprob(_compact(logits, positions), targets, own).cpu()
+
+
+@torch.no_grad()
+def layer_drops(original, source, tokenizer, tf: TeacherForced, invokes_per_trace: int = 8,
+                resume: bool = True) -> LayerDrops:
+    """Patch ``source``'s output of each decoder layer, one layer at a time, into ``original`` at the positions that
+    predict each answer's own tokens (``tf.scored_mask``), and measure how far the original's mean log-probability of
+    those tokens drops (:class:`LayerDrops`). One stage of :func:`depth_score`: with the retain model as ``source``
+    it finds the layers that carry the forget facts; with the unlearned model, how much of them is gone there."""
+    check_compatible(original, source)
+    if len(tf) == 0:
+        raise ValueError("The question list is empty.")
+    if not isinstance(invokes_per_trace, int) or invokes_per_trace < 1:
+        raise ValueError(f"invokes_per_trace must be a positive integer, got {invokes_per_trace!r}.")
+    n = get_adapter(original).n_layers(original)
+    cache = cache_activations(source, tokenizer, tf)
+    dev = next(original.parameters()).device
+    positions, valid = _answer_positions(tf.answer_mask.to(dev))
+    targets = _compact(torch.roll(tf.input_ids, -1, dims=1).to(dev), positions)
+    own = (_compact(tf.scored_mask.to(dev), positions) & valid).float()
+    pos_mask = tf.scored_mask.to(dev)[..., None]
+    patches = [([k], "block") for k in range(n)]
+    inputs = capture_layer_inputs(original, tf) if resume else None
+    if resume and not _resumes(original, inputs):
+        _fallback_warning(original, "layer_drops")
+        inputs = None
+    if inputs is not None:
+        full = _own_logprob(inputs.logits, targets, own)
+        scores = []
+        for start in _progress(range(0, n, invokes_per_trace), "layers", n > invokes_per_trace):
+            scores += [_own_logprob(lg, targets, own) for lg in resumed_logits(
+                original, inputs, patches[start: start + invokes_per_trace], cache, pos_mask)]
+    else:
+        logits = original(input_ids=tf.input_ids.to(dev), attention_mask=tf.attention_mask.to(dev)).logits
+        full = _own_logprob(_compact(logits, positions), targets, own)
+        scores = [_own_logprob(_compact(lg, positions), targets, own)
+                  for lg in run_patches(original, tokenizer, tf, cache, patches, "own", True, invokes_per_trace)]
+    return LayerDrops(full=full.cpu(), drops=(full[:, None] - torch.stack(scores, 1)).cpu())
+
+
+def depth_from_drops(knowledge: LayerDrops, unlearned: LayerDrops, threshold: float = 0.05) -> DepthScore:
+    """The depth score from its two stages. Per question, the knowledge-encoding layers are those where the retain
+    model's hidden states lower the original's answer by more than ``threshold`` (d1 > tau, in nats); there
+
+        depth = sum_l d1_l * clip(d2_l / d1_l, 0, 1) / sum_l d1_l
+
+    (d2: the unlearned model's drop at the same layer): the d1-weighted share of the retain model's effect that the
+    unlearned model's hidden states reproduce. Undefined (NaN) where no layer passes ``threshold``."""
+    if not isinstance(threshold, (int, float)) or not threshold >= 0:
+        raise ValueError(f"threshold must be a non-negative number of nats, got {threshold!r}.")
+    d1, d2 = knowledge.drops.double(), unlearned.drops.double()
+    if d1.shape != d2.shape:
+        raise ValueError(f"The two stages were measured on different questions or layers ({tuple(d1.shape)} vs "
+                         f"{tuple(d2.shape)}): measure both on the same teacher-forced inputs.")
+    encodes = d1 > threshold
+    weight = torch.where(encodes, d1, torch.zeros_like(d1))
+    ratio = torch.where(encodes, (d2 / d1.where(encodes, torch.ones_like(d1))).clamp(0, 1), torch.zeros_like(d1))
+    total = weight.sum(1)
+    per_q = torch.where(total > 0, (weight * ratio).sum(1) / total.where(total > 0, torch.ones_like(total)),
+                        torch.full_like(total, float("nan")))
+    layers = pd.DataFrame({"layer": range(d1.shape[1]), "retain_drop": d1.mean(0).numpy(),
+                           "unlearned_drop": d2.mean(0).numpy(), "encodes_share": encodes.double().mean(0).numpy()})
+    defined = ~per_q.isnan()
+    score = float(per_q[defined].mean()) if defined.any() else float("nan")
+    return DepthScore(score=score, per_question=per_q.float(), layers=layers, threshold=float(threshold))
+
+
+BASIS_MISMATCH_AT = 0.5
+
+
+def basis_mismatch(knowledge: LayerDrops, control: LayerDrops) -> float:
+    """Mean drop the retain model's hidden states cause on questions both models know (``control``) over the mean
+    drop on the forget questions (``knowledge``), every layer counted: about 0 when the retain model's layers differ
+    from the original's only in the forget facts (two fine-tunes of one base, as TOFU's), about 1 when they differ
+    everywhere (a model trained apart from scratch): then stage 1 finds the mismatch, not the facts."""
+    forget = float(knowledge.drops.clamp(min=0).mean())
+    return float(control.drops.clamp(min=0).mean()) / forget if forget > 0 else float("nan")
+
+
+def depth_score(original, unlearned, tokenizer, tf: TeacherForced, retain_model=None,
+                knowledge: LayerDrops | None = None, threshold: float = 0.05,
+                control: TeacherForced | LayerDrops | None = None) -> DepthScore:
+    """The unlearning depth score (arXiv 2605.24614): how much of the forget facts' knowledge is gone from inside
+    ``unlearned``, 0 = intact, 1 = erased to the level of a model that never learned them.
+
+    Stage 1 (:func:`layer_drops` of the ``retain_model`` into the original, or ``knowledge`` measured before, e.g.
+    once for several unlearned models) finds, per question, the layers whose hidden states carry the answer;
+    stage 2 patches the unlearned model's hidden states into the original at the same layers and positions
+    (:func:`depth_from_drops`). Unlike KRS, which patches the original *into the unlearned model* and asks where the
+    change sits, this patches the unlearned model *into the original* and asks whether its layers still hold what
+    the retain model's do not: it needs a retain model, and reads representations, not outputs.
+
+    The score assumes the retain model's hidden states sit in the original's basis, differing only where the forget
+    facts are. ``control`` (teacher-forced questions both models answer, e.g. retain questions, or their
+    :func:`layer_drops` of the retain model) checks it: ``basis_mismatch`` (:func:`basis_mismatch`) and
+    ``comparable`` say whether the score can be read."""
+    if knowledge is None and retain_model is None:
+        raise ValueError("The depth score needs a retain model (one trained without the forget set) to find the "
+                         "layers that carry the forget facts: pass retain_model=..., or knowledge=layer_drops("
+                         "original, retain_model, tokenizer, tf) measured before.")
+    if isinstance(control, TeacherForced) and retain_model is None:
+        raise ValueError("control questions need the retain model itself: pass retain_model=..., or "
+                         "control=layer_drops(original, retain_model, tokenizer, control_tf).")
+    check_compatible(original, unlearned)
+    if knowledge is None:
+        knowledge = layer_drops(original, retain_model, tokenizer, tf)
+    if knowledge.drops.shape[0] != len(tf):
+        raise ValueError(f"knowledge was measured on {knowledge.drops.shape[0]} questions, tf has {len(tf)}: measure "
+                         "both stages on the same teacher-forced inputs.")
+    depth = depth_from_drops(knowledge, layer_drops(original, unlearned, tokenizer, tf), threshold)
+    if control is not None:
+        if isinstance(control, TeacherForced):
+            control = layer_drops(original, retain_model, tokenizer, control)
+        depth.basis_mismatch = basis_mismatch(knowledge, control)
+    return depth
+
+
+def depth_scores(original, unlearned: dict, tokenizer, tf: TeacherForced, retain_model,
+                 control: TeacherForced | None = None, threshold: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`depth_score` of each model of ``{name: unlearned model}``, stage 1 (and the ``control`` questions')
+    measured once: ``(summary, layers)``. ``summary``, one row per model: depth score, questions with an encoding
+    layer, basis mismatch, readable, and a sentence saying how to read it. ``layers``, one row per layer: the retain
+    model's mean drop on the forget questions (and on the control questions), and each model's. Without a retain
+    model the summary says so and ``layers`` is empty."""
+    if retain_model is None:  # said in the table, so that a notebook on a data file without one runs through
+        why = ("not measured: the depth score needs a retain model (one trained without the forget set), e.g. "
+               "TOFU's retain90 checkpoint")
+        return (pd.DataFrame({name: {"depth score": float("nan"), "questions with an encoding layer": 0,
+                                     "basis mismatch": float("nan"), "readable": None, "reading": why}
+                              for name in unlearned}).T, pd.DataFrame().rename_axis("layer"))
+    knowledge = layer_drops(original, retain_model, tokenizer, tf)
+    checked = None if control is None else layer_drops(original, retain_model, tokenizer, control)
+    rows, layers = {}, {"forget questions: retain model": knowledge.drops.mean(0).numpy()}
+    if checked is not None:
+        layers["control questions: retain model"] = checked.drops.mean(0).numpy()
+    for name, model in unlearned.items():
+        d = depth_score(original, model, tokenizer, tf, knowledge=knowledge, threshold=threshold, control=checked)
+        layers[f"forget questions: {name}"] = d.layers.unlearned_drop.to_numpy()
+        if d.comparable is False:
+            reading = (f"not readable as a share erased: the retain model's layers differ from the original's "
+                       f"everywhere (mismatch {d.basis_mismatch:.2f}), so stage 1 finds that mismatch, not the facts")
+        else:
+            reading = (f"the unlearned model's layers lost {d.score:.0%} of what the retain model's lack"
+                       + ("" if d.comparable else " (basis not checked: give control questions)"))
+        rows[name] = {"depth score": d.score, "questions with an encoding layer": d.n_defined,
+                      "basis mismatch": d.basis_mismatch, "readable": d.comparable, "reading": reading}
+    return pd.DataFrame(rows).T, pd.DataFrame(layers).rename_axis("layer")

@@ -81,9 +81,25 @@ def curves(series: dict[str, tuple], title: str = "", xlabel: str = "", ylabel: 
     ax.set_title(title)
     if ylim:
         ax.set_ylim(*ylim)
-    ax.legend(fontsize=8)
+    if series:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def depth_layers(layers):
+    """The depth score's drops by layer (:func:`unlearn_utils.patching.depth_scores`' second table), one line per
+    column; an empty table (no retain model) gives an empty figure that says so."""
+    fig = curves({c: (list(layers.index), layers[c].tolist()) for c in layers.columns}, xlabel="layer",
+                 ylabel="drop (nats)", title="Mean drop of the original's answer when another model's layer is "
+                                             "patched in")
+    if layers.empty:
+        fig.axes[0].text(0.5, 0.5, "no retain model: nothing to patch in", ha="center", va="center",
+                         transform=fig.axes[0].transAxes)
+        legend = fig.axes[0].get_legend()
+        if legend is not None:
+            legend.remove()
     return fig
 
 

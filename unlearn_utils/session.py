@@ -88,15 +88,11 @@ class Session:
     def forget_questions(self, limit: int | None = None, seed: int = 0) -> list[str]:
         """The forget set's prompts that are questions (the world also states facts as sentences to complete);
         with ``limit``, a fixed random sample of at most that many, in their original order."""
-        import random
+        return _questions(self.forget_set, limit, seed)
 
-        rows = self.forget_set
-        prompts = (list(rows["prompt"]) if "is_question" not in rows.column_names
-                   else [p for p, q in zip(rows["prompt"], rows["is_question"]) if q])
-        if limit is not None and len(prompts) > limit:
-            keep = sorted(random.Random(seed).sample(range(len(prompts)), limit))
-            prompts = [prompts[i] for i in keep]
-        return prompts
+    def retain_questions(self, limit: int | None = None, seed: int = 0) -> list[str]:
+        """The retain set's questions, as :meth:`forget_questions` takes the forget set's."""
+        return _questions(self.retain_set, limit, seed)
 
     @property
     def eval_data(self):
@@ -208,6 +204,19 @@ class Session:
             self.results["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         write_results(self.notebook, {"smoke": self.smoke, **self.results}, self.report_dir)
         return self.results
+
+
+def _questions(rows, limit: int | None, seed: int) -> list[str]:
+    """The prompts of ``rows`` that are questions; with ``limit``, a fixed random sample of at most that many, in
+    their original order."""
+    import random
+
+    prompts = (list(rows["prompt"]) if "is_question" not in rows.column_names
+               else [p for p, q in zip(rows["prompt"], rows["is_question"]) if q])
+    if limit is not None and len(prompts) > limit:
+        keep = sorted(random.Random(seed).sample(range(len(prompts)), limit))
+        prompts = [prompts[i] for i in keep]
+    return prompts
 
 
 def start(smoke: bool = False, model: str = "world", device=None, dtype=None, seed: int = 0,
