@@ -13,9 +13,10 @@ For every method of notebook 01 (the cached models, trained on first use) this p
 It does so for two (original, retain model) pairs: the world's own (both trained from scratch, apart), and an aligned
 pair (the retain model, and the retain model fine-tuned on every fact as the original, whose unlearned copies are
 trained here), because the depth score assumes the retain model's layers sit in the original's basis; the basis
-mismatch (:func:`unlearn_utils.patching.basis_mismatch`) says how far each pair is from that. Then the Spearman rank correlation of the depth score with each ground truth over the methods. Run:
-``python benchmarks/depth_score.py`` (about 10 minutes on 2 cores with the models cached; one torch thread by
-default, ``--threads``); ``--markdown`` prints the table for ``benchmarks/RESULTS.md``.
+mismatch (:func:`unlearn_utils.patching.basis_mismatch`) says how far each pair is from that. Then the Spearman rank
+correlation of the depth score with each ground truth over the methods. Run: ``python benchmarks/depth_score.py``
+(about 25 minutes on 2 cores with the world's unlearned models cached, most of it training the aligned pair's; one
+torch thread by default, ``--threads``); ``--markdown`` prints the tables for ``benchmarks/RESULTS.md``.
 """
 
 import argparse
