@@ -10,6 +10,7 @@ import torch
 from unlearn_utils.audit import (AuditConfig, AuditReport, audit, audit_each, auto_group_size, reaches,
                                   recorded_numbers, recovery_verdict, share_back, side_by_side)
 from unlearn_utils.evaluate import accuracy, eval_data
+from unlearn_utils.patching import BASIS_MISMATCH_AT
 from unlearn_utils.quantize import quantize_model
 
 FIX = Path(__file__).parent / "fixtures"
@@ -151,11 +152,15 @@ def test_audit_on_the_world_model(knowing, unlearned_pair, method):
         depth = v[v.probe == "depth"].iloc[0]
         score = t[(t.probe == "depth") & t.measure.str.startswith("depth score")].unlearned.iloc[0]
         mismatch = t[(t.probe == "depth") & t.measure.str.startswith("basis mismatch")].retain_model.iloc[0]
-        assert 0.0 <= score <= 1.0 and rep.details["depth"].encodes_share.max() > 0
-        # the small world's retain model is trained apart, from scratch: its layers differ from the original's on
-        # retain questions about as much as on forget questions, so the score is refused, not read
-        assert mismatch >= 0.5, mismatch
-        assert "not readable" in depth.verdict and pd.isna(depth.share_back) and depth.still_there is None
+        assert 0.0 <= score <= 1.0 and rep.details["depth"].encodes_share.max() > 0 and mismatch >= 0
+        # the verdict follows the control: read as 1 - score below the mismatch threshold, refused above it (this
+        # small world's retain model, trained from scratch like the original from the same seed, lands at 0.15;
+        # the default world's at 0.94, benchmarks/RESULTS.md)
+        if mismatch < BASIS_MISMATCH_AT:
+            assert depth.share_back == pytest.approx(1 - score)
+            assert depth.still_there == reaches(depth.share_back, rep.config.came_back_at)
+        else:
+            assert "not readable" in depth.verdict and pd.isna(depth.share_back) and depth.still_there is None
         assert vec.cosine.min() < 1.0
         assert rep.patching is not None and set(rep.patching.component) == {"mlp", "attn", "both"}
     assert len(rep.lines()) == len(v)
@@ -379,3 +384,21 @@ def test_a_checkpoint_on_a_quantization_grid_is_also_audited_on_that_grid(knowin
 def test_audit_config_refuses_a_single_value_where_a_list_is_asked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AuditConfig(**kwargs)
+
+
+def test_the_depth_probe_refuses_a_retain_model_whose_layers_differ_everywhere(tiny):
+    """A stand-in retain model whose every decoder layer is perturbed hurts retain answers as much as forget answers:
+    the control says so, and the verdict refuses to read the score."""
+    world, model, tok = tiny
+    other = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in other.named_parameters():
+            if ".layers." in name:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    rep = audit(model, copy.deepcopy(other), tok, world, retain_model=other, probes=("depth",), progress=False,
+                max_questions=16)
+    t, v = rep.table, rep.verdicts.iloc[0]
+    mismatch = t[t.measure.str.startswith("basis mismatch")].retain_model.iloc[0]
+    assert mismatch >= BASIS_MISMATCH_AT, mismatch
+    assert "not readable" in v.verdict and pd.isna(v.share_back) and v.still_there is None
