@@ -195,6 +195,10 @@ def test_check_names_match_function_names():
     from unlearn_utils.audit import share_back
 
     refs["share_back"] = share_back
+    from unlearn_utils.patching import LayerDrops, depth_from_drops
+
+    refs["depth"] = lambda d1, d2, tau: float(depth_from_drops(LayerDrops(None, d1[None]), LayerDrops(None, d2[None]),
+                                                               tau).per_question[0])
     refs["best_run"] = lambda h, m: (max((i for i, r in enumerate(h) if r["forget_accuracy"] <= m),
                                          key=lambda i: h[i]["retain_accuracy"], default=None))
     names = [n[len("check_"):] for n, f in inspect.getmembers(checks, inspect.isfunction) if n.startswith("check_")]
