@@ -108,3 +108,21 @@ def reference_reuse(monkeypatch):
         return results[False], results[True], forwards
 
     return run
+
+
+@pytest.fixture(scope="session")
+def perturbed_layers():
+    """``perturbed_layers(model)``: a copy of ``model`` whose decoder layers (only) carry seeded Gaussian noise of
+    scale 0.05, a stand-in for a model that differs from it in every layer."""
+    import copy
+
+    def make(model, scale: float = 0.05, seed: int = 0):
+        other = copy.deepcopy(model)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in other.named_parameters():
+                if ".layers." in name:
+                    p.add_(torch.randn(p.shape, generator=gen) * scale)
+        return other
+
+    return make

@@ -386,16 +386,11 @@ def test_audit_config_refuses_a_single_value_where_a_list_is_asked(kwargs, messa
         AuditConfig(**kwargs)
 
 
-def test_the_depth_probe_refuses_a_retain_model_whose_layers_differ_everywhere(tiny):
+def test_the_depth_probe_refuses_a_retain_model_whose_layers_differ_everywhere(tiny, perturbed_layers):
     """A stand-in retain model whose every decoder layer is perturbed hurts retain answers as much as forget answers:
     the control says so, and the verdict refuses to read the score."""
     world, model, tok = tiny
-    other = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in other.named_parameters():
-            if ".layers." in name:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    other = perturbed_layers(model)
     rep = audit(model, copy.deepcopy(other), tok, world, retain_model=other, probes=("depth",), progress=False,
                 max_questions=16)
     t, v = rep.table, rep.verdicts.iloc[0]

@@ -13,15 +13,10 @@ from unlearn_utils import patching as P
 
 
 @pytest.fixture(scope="module")
-def pair(tiny):
+def pair(tiny, perturbed_layers):
     """The tiny world model and a copy whose decoder layers (only) are perturbed: a stand-in 'unlearned' model."""
     world, model, tok = tiny
-    other = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in other.named_parameters():
-            if ".layers." in name:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    other = perturbed_layers(model)
     prompts = [r["prompt"] for r in world.fact_rows() if r["is_question"]][:12]
     tf = P.teacher_forced_inputs(model, tok, prompts, max_new_tokens=3)
     return model, other, tok, tf
