@@ -30,7 +30,7 @@ setup: $(BIN)/.installed real-model
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 # MODEL=smollm2-135m passes --model smollm2-135m to reproduce; other options go in REPRODUCE_ARGS="--jobs 1 ..."
 override REPRODUCE_ARGS += $(if $(MODEL),--model $(MODEL))

@@ -203,3 +203,18 @@ def test_a_cache_path_that_is_a_file_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("UNLEARN_KIT_CACHE", str(tmp_path / "file"))
     with pytest.raises(NotADirectoryError, match="UNLEARN_KIT_CACHE at a folder"):
         cache_dir()
+
+
+def test_cached_runs_reads_each_entrys_steps(tmp_path):
+    """From the saved settings of an unlearned model, else the largest step of its logs (a GRUN module's)."""
+    import json
+
+    from unlearn_utils.cache import cached_runs
+
+    (tmp_path / "unlearned" / "a").mkdir(parents=True)
+    (tmp_path / "unlearned" / "a" / "settings.json").write_text(json.dumps({"unlearn_config": {"steps": 200}}))
+    (tmp_path / "unlearned" / ".staging-b").mkdir()  # a half-written entry is not a run
+    (tmp_path / "grun" / "c").mkdir(parents=True)
+    (tmp_path / "grun" / "c" / "log.csv").write_text("step,loss\n1,0.5\n20,0.1\n")
+    assert cached_runs(tmp_path) == {"unlearned": {"a": 200}, "grun": {"c": 20}}
+    assert cached_runs(tmp_path / "empty") == {}

@@ -102,3 +102,72 @@ def test_run_each_makes_real_runs(lab):
     runs = lab.run_each(method=["grad_diff", "npo_gd"], steps=3, lora=False, attack="none")
     assert len(lab.history) == before + 2 and [r["settings"].method for r in runs] == ["grad_diff", "npo_gd"]
     assert list(lab.history_table().method[-2:]) == ["grad_diff", "npo_gd"] and runs[-1] is lab.last
+
+
+def test_the_learning_rate_holds_the_value_typed(lab):
+    """A text box, not a log slider (which snapped 3e-4 to 3.16e-4 in the browser): the value typed is the run's,
+    and a value that reached the kernel through JavaScript's number formatting reads as the same rate."""
+    import ipywidgets as w
+
+    from unlearn_utils.lab import round_lr
+
+    assert not isinstance(lab.lr, w.FloatLogSlider)
+    lab.set(lr=3e-4, method="grad_diff")
+    assert lab.lr.value == 3e-4 and lab.settings().lr == 3e-4
+    lab.lr.value = 0.00030000000000000003
+    assert lab.settings().lr == 3e-4 and round_lr(1.2345678e-5) == 1.235e-5
+
+
+def test_a_click_while_a_run_is_in_progress_is_refused(lab):
+    """ipykernel 7 runs a button's callback on a kernel thread of its own: a click that arrives while a run holds the
+    lab is refused (counted, said in the status line), never a second run at once."""
+    before, refused = len(lab.history), lab.refused_clicks
+    with lab._lock:  # what a run in progress holds
+        assert lab.busy
+        lab.run_button.click()
+    assert len(lab.history) == before and lab.refused_clicks == refused + 1
+    assert "Click ignored" in lab.status.value and not lab.busy
+
+
+def test_a_double_click_makes_one_run(lab, monkeypatch):
+    """A kernel that handles callbacks one after another queues the second click of a double click until the run
+    ends: it is refused; a click after that is a new run."""
+    import time
+
+    from unlearn_utils import lab as lab_module
+
+    lab.set(method="grad_diff", steps=2, lora=False, attack="none")
+    before, refused = len(lab.history), lab.refused_clicks
+    lab.run_button.click()
+    lab.run_button.click()
+    assert len(lab.history) == before + 1 and lab.refused_clicks == refused + 1
+    time.sleep(lab_module.DOUBLE_CLICK_SECONDS + 0.05)
+    lab.run_button.click()
+    assert len(lab.history) == before + 2 and "idle: run" in lab.status.value
+
+
+def test_a_call_from_a_cell_waits_for_the_run_in_progress(lab):
+    import threading
+
+    lab.set(method="grad_diff", steps=2, lora=False, attack="none")
+    before = len(lab.history)
+    lab._lock.acquire()  # a button's run in progress
+    worker = threading.Thread(target=lab.run)
+    worker.start()
+    worker.join(1.0)
+    assert worker.is_alive() and "waiting" in lab.status.value and len(lab.history) == before
+    lab._lock.release()
+    worker.join(120)
+    assert not worker.is_alive() and len(lab.history) == before + 1
+
+
+def test_the_history_fits_the_page_and_formats_numbers(lab):
+    from unlearn_utils.lab import history_html
+
+    table = lab.history_table()
+    assert not table.empty
+    page = history_html(table)
+    assert "overflow-x:auto" in page and "white-space:normal" in page
+    assert "3e-04" in page or "1e-03" in page          # the learning rate as a person writes it
+    assert "forget acc" in page and "%" in page          # short headers, shares in per cent
+    assert history_html(table.iloc[:0]) == ""

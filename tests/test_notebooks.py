@@ -9,6 +9,26 @@ from unlearn_utils.editions import make_edition
 from unlearn_utils.reproduce import notebooks, run_notebook
 
 NOTEBOOKS = notebooks()
+# The largest run a smoke session may train: S.smoke_steps unlearning steps, the smoke GRUN schedule's 20 steps.
+SMOKE_RUN_STEPS = {"unlearned": 10, "grun": 20}
+
+
+def assert_smoke_sized(cache, before: dict) -> None:
+    """Every run the notebook added to the cache is smoke-sized (smoke mode exists to run every cell in seconds)."""
+    from unlearn_utils.cache import cached_runs
+
+    for kind, runs in cached_runs(cache).items():
+        added = {entry: steps for entry, steps in runs.items() if entry not in before.get(kind, {})}
+        too_big = {entry: steps for entry, steps in added.items() if steps > SMOKE_RUN_STEPS[kind]}
+        assert not too_big, f"smoke mode trained full-sized {kind} runs (steps): {too_big}"
+
+
+def edition(path, tmp_path, kind: str):
+    """The notebook's student or solution edition, written under tmp_path/kind/."""
+    out = tmp_path / kind / path.name
+    out.parent.mkdir()
+    nbformat.write(make_edition(nbformat.read(path, as_version=4), kind), out)
+    return out
 
 
 def test_there_are_notebooks():
@@ -27,15 +47,18 @@ def test_stored_without_outputs_with_parameters_cell(path):
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_runs_in_smoke_mode(path, tmp_path, cache):
+    """The solution edition runs top to bottom (its exercises' checks pass), saves figures and trains smoke-sized
+    runs only."""
+    from unlearn_utils.cache import cached_runs
+
     report = tmp_path / "report"
-    solution = tmp_path / "solution" / path.name
-    solution.parent.mkdir()
-    nbformat.write(make_edition(nbformat.read(path, as_version=4), "solution"), solution)
-    run_notebook(solution, tmp_path / path.name, {"SMOKE": True, "REPORT_DIR": str(report)}, timeout=600,
-                 cwd=path.parent)
+    before = cached_runs(cache)
+    run_notebook(edition(path, tmp_path, "solution"), tmp_path / path.name, {"SMOKE": True, "REPORT_DIR": str(report)},
+                 timeout=600, cwd=path.parent)
     results = json.loads((report / "results" / f"{path.stem}.json").read_text())
     assert results["smoke"] is True
     assert list((report / "figures").glob("*.png")), "the notebook saved its figures"
+    assert_smoke_sized(cache, before)
 
 
 ON_FILES = [p for p in NOTEBOOKS if not p.stem.startswith("03_")]  # 03 reads ConceptVectors files (below)
@@ -45,7 +68,10 @@ ON_FILES = [p for p in NOTEBOOKS if not p.stem.startswith("03_")]  # 03 reads Co
 @pytest.mark.parametrize("path", ON_FILES, ids=lambda p: p.stem)
 def test_runs_on_a_question_file(path, tmp_path, cache):
     """DATA = "qa:FILE": the notebooks that take a data file run on questions read from disk (here the smoke world's
-    own forget05 / retain facts, written as JSON lines), without the world's retain model."""
+    own forget05 / retain facts, written as JSON lines), without the world's retain model. The *student* edition
+    runs, exercises unsolved: a notebook a student opens must run top to bottom, each check saying "not attempted"."""
+    from unlearn_utils.cache import cached_runs
+
     from unlearn_utils.models import SMOKE_CONFIG, WorldModelConfig
 
     world = WorldModelConfig(**SMOKE_CONFIG).world()
@@ -57,13 +83,15 @@ def test_runs_on_a_question_file(path, tmp_path, cache):
     qa = tmp_path / "questions.jsonl"
     qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = tmp_path / "report"
-    solution = tmp_path / "solution" / path.name
-    solution.parent.mkdir()
-    nbformat.write(make_edition(nbformat.read(path, as_version=4), "solution"), solution)
-    run_notebook(solution, tmp_path / path.name, {"SMOKE": True, "REPORT_DIR": str(report), "DATA": f"qa:{qa}",
-                                                  "RETAIN_MODEL": None}, timeout=600, cwd=path.parent)
+    before = cached_runs(cache)
+    out = tmp_path / path.name
+    run_notebook(edition(path, tmp_path, "student"), out, {"SMOKE": True, "REPORT_DIR": str(report),
+                                                          "DATA": f"qa:{qa}", "RETAIN_MODEL": None},
+                 timeout=600, cwd=path.parent)
     results = json.loads((report / "results" / f"{path.stem}.json").read_text())
     assert results["smoke"] is True
+    assert "not attempted yet" in out.read_text(), "the unsolved exercises' checks said so"
+    assert_smoke_sized(cache, before)
 
 
 def world_as_conceptvectors(world, path, layer: int = 1) -> None:
@@ -86,11 +114,9 @@ def test_concept_notebook_runs_on_a_conceptvectors_file(tmp_path, cache):
     cv = tmp_path / "concepts.json"
     world_as_conceptvectors(WorldModelConfig(**SMOKE_CONFIG).world(), cv)
     report = tmp_path / "report"
-    solution = tmp_path / "solution" / path.name
-    solution.parent.mkdir()
-    nbformat.write(make_edition(nbformat.read(path, as_version=4), "solution"), solution)
-    run_notebook(solution, tmp_path / path.name, {"SMOKE": True, "REPORT_DIR": str(report),
-                                                  "DATA": f"conceptvectors:{cv}"}, timeout=600, cwd=path.parent)
+    run_notebook(edition(path, tmp_path, "student"), tmp_path / path.name,  # unsolved, as a student opens it
+                 {"SMOKE": True, "REPORT_DIR": str(report), "DATA": f"conceptvectors:{cv}"}, timeout=600,
+                 cwd=path.parent)
     results = json.loads((report / "results" / f"{path.stem}.json").read_text())
     assert results["smoke"] is True and results["topic"] in {r["Concept"] for r in json.loads(cv.read_text())}
     assert set(results["probes"]) >= {"original"} and "people facts acc" in results["table"]["original"]

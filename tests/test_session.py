@@ -92,3 +92,25 @@ def test_session_on_a_question_file_has_no_world_retain_model(tiny, tmp_path):
     assert not S.on_world and S.retain_model is None
     assert len(S.forget_set) == len(world.facts("forget05", "trained")) and len(S.retain_set) == 20
     assert S.eval_data.forget_para is None  # a file without paraphrases: the report card leaves them out
+
+
+def test_smoke_mode_trains_smoke_sized_runs_whatever_the_cell_asks(tiny, monkeypatch, capsys):
+    """In smoke mode a call that sets no steps (notebook 06's audit cell did) trains S.smoke_steps, not the method's
+    200; GRUN notebook 04's smoke schedule; steps given by the call or the STEPS parameter still win.
+    The banner says the numbers mean nothing."""
+    import unlearn_utils.grun as grun
+    import unlearn_utils.unlearning as unlearning
+
+    seen = []
+    monkeypatch.setattr(unlearning, "cached_unlearn", lambda *a, **k: seen.append(k.get("steps")) or (None, None))
+    monkeypatch.setattr(grun, "cached_train_grun", lambda *a, **k: seen.append(k.get("steps")) or (None, None))
+    S = start(True, **TINY)
+    assert "SMOKE MODE" in capsys.readouterr().out
+    S.unlearned("grad_diff")
+    S.unlearned("npo_gd", steps=3)
+    S.train_grun(S.forget_set, S.retain_set)
+    S.train_grun(S.forget_set, S.retain_set, steps=7)
+    assert seen == [S.smoke_steps, 3, grun.SCHEDULES["world smoke"]["steps"], 7]
+    S_steps = start(True, unlearning=dict(steps=4), **TINY)
+    S_steps.unlearned("grad_diff")
+    assert seen[-1] == 4

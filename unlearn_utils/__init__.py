@@ -32,4 +32,35 @@ import os as _os
 # Deterministic, quiet CPU defaults (tokenizers' own threads fight torch's on 2 cores).
 _os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+
+class _KnownHarmless:
+    """A logging filter that drops bitsandbytes' messages the kit knows to be harmless on a CPU (and only those):
+    LLM.int8 casting float32 inputs to float16 (how its CPU matmul works, printed at every forward: 504 lines in
+    notebook 00), and its failed fetch of an optional faster 4-bit kernel from a model hub (the kit never reaches a
+    hub; bitsandbytes falls back to its own code). Every other message of those loggers still shows."""
+
+    PREFIXES = {"bitsandbytes.autograd._functions": "MatMul8bitLt: inputs will be cast",
+                "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward"}
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def _quiet_known_harmless_logs() -> None:
+    import logging
+    import warnings
+
+    for name, prefix in _KnownHarmless.PREFIXES.items():
+        logging.getLogger(name).addFilter(_KnownHarmless(prefix))
+    # peft reads transformers' renamed `is_gradient_checkpointing` when it wraps a model in LoRA (peft's code, not
+    # the user's: nothing to change on their side)
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+_quiet_known_harmless_logs()
+
 __version__ = "0.1.0"

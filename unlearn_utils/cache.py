@@ -267,3 +267,23 @@ def _load_entry(load: Callable[[Path], T], folder: Path) -> T:
         raise
     except _unreadable_content() as e:
         raise CorruptCacheError(f"a file of {folder} cannot be parsed ({type(e).__name__}: {e}).") from None
+
+
+def cached_runs(root: str | os.PathLike | None = None, kinds: tuple[str, ...] = ("unlearned", "grun")) -> dict:
+    """The training steps of every run cached under ``root`` (default: :func:`cache_dir`): ``{kind: {entry: steps}}``
+    for the kinds "unlearned" and "grun", read from each entry's saved settings, else the largest ``step`` of its
+    logs. What a smoke session trained can so be checked after it ran."""
+    import pandas as pd
+
+    root = Path(root) if root is not None else cache_dir()
+    runs: dict[str, dict[str, int]] = {}
+    for kind in kinds:
+        for entry in sorted((root / kind).glob("[!.]*")) if (root / kind).is_dir() else []:
+            settings = json.loads((entry / "settings.json").read_text()) if (entry / "settings.json").exists() else {}
+            steps = (settings.get("unlearn_config") or {}).get("steps")
+            if steps is None:
+                logs = [pd.read_csv(p) for p in sorted(entry.glob("log*.csv"))]
+                steps = max((int(log["step"].max()) for log in logs if "step" in log and len(log)), default=None)
+            if steps is not None:
+                runs.setdefault(kind, {})[entry.name] = int(steps)
+    return runs

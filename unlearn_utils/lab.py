@@ -6,11 +6,17 @@ callbacks (:meth:`WhatIfLab.run`, bound to the Run button) read the widgets into
 probes of :func:`unlearn_utils.audit.audit` and show their verdict lines. Every run is kept in ``lab.history``.
 Given the world model's cache key, a run with settings already trained (here or in notebook 01) is loaded from the
 cache with its trajectory instead of being trained again.
+
+One run at a time: with ipykernel 7 a button's callback runs on a kernel thread of its own, so a click and a cell
+calling :meth:`WhatIfLab.run` could train at once. A click while a run is in progress (or the second click of a
+double click) is refused with a message; a call from a cell waits for the run in progress, and says so. The lab's
+status line says what it is doing, since the kernel's indicator reads "Idle" while a button's run trains.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from dataclasses import dataclass
 
@@ -26,6 +32,16 @@ ATTACKS = {
     "every probe": tuple(PROBES),
     "none": (),
 }
+
+# A click that arrives this soon after a click's run ended is the tail of a double click (a kernel that handles
+# callbacks one after another queues it during the run), not a new request.
+DOUBLE_CLICK_SECONDS = 0.5
+
+
+def round_lr(lr: float) -> float:
+    """A learning rate as a person writes it (4 significant digits): a value typed in the browser, which reaches the
+    kernel through JavaScript's number formatting, gives the same run (and cache entry) as the same value in code."""
+    return float(f"{float(lr):.4g}")
 
 
 @dataclass
@@ -85,8 +101,9 @@ class WhatIfLab:
         self.split = w.Dropdown(options=["forget01", "forget05", "forget10"], value=d.split, description="forget split",
                                 style=style, disabled=data is not None)
         self.method = w.Dropdown(options=list(METHODS), value=d.method, description="method", style=style)
-        self.lr = w.FloatLogSlider(value=d.lr, base=10, min=-5, max=-2, step=0.25, description="learning rate",
-                                   readout_format=".1e", style=style)
+        # a text box holds exactly the value typed (3e-4 stays 3e-4; a log slider snaps it to its grid)
+        self.lr = w.BoundedFloatText(value=d.lr, min=1e-7, max=1e-1, step=None, description="learning rate",
+                                     style=style, layout=w.Layout(width="260px"))
         self.steps = w.IntSlider(value=d.steps, min=1, max=800, step=1, description="steps", style=style)
         self.lora = w.ToggleButtons(options=[("full weights", False), ("LoRA", True)], value=d.lora,
                                     description="train", style=style)
@@ -94,19 +111,27 @@ class WhatIfLab:
         self.attack = w.Dropdown(options=list(ATTACKS), value=d.attack, description="then try", style=style)
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.progress = w.IntProgress(value=0, min=0, max=d.steps, description="idle", style=style)
+        self.status = w.HTML("idle")
         self.plot = w.Output()
         self.verdicts = w.HTML()
-        self.table = w.Output()
+        self.table = w.HTML()
         self.eval_every = d.eval_every
-        self.run_button.on_click(lambda _button: self.run())
+        self.refused_clicks = 0
+        self._lock = threading.Lock()
+        self._click_ended = float("-inf")
+        self._owner: int | None = None  # the thread whose run holds the lab
+        self.run_button.on_click(self._on_click)
         controls = w.VBox([self.split, self.method, self.lr, self.steps, self.lora, self.bits, self.attack,
-                           w.HBox([self.run_button, self.progress])])
+                           w.HBox([self.run_button, self.progress]), self.status])
         self.widget = w.VBox([w.HBox([controls, self.plot]), self.verdicts, self.table])
+        for name in ("widget", "method", "lr", "steps", "run_button", "progress", "status", "plot", "verdicts",
+                     "table"):
+            getattr(self, name).add_class(f"lab-{name.replace('_', '-')}")  # stable names for the browser test
 
     # ---- reading the widgets ------------------------------------------------------------------------
     def settings(self) -> LabSettings:
         """The widgets' current values as :class:`LabSettings` (checked)."""
-        s = LabSettings(split=self.split.value, method=self.method.value, lr=float(self.lr.value),
+        s = LabSettings(split=self.split.value, method=self.method.value, lr=round_lr(self.lr.value),
                         steps=int(self.steps.value), lora=bool(self.lora.value), bits=int(self.bits.value),
                         attack=self.attack.value, eval_every=self.eval_every)
         s.check()
@@ -137,19 +162,72 @@ class WhatIfLab:
             display(fig)
         plt.close(fig)
 
-    def run(self, settings: LabSettings | None = None) -> dict:
-        """Unlearn with the chosen settings (trajectory drawn live), audit the result, show and return the run.
+    @property
+    def busy(self) -> bool:
+        """True while a run trains or audits."""
+        return self._lock.locked()
 
-        A failure (bad settings, a crash in training) is shown in the verdict panel and raised; earlier runs in
-        ``history`` are kept.
-        """
+    def _on_click(self, _button) -> None:
+        """The Run button: one run at a time. A click during a run, or the second click of a double click, is refused
+        and counted (``refused_clicks``); a failure is shown in the verdict panel (a callback's traceback would go
+        to JupyterLab's hidden log console)."""
+        if not self._lock.acquire(blocking=False):
+            self._refuse("a run is in progress")
+            return
+        try:
+            if time.monotonic() - self._click_ended < DOUBLE_CLICK_SECONDS:
+                self._refuse("it came with the click before (a double click)")
+                return
+            try:
+                self._run(self._checked(None))
+            except Exception:  # noqa: BLE001 - shown in the verdict panel by _checked / _run
+                pass
+        finally:
+            self._click_ended = time.monotonic()
+            self._lock.release()
+
+    def _refuse(self, why: str) -> None:
+        self.refused_clicks += 1
+        self.status.value = (f"<span style='color:#b00'>Click ignored: {why}; one run at a time "
+                             f"({self.refused_clicks} ignored so far).</span>")
+
+    def _checked(self, settings: LabSettings | None) -> LabSettings:
         try:
             s = settings or self.settings()
             s.check()
         except Exception as e:
-            self.verdicts.value = f"<b style='color:#b00'>Cannot run: {e}</b>"
+            self.verdicts.value = f"<b style='color:#b00'>Cannot run: {html_escape(e)}</b>"
             raise
+        return s
+
+    def run(self, settings: LabSettings | None = None) -> dict:
+        """Unlearn with the chosen settings (trajectory drawn live), audit the result, show and return the run.
+
+        A failure (bad settings, a crash in training) is shown in the verdict panel and raised; earlier runs in
+        ``history`` are kept. While another run is in progress (a button's, on its own thread), this call waits for it.
+        """
+        s = self._checked(settings)
+        if not self._lock.acquire(blocking=False):
+            if self._owner == threading.get_ident():  # called from inside a run (a callback): waiting would hang
+                raise RuntimeError("A run of this lab is in progress on this thread: call lab.run() after it ends.")
+            self.status.value = "waiting for the run in progress to finish"
+            self._lock.acquire()
+        try:
+            return self._run(s)
+        finally:
+            self._lock.release()
+
+    def _run(self, s: LabSettings) -> dict:
+        self._owner = threading.get_ident()
+        try:
+            return self._run_owned(s)
+        finally:
+            self._owner = None
+
+    def _run_owned(self, s: LabSettings) -> dict:
         self.run_button.disabled = True
+        self.run_button.description = "Running"
+        self.status.value = f"<b>busy</b>: unlearning with {s.method}, {s.steps} steps"
         self.progress.max, self.progress.value, self.progress.description = s.steps, 0, "unlearning"
         self.verdicts.value = ""
         if self.data is None:
@@ -176,7 +254,7 @@ class WhatIfLab:
             unlearned, trajectory = cached_unlearn(
                 self.model, self.tokenizer, self.world, s.split, s.method, model_key=self.model_key, eval_fn=eval_fn,
                 eval_every=every, log_name=f"topics{retain_note}-every{every}", lr=s.lr, steps=s.steps, lora=s.lora,
-                data=self.data, progress=True)
+                data=self.data, progress=False)  # the lab's own bar: a tqdm bar from a callback lands in a hidden log
             cached = trajectory.attrs["cached"]
             if cached:  # loaded: nothing was evaluated live, draw the cached trajectory
                 log = trajectory.dropna(subset=["forget_accuracy"]).drop(columns=["loss", "lr"], errors="ignore")
@@ -188,16 +266,20 @@ class WhatIfLab:
             report = None
             probes = ATTACKS[s.attack]
             if probes:
+                self.status.value = f"<b>busy</b>: auditing ({', '.join(probes)})"
                 retain_model = self.retain_model(s.split) if callable(self.retain_model) else self.retain_model
                 report = audit(self.model, unlearned, self.tokenizer, self.world if self.data is None else self.data,
                                split=s.split,
-                               retain_model=retain_model, config=AuditConfig(probes=probes, bits=(s.bits,)))
+                               retain_model=retain_model, config=AuditConfig(probes=probes, bits=(s.bits,)),
+                               progress=False)  # the status line says what runs; no bar in a hidden log
         except Exception as e:
-            self.verdicts.value = f"<b style='color:#b00'>The run failed: {type(e).__name__}: {e}</b>"
+            self.verdicts.value = f"<b style='color:#b00'>The run failed: {type(e).__name__}: {html_escape(e)}</b>"
             self.progress.description = "failed"
+            self.status.value = "idle (the last run failed)"
             raise
         finally:
             self.run_button.disabled = False
+            self.run_button.description = "Run"
         final = log[-1] if log else {}
         record = {**dataclasses.asdict(s), "forget_accuracy": final.get("forget_accuracy"),
                   "retain_accuracy": final.get("retain_accuracy"), "train_seconds": round(train_seconds, 1),
@@ -210,6 +292,8 @@ class WhatIfLab:
                      "record": record}
         self.progress.description = "done"
         self._show(report)
+        how = "loaded from the cache" if cached else f"trained in {train_seconds:.0f} s"
+        self.status.value = f"idle: run {len(self.history)} done ({how})"
         return self.last
 
     def run_each(self, **settings) -> list[dict]:
@@ -227,16 +311,36 @@ class WhatIfLab:
         return runs
 
     def _show(self, report) -> None:
-        import html
-
-        from IPython.display import display
-
-        lines = [f"<li>{html.escape(line)}</li>" for line in (report.lines() if report is not None else [])]
+        lines = [f"<li>{html_escape(line)}</li>" for line in (report.lines() if report is not None else [])]
         self.verdicts.value = ("<b>Audit</b><ul>" + "".join(lines) + "</ul>") if lines else "<i>no attack chosen</i>"
-        with self.table:
-            self.table.clear_output(wait=True)
-            display(self.history_table())
+        self.table.value = history_html(self.history_table())
 
     def history_table(self) -> pd.DataFrame:
         """Every run of this session, one row each: settings, final forget / retain accuracy, what came back."""
         return pd.DataFrame(self.history)
+
+
+def html_escape(value) -> str:
+    import html
+
+    return html.escape(str(value))
+
+
+def history_html(table: pd.DataFrame) -> str:
+    """The history as a page shows it: short headers that wrap, numbers for people (shares in %, the learning rate
+    as 3e-04), and a box that scrolls sideways instead of overflowing the page."""
+    if table.empty:
+        return ""
+    view = table.drop(columns=["eval_every"], errors="ignore").rename(
+        columns=lambda c: c.replace("_accuracy", " acc").replace(": back", " back").replace("_", " "))
+    formats = {}
+    for col in view.columns:
+        if col == "lr":
+            formats[col] = "{:.0e}".format
+        elif col.endswith(" back") or col.endswith(" acc"):
+            formats[col] = lambda v: "n/a" if pd.isna(v) else f"{v:.0%}"
+    body = view.to_html(index=True, formatters=formats, na_rep="n/a", border=0, classes="lab-history")
+    style = ("<style>.lab-history{border-collapse:collapse;font-size:12px}"
+             ".lab-history th{white-space:normal;max-width:7em;vertical-align:bottom;text-align:right;padding:2px 6px}"
+             ".lab-history td{text-align:right;white-space:nowrap;padding:2px 6px}</style>")
+    return f"{style}<div style='overflow-x:auto;max-width:100%'>{body}</div>"

@@ -216,3 +216,37 @@ def save(fig, path: str | os.PathLike) -> None:
     """Save a figure (creating folders), e.g. into reports/figures."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables as a person reads them (pandas Stylers: shown by a notebook, never computed on)
+# ----------------------------------------------------------------------------------------------
+def number(value) -> str:
+    """A number for people: 4 significant digits (0.1111, 12.35), powers of ten only for the very small or large
+    (1.8e-115), "n/a" for a missing one; text is kept as it is."""
+    if isinstance(value, str) or value is None:
+        return "n/a" if value is None else value
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if np.isnan(v):
+        return "n/a"
+    if v == 0 or 1e-3 <= abs(v) < 1e5:
+        return f"{v:.4g}"
+    return f"{v:.2e}"
+
+
+def card_table(card: pd.DataFrame):
+    """A report card (:func:`unlearn_utils.evaluate.report_card`) shown whole: numbers formatted one by one (a column
+    mixing 0.11 and 1e-115 would print every value as 1.111111e-01) and the "higher means" text never cut off."""
+    return (card.style.format(number).hide(axis="index")
+            .set_properties(**{"white-space": "normal", "text-align": "left"}))
+
+
+def share_table(table: pd.DataFrame, vmin: float = 0.0, vmax: float = 1.0, cmap: str = "Reds"):
+    """Shares (0-1) as percentages on a white-to-red scale; a missing share reads "n/a" on a plain cell (a gradient
+    paints NaN black)."""
+    return (table.style.format(lambda v: "n/a" if pd.isna(v) else f"{v:.0%}")
+            .background_gradient(vmin=vmin, vmax=vmax, cmap=cmap)
+            .highlight_null(props="background-color: #f4f4f4; color: #666"))

@@ -276,10 +276,18 @@ def load_bnb(model, bits: int = 4, quant_type: str = "nf4", device=None, compute
         qc = BitsAndBytesConfig(load_in_8bit=True)
     else:
         qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_compute_dtype=compute_dtype)
+    from transformers.utils import logging as hf_logging
+
     dev = get_device(device)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        q = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=qc, device_map=str(dev))
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # reading back our own temporary copy: no "Loading weights" bar per call
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            q = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=qc, device_map=str(dev))
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     q.eval()
     return q
 

@@ -152,6 +152,8 @@ class Session:
         Each setting is trained once and then loaded, by any notebook. data: other ``{"forget": ..., "retain": ...}``
         sets to unlearn (e.g. a topic's texts in notebook 03); default: the session's.
 
+        In smoke mode a call that sets no ``steps`` trains :attr:`smoke_steps` steps.
+
         Asked for with the method's own settings (nothing but ``steps``, ``seed``, ``lora`` or ``progress``) on the
         session's data, the log is notebook 01's trajectory (forget / retain /
         paraphrase / topic accuracy every 20 steps, every 5 in smoke mode). So whichever notebook asks first trains
@@ -159,6 +161,8 @@ class Session:
         """
         from .unlearning import cached_unlearn
 
+        if self.smoke and settings.get("steps") is None and self.settings.get("steps") is None:
+            settings["steps"] = self.smoke_steps  # smoke mode trains smoke-sized runs only, whatever the cell asks
         if data is None and set(settings) <= {"steps", "seed", "lora", "progress"}:
             every = TRAJECTORY_EVERY_SMOKE if self.smoke else TRAJECTORY_EVERY
             settings.update(eval_fn=self.trajectory, eval_every=every, log_name=f"topics-every{every}")
@@ -179,9 +183,14 @@ class Session:
 
     def train_grun(self, forget, retain, **settings):
         """:func:`unlearn_utils.grun.train_grun` on this session's model, cached on disk like :meth:`unlearned`:
-        ``(GatedModel, log)``."""
-        from .grun import cached_train_grun
+        ``(GatedModel, log)``. ``steps`` and ``batch_size`` not given are notebook 04's schedule for this model
+        (:func:`unlearn_utils.grun.schedule`; tiny in smoke mode), so any notebook loads the module 04 trained."""
+        from .grun import cached_train_grun, schedule
 
+        plan = schedule(self)
+        for name in ("steps", "batch_size"):
+            if settings.get(name) is None:
+                settings[name] = plan[name]
         return cached_train_grun(self.model, self.tokenizer, forget, retain,
                                  model_key=self.model_key, **settings)
 
@@ -238,6 +247,8 @@ def start(smoke: bool = False, model: str = "world", device=None, dtype=None, se
     """
     from .models import choose_threads
 
+    if smoke:
+        print(SMOKE_NOTE)
     set_seed(seed)
     torch.set_grad_enabled(True)
     n_threads = choose_threads(threads)
@@ -280,6 +291,9 @@ def start(smoke: bool = False, model: str = "world", device=None, dtype=None, se
         warn_if_unknown(session)
     return session
 
+
+SMOKE_NOTE = ("SMOKE MODE: a tiny model and data, a few training steps: this run checks that every cell works. Its "
+              "numbers mean nothing; the text around them describes the full run (SMOKE = False).")
 
 SMOKE_SIZES = {"forget": 6, "retain": 12, "forget_para": 6, "retain_para": 12, "unknown": 24,
                "retain_perturbed": 12}
