@@ -16,6 +16,7 @@ status line says what it is doing, since the kernel's indicator reads "Idle" whi
 from __future__ import annotations
 
 import dataclasses
+import html
 import threading
 import time
 from dataclasses import dataclass
@@ -196,7 +197,7 @@ class WhatIfLab:
             s = settings or self.settings()
             s.check()
         except Exception as e:
-            self.verdicts.value = f"<b style='color:#b00'>Cannot run: {html_escape(e)}</b>"
+            self.verdicts.value = f"<b style='color:#b00'>Cannot run: {html.escape(str(e))}</b>"
             raise
         return s
 
@@ -273,7 +274,7 @@ class WhatIfLab:
                                retain_model=retain_model, config=AuditConfig(probes=probes, bits=(s.bits,)),
                                progress=False)  # the status line says what runs; no bar in a hidden log
         except Exception as e:
-            self.verdicts.value = f"<b style='color:#b00'>The run failed: {type(e).__name__}: {html_escape(e)}</b>"
+            self.verdicts.value = f"<b style='color:#b00'>The run failed: {type(e).__name__}: {html.escape(str(e))}</b>"
             self.progress.description = "failed"
             self.status.value = "idle (the last run failed)"
             raise
@@ -311,19 +312,13 @@ class WhatIfLab:
         return runs
 
     def _show(self, report) -> None:
-        lines = [f"<li>{html_escape(line)}</li>" for line in (report.lines() if report is not None else [])]
+        lines = [f"<li>{html.escape(line)}</li>" for line in (report.lines() if report is not None else [])]
         self.verdicts.value = ("<b>Audit</b><ul>" + "".join(lines) + "</ul>") if lines else "<i>no attack chosen</i>"
         self.table.value = history_html(self.history_table())
 
     def history_table(self) -> pd.DataFrame:
         """Every run of this session, one row each: settings, final forget / retain accuracy, what came back."""
         return pd.DataFrame(self.history)
-
-
-def html_escape(value) -> str:
-    import html
-
-    return html.escape(str(value))
 
 
 def history_html(table: pd.DataFrame) -> str:
