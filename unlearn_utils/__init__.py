@@ -9,6 +9,7 @@ Data flows one way: world -> model -> unlearn -> probe -> report. The modules:
 * ``arch``: the architecture adapter (layers, MLP, attention, norm, unembedding per model family).
 * ``cache``: the one checked cache (atomic writes, checksums, locks).
 * ``training``: the training loop shared by pre-training, unlearning and relearning.
+* ``distributed``: the same loop on several processes through accelerate (same numbers, one cache).
 * ``unlearning``: ``losses`` (one function per loss), ``methods`` (``unlearn()``), ``needle`` (Needle ablation).
 * ``evaluate``: the report card (accuracies, truth ratio, perplexity, MIA, forget quality).
 * ``patching``: activation patching, parameter restoration, the knowledge recovery score.
@@ -31,6 +32,9 @@ import os as _os
 
 # Deterministic, quiet CPU defaults (tokenizers' own threads fight torch's on 2 cores).
 _os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under a multi-process launcher only the main process draws progress bars (tqdm reads this when it is imported).
+if _os.environ.get("RANK", "0") != "0" and _os.environ.get("WORLD_SIZE", "1") != "1":
+    _os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 

@@ -24,6 +24,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from . import distributed
+
 T = TypeVar("T")
 
 
@@ -226,6 +228,8 @@ def cached(kind: str, key: dict | str | Path | None, build: Callable[[], T], sav
     if key is None:
         return build()
     folder = cache_entry(kind, key)
+    if distributed.active():
+        return _cached_by_several(folder, build, save, load, usable, rebuild)
     with cache_lock(folder):  # one process builds, others wait and then load
         if folder.exists() and not rebuild and (usable is None or usable(folder)):
             try:
@@ -242,6 +246,35 @@ def cached(kind: str, key: dict | str | Path | None, build: Callable[[], T], sav
             warnings.warn(f"The cache folder {folder.parent} is read-only: the result was computed but not saved.")
             return value
         save(value, folder)
+    return value
+
+
+def _cached_by_several(folder: Path, build, save, load, usable, rebuild: bool):
+    """:func:`cached` in a run spread over several processes (:mod:`unlearn_utils.distributed`): they build
+    together, so they cannot take turns at the lock. The main process holds it, decides (a healthy entry, or build),
+    and alone writes; every process loads or builds as it decided."""
+    lock = cache_lock(folder) if distributed.is_main() else contextlib.nullcontext()
+    with lock:
+        hit = None
+        if distributed.is_main() and folder.exists() and not rebuild and (usable is None or usable(folder)):
+            try:
+                verify_folder(folder)
+                hit = True
+            except CorruptCacheError as e:
+                if _writable(folder.parent):
+                    set_aside(folder, e)
+        hit = distributed.broadcast(hit)
+        if hit:
+            value = _load_entry(load, folder)
+            distributed.barrier()  # every process has read the entry before the main one lets others at it
+            return value
+        value = build()
+        if distributed.is_main():
+            if _writable(folder.parent):
+                save(value, folder)
+            else:
+                warnings.warn(f"The cache folder {folder.parent} is read-only: the result was computed but not saved.")
+        distributed.barrier()  # the entry is complete before any process goes on (and may read it)
     return value
 
 

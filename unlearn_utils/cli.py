@@ -1,4 +1,7 @@
-"""Command line: ``unlearn-kit build | fetch | report | data | audit`` (see ``unlearn-kit -h``)."""
+"""Command line: ``unlearn-kit build | fetch | report | data | unlearn | audit`` (see ``unlearn-kit -h``).
+
+``unlearn`` and ``audit`` run alike in one process and under ``accelerate launch`` on several
+(:mod:`unlearn_utils.distributed`; docs/several_processes.md)."""
 
 from __future__ import annotations
 
@@ -41,7 +44,32 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--out", default="reports/audit", help="folder for audit.md, verdicts.csv, table.csv, audit.png")
     a.add_argument("--smoke", action="store_true", help="use the tiny smoke world model")
     a.add_argument("--device", default=None)
+    u = sub.add_parser("unlearn", help="unlearn a model's forget set with one method and save it (works under "
+                                       "accelerate launch)",
+                       description="Unlearn MODEL's forget set with --method, evaluate forget / retain accuracy, and "
+                                   "save the unlearned model (or, with --grun, the GRUN module) to --out. Runs in one "
+                                   "process, or under `accelerate launch` on several with the same numbers.")
+    u.add_argument("model", help="world (the synthetic world's model), smollm2-135m, a model folder, a .gguf file or "
+                                 "a hub id in the local cache")
+    u.add_argument("--method", default="grad_diff", help="an unlearning method (grad_diff, npo, npo_kl, simnpo, "
+                                                        "rmu, idk, ...); with --grun, GRUN's forget loss")
+    u.add_argument("--grun", action="store_true", help="train a GRUN module (gate + ReFT) instead of the weights")
+    u.add_argument("--data", default=None,
+                   help="world (default with MODEL world), real (default otherwise), tofu:FOLDER, qa:FILE.jsonl or "
+                        "wmdp:FORGET_FILE,RETAIN_FILE")
+    u.add_argument("--split", default="forget05")
+    u.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the method's, or the preset)")
+    u.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's, or the preset)")
+    u.add_argument("--batch-size", type=int, default=None,
+                   help="the global batch: split over the processes, the same numbers on any number of them")
+    u.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the saved weights)")
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--out", required=True, help="folder for the unlearned model (or GRUN module) and results.json")
+    u.add_argument("--smoke", action="store_true", help="use the tiny smoke world model")
+    u.add_argument("--device", default=None, help="one process only; under accelerate launch, accelerate decides")
     args = ap.parse_args(argv)
+    if args.cmd == "unlearn":
+        return _unlearn(args)
     if args.cmd == "audit":
         return _audit(args)
     if args.cmd == "fetch":
@@ -71,29 +99,165 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _processes(device) -> str:
+    """Set the torch threads (a share of the cores per process when launched on several) and say where this runs;
+    refuses --device under a launcher (accelerate places each process)."""
+    import os
+
+    import torch
+
+    from . import distributed
+    from .models import choose_threads
+
+    if not distributed.launched():
+        choose_threads(None)
+        return "1 process"
+    if device is not None:
+        raise SystemExit("--device: under accelerate launch each process's device is accelerate's choice (its "
+                         "config); leave --device out.")
+    try:
+        distributed.check_engine()
+    except ValueError as e:
+        raise SystemExit(f"accelerate: {e}") from None
+    n = int(os.environ["WORLD_SIZE"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not os.environ.get("UNLEARN_KIT_THREADS") and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, cores // n))  # processes sharing the cores must not oversubscribe them
+    else:
+        choose_threads(None)
+    kind = str(distributed.accelerator().distributed_type).rsplit(".", 1)[-1]
+    return f"{distributed.num_processes()} processes ({kind}, {distributed.accelerator().device})"
+
+
+def _load_original_and_data(model: str, data_spec: str, split: str, device, cfg):
+    """(original, tokenizer, data): data is the world (``world``) or question sets; checked before any model loads."""
+    from .benchmark_data import load_data
+    from .models import load_model
+
+    try:
+        data = load_data(data_spec, split=split)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise SystemExit(f"--data: {e}") from None
+    if data is None:
+        data = cfg.world()
+    if model == "world":
+        original, tok = load_model("world", device=device, config=cfg)
+    else:
+        original, tok = load_model(model, device=device)
+    if isinstance(data, dict) and "real" in data:  # the facts this original knows
+        from .benchmark_data import real_splits
+
+        data = real_splits(original, tok, data["real"])
+    return original, tok, data
+
+
+def _unlearn(args) -> int:
+    """``unlearn-kit unlearn``: one run of :func:`unlearn_utils.unlearning.cached_unlearn` (or GRUN), evaluated,
+    saved by the main process only."""
+    import json
+    import time
+
+    from . import distributed
+    from .evaluate import accuracy
+    from .models import SMOKE_CONFIG, WorldModelConfig
+    from .unlearning import get_method
+
+    data_spec = args.data or ("world" if args.model == "world" else "real")
+    # every argument is checked before any model is loaded or trained
+    try:
+        get_method(args.method)
+    except ValueError as e:
+        raise SystemExit(f"--method: {e}") from None
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{flag}: must be a positive whole number, got {value}.")
+    if args.lr is not None and not args.lr > 0:
+        raise SystemExit(f"--lr: must be a positive number, got {args.lr}.")
+    if args.grun and args.lora:
+        raise SystemExit("--lora: a GRUN run trains its own small module with the model frozen; drop --lora.")
+    if data_spec == "world" and args.model != "world":
+        raise SystemExit("--data world: the world's questions fit only the world model; for another model use "
+                         "--data real (a real model), qa:FILE.jsonl, tofu:FOLDER or wmdp:FORGET,RETAIN.")
+    _check_split(args, data_spec == "world")
+    _check_model_arg("MODEL", args.model, names=("world",))
+    out = Path(args.out).expanduser()
+    _check_out(out, "the unlearned model")
+    where = _processes(args.device)
+    cfg = WorldModelConfig(**SMOKE_CONFIG) if args.smoke else WorldModelConfig()
+    original, tok, data = _load_original_and_data(args.model, data_spec, args.split, args.device, cfg)
+    if isinstance(data, dict):
+        forget, retain, world, sets = data["forget"], data["retain"], None, data
+    else:
+        world, sets = data, None
+        forget, retain = world.facts(args.split, "trained"), world.facts("retain", "trained", args.split)
+    if args.model == "world":
+        model_key = cfg.key()
+    else:
+        from .data import weights_fingerprint
+
+        model_key = weights_fingerprint(original)[:16]
+    settings = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size)) if v}
+    say = print if distributed.is_main() else (lambda *a, **k: None)
+    say(f"unlearning {args.model} with {'GRUN + ' if args.grun else ''}{args.method} on {len(forget)} forget and "
+        f"{len(retain)} retain questions, on {where}")
+    start = time.time()
+    if args.grun:
+        from .grun import cached_train_grun, save_grun
+
+        result, log = cached_train_grun(original, tok, forget, retain, model_key=model_key,
+                                        progress=distributed.is_main(), forget_loss=args.method, seed=args.seed,
+                                        **settings)
+        cached, trained = bool(log.attrs.get("cached")), log.attrs.get("seconds")
+    else:
+        from .unlearning import cached_unlearn, save_unlearned
+
+        result, log = cached_unlearn(original, tok, world, args.split, args.method, model_key=model_key,
+                                     data=sets, progress=distributed.is_main(), lora=args.lora or None,
+                                     seed=args.seed, **settings)
+        cached, trained = bool(log.attrs.get("cached")), log.attrs.get("seconds")
+    numbers = {"forget_accuracy": accuracy(result, tok, forget), "retain_accuracy": accuracy(result, tok, retain),
+               "original_forget_accuracy": accuracy(original, tok, forget),
+               "original_retain_accuracy": accuracy(original, tok, retain)}
+    results = {"model": args.model, "method": args.method, "grun": args.grun, "data": data_spec,
+               "split": args.split, "settings": {**settings, "lora": args.lora, "seed": args.seed},
+               "processes": distributed.num_processes(), "cached": cached, "train_seconds": trained,
+               "seconds": round(time.time() - start, 1), **numbers}
+    if distributed.is_main():
+        try:
+            if args.grun:
+                save_grun(result, out, files={"log.csv": log.to_csv(index=False).encode(),
+                                              "results.json": json.dumps(results, indent=1).encode()})
+            else:
+                save_unlearned(result, tok, out, {"results": results},
+                               files={"log.csv": log.to_csv(index=False).encode(),
+                                      "results.json": json.dumps(results, indent=1).encode()})
+        except OSError as e:
+            raise SystemExit(f"--out: the model could not be saved to {out} ({e}); it is in the cache, so running "
+                             "again with a writable --out only loads it.") from None
+        print(json.dumps(results, indent=1))
+        print(f"saved to {out}")
+    distributed.barrier()
+    return 0
+
+
+def _check_split(args, on_world: bool) -> None:
+    from .world import FORGET_FRACTIONS
+
+    if on_world and args.split not in FORGET_FRACTIONS:
+        raise SystemExit(f"--split: unknown forget split {args.split!r}; choose one of {', '.join(FORGET_FRACTIONS)}.")
+
+
 def _audit(args) -> int:
     from .audit import AuditConfig, audit
     from .models import SMOKE_CONFIG, WorldModelConfig, load_model
 
     cfg = WorldModelConfig(**SMOKE_CONFIG) if args.smoke else WorldModelConfig()
-    from .benchmark_data import load_data
+    from . import distributed
 
     # every argument is checked before any model is loaded (loading the world or its retain model may train it)
     settings, modules = _check_audit_args(args)
-    try:
-        data = load_data(args.data, split=args.split)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise SystemExit(f"--data: {e}") from None
-    if data is None:
-        data = cfg.world()
-    if args.original == "world":
-        original, tok = load_model("world", device=args.device, config=cfg)
-    else:
-        original, tok = load_model(args.original, device=args.device)
-    if isinstance(data, dict) and "real" in data:  # the facts this original knows
-        from .benchmark_data import real_splits
-
-        data = real_splits(original, tok, data["real"])
+    _processes(args.device)
+    original, tok, data = _load_original_and_data(args.original, args.data, args.split, args.device, cfg)
     retain_name = _retain_name(args)
     retain = None
     if retain_name == "world-retain":
@@ -108,6 +272,9 @@ def _audit(args) -> int:
         unlearned, _ = load_model(args.unlearned, device=args.device)
     report = audit(original, unlearned, tok, data, split=args.split, retain_model=retain,
                    config=AuditConfig(**settings))
+    if not distributed.is_main():  # every process computed the audit with the others; the main one writes it
+        distributed.barrier()
+        return 0
     print(report)  # first: a report that cannot be saved is still seen
     try:
         folder = report.save(Path(args.out))
@@ -115,6 +282,7 @@ def _audit(args) -> int:
         raise SystemExit(f"--out: the audit above could not be saved to {args.out} ({e}). Its verdicts are printed "
                          "above; run again with a writable --out folder for the files.") from None
     print(f"report written to {folder}")
+    distributed.barrier()
     return 0
 
 
@@ -175,10 +343,10 @@ def _check_audit_args(args) -> tuple[dict, list]:
     return settings, modules
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, what: str = "the audit") -> None:
     """Refuse an --out folder that cannot be written (a file in its way, no permission, a read-only disk)."""
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"--out: {out} is a file; the audit writes a folder there. Choose another --out.")
+        raise SystemExit(f"--out: {out} is a file; {what} is written to a folder there. Choose another --out.")
     base = out
     while not base.exists():  # the report's parents are made when it is saved: try the nearest that exists
         base = base.parent

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import distributed
 from .data import encode_qa, encode_texts, pad_id, weights_fingerprint
 from .training import logits_at, pad_batch
 from .world import World
@@ -156,6 +157,13 @@ def score_pairs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], batc
     An answer without tokens is refused (a ValueError naming its row).
     """
     _check_answers(pairs, tokenizer)
+    if distributed.active():  # each process scores its share of the pairs; the rows are gathered in order
+        part = _score_pairs(model, tokenizer, distributed.shard_list(list(pairs)), batch_size, logprobs)
+        return pd.DataFrame(distributed.gather_list(part.to_dict("records")), columns=part.columns)
+    return _score_pairs(model, tokenizer, pairs, batch_size, logprobs)
+
+
+def _score_pairs(model, tokenizer, pairs, batch_size: int, logprobs: bool) -> pd.DataFrame:
     dev = _device_of(model)
     pad = pad_id(tokenizer)
     n = len(pairs)

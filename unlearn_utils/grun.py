@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .arch import get_adapter
 from .cache import cached, publish_folder, refuse_non_finite, staging_folder, verify_folder
 from .data import data_fingerprint, encode_examples, encode_texts, pad_id, rows_of
@@ -321,7 +322,11 @@ def gated_loss(forget_term: torch.Tensor, retain_term: torch.Tensor, forget_gate
     gates = torch.cat([forget_gates.reshape(-1), retain_gates.reshape(-1)])
     targets = torch.cat([torch.ones(forget_gates.numel(), device=gates.device),
                          torch.zeros(retain_gates.numel(), device=gates.device)])
-    bce = F.binary_cross_entropy(gates.float().clamp(1e-7, 1 - 1e-7), targets)
+    gates = gates.float().clamp(1e-7, 1 - 1e-7)
+    if distributed.active():  # the mean over every process's gates
+        bce = distributed.mean(F.binary_cross_entropy(gates, targets, reduction="none"))
+    else:
+        bce = F.binary_cross_entropy(gates, targets)
     return forget_term + retain_term + gate_weight * bce
 
 
@@ -368,6 +373,8 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
     pad = pad_id(tokenizer)
     spec = get_method(cfg.forget_loss)
     f_rows, r_rows = rows_of(forget), rows_of(retain)
+    distributed.check_batch(min(cfg.batch_size, len(f_rows), len(r_rows)),
+                            "the batch (batch_size, or the forget or retain set if smaller)")
     f_seqs, f_masks = _encode(tokenizer, f_rows)
     r_seqs, r_masks = _encode(tokenizer, r_rows)
     if spec.answers is not None:  # the method's own answers (refusals, random labels) replace the true ones
@@ -377,7 +384,9 @@ def train_grun(model, tokenizer, forget, retain, config: GRUNConfig | None = Non
 
     def sample(seqs, masks):
         idx = rng.sample(range(len(seqs)), min(cfg.batch_size, len(seqs)))
-        b = loss_batch(pad_batch([seqs[i] for i in idx], pad, [masks[i] for i in idx]), device)
+        # this process's rows of the global batch (all of it in one process)
+        padded, idx = distributed.rows(pad_batch([seqs[i] for i in idx], pad, [masks[i] for i in idx]), idx)
+        b = loss_batch(padded, device)
         b["edit_positions"] = gm.edit_positions(b["input_ids"], b["attention_mask"], b["labels"])
         return b, idx
 
@@ -476,7 +485,7 @@ def cached_train_grun(model, tokenizer, forget, retain, model_key: str | None = 
     def load(folder):
         gm = attach(model, _read_modules(folder))
         log = pd.read_csv(found(folder))
-        log.attrs.update(json.loads((folder / "train.json").read_text()))
+        log.attrs.update(json.loads((folder / "train.json").read_text()), cached=True)
         return gm, log
 
     return cached("grun", key, build, save, load,

@@ -1,7 +1,9 @@
 """One small training loop shared by pre-training the world model, unlearning and relearning.
 
 The loop is plain PyTorch (AdamW, warm-up, cosine or constant schedule, gradient clipping) so a learner
-can read it in one screen. A ``loss_fn(model, batch) -> scalar`` decides what is optimised.
+can read it in one screen. A ``loss_fn(model, batch) -> scalar`` decides what is optimised. Under
+``accelerate launch`` the same loop runs on several processes, each on its rows of the global batch
+(:mod:`unlearn_utils.distributed`).
 :func:`logits_at` computes the output layer only at the positions a loss or a score reads (those just before the
 labelled tokens).
 """
@@ -16,6 +18,8 @@ from typing import Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
+
+from . import distributed
 
 
 # Part of the cache keys of the models unlearning and GRUN train (and the trajectories stored with them): raised
@@ -172,7 +176,12 @@ def answer_logits(model, batch: dict, **kwargs) -> torch.Tensor:
 
 
 def lm_loss(model, batch: dict) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled tokens (the ordinary language-modelling loss)."""
+    """Mean next-token cross-entropy over the labelled tokens (the ordinary language-modelling loss); under several
+    processes, divided by the global batch's count of labelled tokens (transformers' ``num_items_in_batch``)."""
+    if distributed.active():
+        n = distributed.count((batch["labels"][:, 1:] != -100).sum())
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                     num_items_in_batch=n).loss
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
 
@@ -222,28 +231,30 @@ def train_loop(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     model.train()
     log = []
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup, schedule)
-        batch = batches(step)
-        loss = loss_fn(model, batch)
-        value = float(loss.detach())
-        if not math.isfinite(value):  # before the step: NaN gradients would turn every weight into NaN
-            raise _diverged(f"the loss is {value}", step + 1, steps, value, opt.param_groups[0]["lr"], lr, desc)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-        row = {"step": step + 1, "loss": value, "lr": opt.param_groups[0]["lr"]}
-        log.append(row)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
-        if callback is not None and callback_every and ((step + 1) % callback_every == 0 or step + 1 == steps):
-            model.eval()
-            callback(step + 1, row)
-            model.train()
+    # one process: plain PyTorch; several (accelerate launch): the engine reduces the gradients (distributed.py)
+    with distributed.engine(model, loss_fn, opt, params) as (step_loss, backward, clip_norm, opt):
+        bar = tqdm(range(steps), desc=desc, disable=not progress or not distributed.is_main(), leave=False)
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, steps, lr, warmup, schedule)
+            batch = batches(step)
+            loss = step_loss(batch)
+            value = distributed.average(float(loss.detach()))  # the global batch's loss
+            if not math.isfinite(value):  # before the step: NaN gradients would turn every weight into NaN
+                raise _diverged(f"the loss is {value}", step + 1, steps, value, opt.param_groups[0]["lr"], lr, desc)
+            opt.zero_grad(set_to_none=True)
+            backward(loss)
+            if clip:
+                clip_norm(params, clip)
+            opt.step()
+            row = {"step": step + 1, "loss": value, "lr": opt.param_groups[0]["lr"]}
+            log.append(row)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if callback is not None and callback_every and ((step + 1) % callback_every == 0 or step + 1 == steps):
+                model.eval()
+                callback(step + 1, row)
+                model.train()
     model.eval()
     # a finite loss with a non-finite gradient (an overflow) shows only in the weights; the next step's loss would
     # catch it, the last step's is caught here
@@ -268,6 +279,7 @@ def epoch_batches(seqs: list[list[int]], batch_size: int, pad_id: int, seed: int
     if not seqs:
         raise ValueError("no training sequences: the data set is empty.")
     batch_size = check_count("batch_size", batch_size, fix="Pass how many sequences each step trains on, e.g. 16.")
+    distributed.check_batch(batch_size)
     order: list[int] = []
     rng = random.Random(seed)
     state = {"pos": 0}
@@ -283,7 +295,9 @@ def epoch_batches(seqs: list[list[int]], batch_size: int, pad_id: int, seed: int
             take = order[state["pos"]: state["pos"] + batch_size - len(idx)]
             state["pos"] += len(take)
             idx += take
-        return pad_batch([seqs[i] for i in idx], pad_id, [label_masks[i] for i in idx] if label_masks else None)
+        # this process's rows of the global batch (all of it in one process)
+        return distributed.rows(pad_batch([seqs[i] for i in idx], pad_id,
+                                          [label_masks[i] for i in idx] if label_masks else None))
 
     return get
 

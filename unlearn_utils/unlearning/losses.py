@@ -3,13 +3,16 @@
 Notation: x_f is a forget example (prompt + answer), x_r a retain example; only answer tokens carry labels.
 NLL_θ(x) is the mean token negative log-likelihood of the labelled tokens; S_θ(x) is the *summed* NLL of one
 sequence (its negative log-probability), |y| its number of labelled tokens; θ_ref is the frozen original model.
-Every function returns a scalar to *minimise*.
+Every function returns a scalar to *minimise*. Means over the batch go through :mod:`unlearn_utils.distributed`
+(``D.mean``, ``D.ratio``): plain means in one process, means over the global batch under several.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .. import distributed as D
 
 
 # ----------------------------------------------------------------------------------------------
@@ -30,7 +33,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
 def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """NLL_θ(x): mean over all labelled tokens of the batch (the usual language-modelling loss)."""
     nll, mask = token_nll(logits, labels)
-    return nll.sum() / mask.sum().clamp_min(1)
+    return D.ratio(nll.sum(), mask.sum())
 
 
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +54,7 @@ def npo_loss(seq_nll: torch.Tensor, ref_seq_nll: torch.Tensor, beta: float = 0.1
 
     Like GA while the model still resembles the reference, but the push fades once S_θ ≫ S_ref (bounded).
     """
-    return -(2.0 / beta) * F.logsigmoid(beta * (seq_nll - ref_seq_nll)).mean()
+    return -(2.0 / beta) * D.mean(F.logsigmoid(beta * (seq_nll - ref_seq_nll)))
 
 
 SIMNPO_MARGINS = ("code", "paper")
@@ -75,9 +78,9 @@ def simnpo_loss(seq_nll: torch.Tensor, n_tokens: torch.Tensor, beta: float = 2.5
     """
     per_token = seq_nll / n_tokens.clamp_min(1)
     if margin == "code":
-        return -(2.0 / beta) * F.logsigmoid(beta * (per_token - gamma)).mean()
+        return -(2.0 / beta) * D.mean(F.logsigmoid(beta * (per_token - gamma)))
     if margin == "paper":
-        return -(2.0 / beta) * F.logsigmoid(beta * per_token - gamma).mean()
+        return -(2.0 / beta) * D.mean(F.logsigmoid(beta * per_token - gamma))
     raise ValueError(f"Unknown SimNPO margin {margin!r}: choose one of {SIMNPO_MARGINS}.")
 
 
@@ -86,7 +89,7 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torc
     logits, ref_logits = logits[:, :-1].float(), ref_logits[:, :-1].float()
     mask = (labels[:, 1:] != -100).float()
     kl = F.kl_div(logits.log_softmax(-1), ref_logits.log_softmax(-1), log_target=True, reduction="none").sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp_min(1)
+    return D.ratio((kl * mask).sum(), mask.sum())
 
 
 def dpo_loss(chosen_nll: torch.Tensor, rejected_nll: torch.Tensor, ref_chosen_nll: torch.Tensor,
@@ -98,7 +101,7 @@ def dpo_loss(chosen_nll: torch.Tensor, rejected_nll: torch.Tensor, ref_chosen_nl
     where log π = -S (summed NLL). (The factor 2/β follows the unlearning papers' convention.)
     """
     margin = (ref_chosen_nll - chosen_nll) - (ref_rejected_nll - rejected_nll)
-    return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
+    return -(2.0 / beta) * D.mean(F.logsigmoid(beta * margin))
 
 
 RMU_AVERAGES = ("tokens", "sequences")
@@ -110,9 +113,9 @@ def _masked_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, 
     m = mask.float()[..., None]
     squared = ((hidden.float() - target.float()) ** 2) * m
     if average == "tokens":
-        return squared.sum() / (m.sum() * hidden.shape[-1]).clamp_min(1)
+        return D.ratio(squared.sum(), m.sum() * hidden.shape[-1])
     if average == "sequences":
-        return (squared.mean(-1).sum(-1) / m[..., 0].sum(-1).clamp_min(1)).mean()
+        return D.mean(squared.mean(-1).sum(-1) / m[..., 0].sum(-1).clamp_min(1))
     raise ValueError(f"Unknown RMU average {average!r}: choose one of {RMU_AVERAGES}.")
 
 

@@ -18,6 +18,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from .. import distributed
 from ..arch import is_peft, merged_copy
 from ..cache import cached, save_checked
 from ..data import data_fingerprint, encode_examples, pad_id, rows_of
@@ -215,11 +216,13 @@ def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval
     cfg = UnlearnConfig.for_method(method, defaults=preset(model, method), **settings)
     spec = get_method(cfg.method)
     check_splits(forget=forget, retain=retain)
+    forget_rows, retain_rows = rows_of(forget), rows_of(retain)
+    distributed.check_batch(min(cfg.batch_size, len(forget_rows), len(retain_rows)),
+                            "the batch (batch_size, or the forget or retain set if smaller)")
     set_seed(cfg.seed)
     device = next(model.parameters()).device
     model = model if inplace else copy.deepcopy(model)
     model.train()
-    forget_rows, retain_rows = rows_of(forget), rows_of(retain)
 
     reference = None
     if spec.needs_reference and not cfg.lora:
@@ -255,11 +258,15 @@ def unlearn(model, tokenizer, forget, retain, method: str = "grad_diff", *, eval
     def batches(step):
         fb, idx = forget_batches.next()
         rb, _ = retain_batches.next()
-        out = {"forget": loss_batch(fb, device), "retain": loss_batch(rb, device), "forget_idx": idx}
+        # every process draws the global batch and trains on its rows (all of them in one process)
         if relabelled is not None:
-            out["relabelled"] = loss_batch(pad_batch([relabelled[0][i] for i in idx], pad,
-                                                     [relabelled[1][i] for i in idx]), device)
-        return out
+            out = {"relabelled": loss_batch(distributed.rows(pad_batch([relabelled[0][i] for i in idx], pad,
+                                                                       [relabelled[1][i] for i in idx])), device)}
+        else:
+            out = {}
+        fb, idx = distributed.rows(fb, idx)
+        return {"forget": loss_batch(fb, device), "retain": loss_batch(distributed.rows(rb), device),
+                "forget_idx": idx, **out}
 
     def loss_fn(model, b):
         r = b["retain"]
@@ -342,8 +349,10 @@ class _RMU:
         self.cfg, self.reference = cfg, reference
         # Like the WMDP code: update the MLPs of the steered layer and the two before it.
         layers = range(max(0, self.layer - 2), self.layer + 1)
-        # (with LoRA, every adapter weight trains instead)
-        self.params = None if cfg.lora else [p for i in layers for p in self.adapter.layer(model, i).mlp.parameters()]
+        # (with LoRA, the adapters of the steered layer and those below it: the loss reads nothing above)
+        self.params = ([p for i in range(self.layer + 1) for p in self.adapter.layer(model, i).parameters()
+                        if p.requires_grad] if cfg.lora
+                       else [p for i in layers for p in self.adapter.layer(model, i).mlp.parameters()])
         gen = torch.Generator().manual_seed(cfg.seed)
         u = torch.rand(model.config.hidden_size, generator=gen)
         u = u / u.norm()
