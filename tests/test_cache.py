@@ -218,3 +218,35 @@ def test_cached_runs_reads_each_entrys_steps(tmp_path):
     (tmp_path / "grun" / "c" / "log.csv").write_text("step,loss\n1,0.5\n20,0.1\n")
     assert cached_runs(tmp_path) == {"unlearned": {"a": 200}, "grun": {"c": 20}}
     assert cached_runs(tmp_path / "empty") == {}
+
+
+def test_the_several_processes_path_loads_builds_and_sets_damage_aside(tmp_path, monkeypatch):
+    """cached() as the main process of a multi-process run takes it (collectives simulated by one process): a healthy
+    entry is loaded, a missing one built and written, a damaged one set aside and built again."""
+    from unlearn_utils import distributed
+    from unlearn_utils.cache import write_files
+
+    monkeypatch.setenv("UNLEARN_KIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "is_main", lambda: True)
+    for name in ("broadcast", "gather_list"):
+        monkeypatch.setattr(distributed, name, lambda value: value)
+    monkeypatch.setattr(distributed, "barrier", lambda: None)
+    built = []
+
+    def build():
+        built.append(1)
+        return b"value"
+
+    def run():
+        return cached("tables", {"k": 1}, build, lambda v, folder: write_files(folder, {"v.bin": v}),
+                      lambda folder: (folder / "v.bin").read_bytes())
+
+    assert run() == b"value" and len(built) == 1
+    assert run() == b"value" and len(built) == 1  # loaded
+    entry = cache_entry("tables", {"k": 1})
+    (entry / "v.bin").write_bytes(b"tampered")
+    with pytest.warns(UserWarning, match="unusable"):
+        assert run() == b"value"
+    assert len(built) == 2 and (entry.parent / f"{entry.name}.corrupt").is_dir()
+    assert (entry / "v.bin").read_bytes() == b"value"

@@ -3,6 +3,7 @@ process dies. Each launch starts two Python processes on the machine's cores (ab
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -116,9 +117,10 @@ def _rank_pids(launcher: subprocess.Popen, cache: Path, processes: int, timeout:
             if not proc.name.isdigit():
                 continue
             try:
-                env = dict(e.split("=", 1) for e in (proc / "environ").read_text().split("\0") if "=" in e)
-            except OSError:
+                raw = (proc / "environ").read_bytes().decode("utf-8", "replace")
+            except OSError:  # gone, or not ours to read
                 continue
+            env = dict(e.split("=", 1) for e in raw.split("\0") if "=" in e)
             if env.get("UNLEARN_KIT_CACHE") == str(cache) and "LOCAL_RANK" in env:
                 found[int(env["LOCAL_RANK"])] = int(proc.name)
         time.sleep(0.5)
@@ -140,11 +142,14 @@ def test_killing_one_process_mid_run_leaves_no_damaged_cache_entry(files, tmp_pa
     try:
         pids = _rank_pids(launcher, cache, 2)
         assert len(pids) == 2, f"found the workers {pids}"
-        lines = []
-        for line in launcher.stdout:  # training has started once the main process says what it unlearns
+        lines, end = [], time.time() + 180
+        while time.time() < end:  # training has started once the main process says what it unlearns
+            ready, _, _ = select.select([launcher.stdout], [], [], 1.0)
+            line = launcher.stdout.readline() if ready else ""
             lines.append(line)
-            if line.startswith("unlearning "):
+            if line.startswith("unlearning ") or launcher.poll() is not None:
                 break
+        assert any(x.startswith("unlearning ") for x in lines), "".join(lines)[-3000:]
         time.sleep(4)
         assert launcher.poll() is None, "".join(lines)
         os.kill(pids[victim], signal.SIGKILL)
@@ -220,10 +225,10 @@ def test_the_commands_run_under_accelerate_launch_with_the_same_audit(files, tmp
     assert results["processes"] == 2 and not results["cached"]
     assert results["original_forget_accuracy"] > results["forget_accuracy"]
     audits = {}
-    for n in (1, 2):
+    for n in (2, 1):  # each in a cache of its own: the audit caches its relearning curves
         out = tmp_path / f"audit-{n}"
         _run(["-m", "unlearn_utils.cli", "audit", str(tmp_path / "unlearned"), "--original", str(files / "model"),
-              "--data", data, "--out", str(out)], n, cache)
+              "--data", data, "--out", str(out)], n, tmp_path / f"cache-audit-{n}")
         audits[n] = [(out / name).read_text() for name in ("verdicts.csv", "table.csv")]
     assert audits[1] == audits[2]
 
@@ -251,8 +256,35 @@ def test_the_unlearn_command_refuses_bad_arguments_before_loading_anything(tmp_p
             (["unlearn", "world", "--steps", "0", "--out", str(tmp_path / "o")], "--steps: must be a positive"),
             (["unlearn", "world", "--grun", "--lora", "--out", str(tmp_path / "o")], "--lora: a GRUN run"),
             (["unlearn", str(tmp_path / "missing"), "--data", "real", "--out", str(tmp_path / "o")], "MODEL: "),
-            (["unlearn", "gpt2-nowhere/x", "--out", str(tmp_path / "o")], "--data world: the world's questions"),
+            (["unlearn", "gpt2-nowhere/x", "--data", "world", "--out", str(tmp_path / "o")],
+             "--data world: the world.s questions"),
             (["unlearn", "world", "--split", "forget99", "--out", str(tmp_path / "o")], "--split: unknown")):
         with pytest.raises(SystemExit, match=message):
             main(argv)
     assert not (tmp_path / "o").exists()
+
+
+def test_global_means_under_several_processes_are_the_whole_batch_means(monkeypatch):
+    """Two simulated processes, each with its rows: what each divides by (its count x 2 processes / the total) makes
+    the average of their losses the mean over the whole batch, for token means and row means alike."""
+    values = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0])
+    shards = [values[:2], values[2:]]
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "num_processes", lambda: 2)
+    monkeypatch.setattr(distributed.torch.distributed, "all_reduce", lambda t: t.copy_(t * 0 + 5))  # 2 + 3 rows
+    losses = [distributed.mean(s) for s in shards]
+    assert float(sum(losses) / 2) == pytest.approx(float(values.mean()))
+    tokens = [torch.tensor(2), torch.tensor(3)]
+    losses = [distributed.ratio(s.sum(), n) for s, n in zip(shards, tokens)]
+    assert float(sum(losses) / 2) == pytest.approx(float(values.sum() / 5))
+
+
+def test_a_failed_write_on_the_main_process_stops_the_others(monkeypatch):
+    """main_first: the main process's error reaches every process (here: the second one, simulated)."""
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    monkeypatch.setattr(distributed, "broadcast", lambda value: "OSError: disk full")
+    ran = []
+    with pytest.raises(RuntimeError, match="main process failed .OSError: disk full"):
+        distributed.main_first(lambda: ran.append(1))
+    assert not ran  # only the main process writes

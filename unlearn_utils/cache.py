@@ -251,30 +251,47 @@ def cached(kind: str, key: dict | str | Path | None, build: Callable[[], T], sav
 
 def _cached_by_several(folder: Path, build, save, load, usable, rebuild: bool):
     """:func:`cached` in a run spread over several processes (:mod:`unlearn_utils.distributed`): they build
-    together, so they cannot take turns at the lock. The main process holds it, decides (a healthy entry, or build),
-    and alone writes; every process loads or builds as it decided."""
+    together, so they cannot take turns at the lock. The main process holds it, checks the entry, and alone writes;
+    every process loads the entry or builds, as they all decide together (an entry one of them cannot load is set
+    aside by the main process and built again by all)."""
     lock = cache_lock(folder) if distributed.is_main() else contextlib.nullcontext()
     with lock:
-        hit = None
-        if distributed.is_main() and folder.exists() and not rebuild and (usable is None or usable(folder)):
+        found = None
+
+        def check():
+            nonlocal found
+            found = bool(folder.exists() and not rebuild and (usable is None or usable(folder)))
+            if found:
+                try:
+                    verify_folder(folder)
+                except CorruptCacheError as e:
+                    found = e
+
+        distributed.main_first(check)
+        found = distributed.broadcast(found if found is None or isinstance(found, bool) else str(found))
+        value, damage = None, found if isinstance(found, str) else None
+        if found is True:
             try:
-                verify_folder(folder)
-                hit = True
+                value = _load_entry(load, folder)
             except CorruptCacheError as e:
-                if _writable(folder.parent):
-                    set_aside(folder, e)
-        hit = distributed.broadcast(hit)
-        if hit:
-            value = _load_entry(load, folder)
-            distributed.barrier()  # every process has read the entry before the main one lets others at it
-            return value
+                damage = str(e)
+            damages = distributed.gather_list([damage])
+            damage = next((d for d in damages if d), None)
+            if damage is None:
+                distributed.barrier()  # every process has read the entry before the main one lets others at it
+                return value
+        if damage is not None:
+            distributed.main_first(lambda: set_aside(folder, CorruptCacheError(damage)) if folder.exists()
+                                   and _writable(folder.parent) else None)
         value = build()
-        if distributed.is_main():
+
+        def write():
             if _writable(folder.parent):
                 save(value, folder)
             else:
                 warnings.warn(f"The cache folder {folder.parent} is read-only: the result was computed but not saved.")
-        distributed.barrier()  # the entry is complete before any process goes on (and may read it)
+
+        distributed.main_first(write)  # the entry is complete before any process goes on (and may read it)
     return value
 
 

@@ -110,7 +110,6 @@ def _processes(device) -> str:
     from .models import choose_threads
 
     if not distributed.launched():
-        choose_threads(None)
         return "1 process"
     if device is not None:
         raise SystemExit("--device: under accelerate launch each process's device is accelerate's choice (its "
@@ -222,7 +221,8 @@ def _unlearn(args) -> int:
                "split": args.split, "settings": {**settings, "lora": args.lora, "seed": args.seed},
                "processes": distributed.num_processes(), "cached": cached, "train_seconds": trained,
                "seconds": round(time.time() - start, 1), **numbers}
-    if distributed.is_main():
+
+    def write():
         try:
             if args.grun:
                 save_grun(result, out, files={"log.csv": log.to_csv(index=False).encode(),
@@ -236,7 +236,8 @@ def _unlearn(args) -> int:
                              "again with a writable --out only loads it.") from None
         print(json.dumps(results, indent=1))
         print(f"saved to {out}")
-    distributed.barrier()
+
+    distributed.main_first(write)  # the main process writes; the others learn whether it could
     return 0
 
 
@@ -272,17 +273,17 @@ def _audit(args) -> int:
         unlearned, _ = load_model(args.unlearned, device=args.device)
     report = audit(original, unlearned, tok, data, split=args.split, retain_model=retain,
                    config=AuditConfig(**settings))
-    if not distributed.is_main():  # every process computed the audit with the others; the main one writes it
-        distributed.barrier()
-        return 0
-    print(report)  # first: a report that cannot be saved is still seen
-    try:
-        folder = report.save(Path(args.out))
-    except OSError as e:
-        raise SystemExit(f"--out: the audit above could not be saved to {args.out} ({e}). Its verdicts are printed "
-                         "above; run again with a writable --out folder for the files.") from None
-    print(f"report written to {folder}")
-    distributed.barrier()
+
+    def write():
+        print(report)  # first: a report that cannot be saved is still seen
+        try:
+            folder = report.save(Path(args.out))
+        except OSError as e:
+            raise SystemExit(f"--out: the audit above could not be saved to {args.out} ({e}). Its verdicts are "
+                             "printed above; run again with a writable --out folder for the files.") from None
+        print(f"report written to {folder}")
+
+    distributed.main_first(write)  # every process computed the audit with the others; the main one writes it
     return 0
 
 

@@ -132,7 +132,7 @@ def average(value: float) -> float:
     """A number averaged over the processes (a loss each computed on its rows); unchanged in one process."""
     if not active():
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=accelerator().device)  # NCCL reduces GPU tensors only
     torch.distributed.all_reduce(t)
     return float(t[0]) / num_processes()
 
@@ -166,6 +166,29 @@ def broadcast(value):
 def barrier() -> None:
     if active():
         torch.distributed.barrier()
+
+
+def everyone(ok: bool) -> bool:
+    """Whether ``ok`` holds on every process (each process's answer, shared)."""
+    if not active():
+        return ok
+    return all(gather_list([bool(ok)]))
+
+
+def main_first(action) -> None:
+    """Run ``action()`` on the main process only (a write), then tell every process whether it worked: if it raised,
+    the other processes raise too instead of waiting for the main one at the next collective."""
+    error = None
+    if is_main():
+        try:
+            action()
+        except BaseException as e:  # re-raised below, once the others know
+            error = e
+    failed = broadcast(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    if failed is not None:
+        raise RuntimeError(f"the main process failed ({failed}); this process stops with it.")
 
 
 class _Loss(torch.nn.Module):

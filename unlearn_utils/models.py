@@ -40,6 +40,10 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` if given (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a ``torch.device``), else CUDA when
     present, else CPU. A device this machine does not have is refused here, before anything is loaded."""
     if device in (None, "auto"):
+        from . import distributed
+
+        if distributed.launched():  # under accelerate launch: this process's own GPU (or the CPU)
+            return distributed.accelerator().device
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
