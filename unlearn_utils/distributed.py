@@ -168,13 +168,6 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def everyone(ok: bool) -> bool:
-    """Whether ``ok`` holds on every process (each process's answer, shared)."""
-    if not active():
-        return ok
-    return all(gather_list([bool(ok)]))
-
-
 def main_first(action) -> None:
     """Run ``action()`` on the main process only (a write), then tell every process whether it worked: if it raised,
     the other processes raise too instead of waiting for the main one at the next collective."""
