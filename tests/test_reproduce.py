@@ -105,8 +105,12 @@ class _Notebooks:
         start = time.perf_counter()
         time.sleep({"01": 0.2, "04": 0.1}.get(Path(path).name[:2], 0.01))
         name = Path(path).stem
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_path).write_text(json.dumps({"cells": [], "parameters": parameters}))  # papermill's executed copy
         write_results(name, {"smoke": parameters["SMOKE"], "model": parameters.get("MODEL", "world")},
                       parameters["REPORT_DIR"])
+        (Path(parameters["REPORT_DIR"]) / "figures").mkdir(parents=True, exist_ok=True)
+        (Path(parameters["REPORT_DIR"]) / "figures" / f"{name}_plot.png").write_bytes(name.encode())
         with self.lock:
             self.calls[name] = (str(out_path), dict(parameters))
             self.spans[name[:2]] = (start, time.perf_counter())
@@ -191,3 +195,83 @@ def test_an_unknown_model_is_refused_before_any_notebook(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert "Unknown model 'smollm2'" in err and "smollm2-135m" in err
     assert not fake.calls and not (tmp_path / "reports").exists()
+
+
+def test_an_identical_second_run_copies_the_first_ones_outputs_back(tmp_path, monkeypatch, cache):
+    fake = _fake_machinery(monkeypatch, world_builds=[])
+    args = ["--only", "00", "03", "--out", str(tmp_path), "--jobs", "1"]
+    assert reproduce_main(args) == 0
+    first = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*")
+             if p.is_file() and p.suffix in (".ipynb", ".png") or p.parent.name == "results"}
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    for f in first:
+        (tmp_path / f).unlink()
+    fake.calls.clear()
+    assert reproduce_main(args) == 0
+    assert not fake.calls, "nothing changed: no notebook runs again"
+    assert {f: (tmp_path / f).read_bytes() for f in first} == first  # executed copies, figures, results
+    assert json.loads((tmp_path / "timings.json").read_text()) == timings  # what the notebooks cost
+    assert json.loads((tmp_path / "run.json").read_text())["reused"] == ["00_world_and_model", "03_concept_vectors"]
+    assert "copied from an identical earlier run" in (tmp_path / "summary.md").read_text()
+
+    assert reproduce_main(args + ["--rerun"]) == 0
+    assert set(fake.calls) == {"00_world_and_model", "03_concept_vectors"}
+    assert "reused" not in json.loads((tmp_path / "run.json").read_text())
+
+
+def test_a_changed_input_or_a_damaged_entry_runs_the_notebook_again(tmp_path, monkeypatch, cache):
+    from unlearn_utils import reproduce
+    from unlearn_utils.cache import cache_entry
+
+    fake = _fake_machinery(monkeypatch, world_builds=[])
+    args = ["--only", "00", "--out", str(tmp_path), "--jobs", "1"]
+    assert reproduce_main(args) == 0
+    fake.calls.clear()
+    assert reproduce_main(args + ["--smoke"]) == 0 and list(fake.calls) == ["00_world_and_model"]  # a parameter
+    fake.calls.clear()
+    monkeypatch.setattr(reproduce, "RUN_CACHE_VERSION", reproduce.RUN_CACHE_VERSION + 1)  # e.g. the kit's code
+    assert reproduce_main(args) == 0 and list(fake.calls) == ["00_world_and_model"]
+    entry = cache_entry("notebook_runs", reproduce.run_key(reproduce.NOTEBOOK_DIR / "00_world_and_model.ipynb",
+                                                           {"SMOKE": False, "REPORT_DIR": str(tmp_path)}))
+    assert entry.is_dir()
+    (entry / "results.json").write_text("{}")  # damaged: its checksum no longer matches
+    fake.calls.clear()
+    with pytest.warns(UserWarning, match="set aside|unusable|corrupt"):
+        assert reproduce_main(args) == 0
+    assert list(fake.calls) == ["00_world_and_model"]
+    assert json.loads((tmp_path / "results" / "00_world_and_model.json").read_text())["smoke"] is False
+
+
+def test_a_failed_notebook_is_not_cached(tmp_path, monkeypatch, cache):
+    from unlearn_utils import reproduce
+
+    fake = _fake_machinery(monkeypatch, world_builds=[])
+
+    def broken(*a, **k):
+        raise RuntimeError("cell 3 failed")
+
+    monkeypatch.setattr(reproduce, "run_notebook", broken)
+    assert reproduce_main(["--only", "00", "--out", str(tmp_path), "--jobs", "1"]) == 1
+    monkeypatch.setattr(reproduce, "run_notebook", fake)
+    assert reproduce_main(["--only", "00", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    assert list(fake.calls) == ["00_world_and_model"]
+
+
+def test_a_run_key_sees_the_cells_the_parameters_and_the_files(tmp_path):
+    from unlearn_utils.reproduce import _tree_sha, run_key
+
+    nb = tmp_path / "00_x.ipynb"
+    nb.write_text(json.dumps({"cells": [{"cell_type": "code", "source": ["x = 1"], "outputs": []}]}))
+    key = run_key(nb, {"SMOKE": True, "REPORT_DIR": "r"})
+    nb.write_text(json.dumps({"cells": [{"cell_type": "code", "source": ["x = 1"], "outputs": [{"a": 1}]}]}))
+    assert run_key(nb, {"SMOKE": True, "REPORT_DIR": "r"}) == key  # outputs are not inputs
+    nb.write_text(json.dumps({"cells": [{"cell_type": "code", "source": ["x = 2"], "outputs": []}]}))
+    assert run_key(nb, {"SMOKE": True, "REPORT_DIR": "r"})["cells"] != key["cells"]
+    assert run_key(nb, {"SMOKE": False, "REPORT_DIR": "r"})["parameters"] != key["parameters"]
+    assert run_key(nb, {"SMOKE": True, "REPORT_DIR": "r", "MODEL": "smollm2-135m"})["model_file"]
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("A = 1")
+    before = _tree_sha(tmp_path / "pkg", "*.py")
+    (tmp_path / "pkg" / "a.py").write_text("A = 2")
+    assert _tree_sha(tmp_path / "pkg", "*.py") != before
+    assert set(key["packages"]) >= {"torch", "transformers", "gguf"} and key["kit"] and key["data"]

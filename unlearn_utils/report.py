@@ -410,9 +410,13 @@ def markdown_table(df, digits: int = 3) -> str:
 
 
 def _how_run(run: dict) -> str:
-    return (f"{run['jobs']} notebooks at a time, {run.get('threads_per_notebook')} thread(s) each; a notebook's "
-            "time includes waiting for a model that another one was training" if run.get("jobs", 1) > 1
-            else "one notebook at a time")
+    how = (f"{run['jobs']} notebooks at a time, {run.get('threads_per_notebook')} thread(s) each; a notebook's "
+           "time includes waiting for a model that another one was training" if run.get("jobs", 1) > 1
+           else "one notebook at a time")
+    if run.get("reused"):
+        how += (f"; {', '.join(run['reused'])} copied from an identical earlier run (notebook, parameters, kit, "
+                "data and packages unchanged), whose times the table gives")
+    return how
 
 
 def _what(run: Run) -> str:

@@ -16,6 +16,11 @@ both threads well, so the run's wall time shrinks (measured times: benchmarks/RE
 CPU results here do not depend on the thread count, and the summary is identical either way. Models shared between
 notebooks are trained once: the cache locks an entry while it is built (:func:`unlearn_utils.cache.cache_lock`);
 whichever notebook asks first trains it, the other waits and loads it.
+
+A notebook run is itself cached (kind ``"notebook_runs"``): when the notebook, its parameters, the kit's source, the
+data files, the model's file and the installed packages are all the same as in an earlier successful run, its
+executed copy, figures and results are copied back instead of executing it again (the same outputs, by
+determinism); ``--rerun`` (or ``--rebuild``) executes every notebook anyway.
 """
 
 from __future__ import annotations
@@ -85,15 +90,109 @@ def _limit_threads(threads: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
-def _execute(path: str, out_path: str, parameters: dict, timeout: int) -> tuple[float, str | None]:
-    """Worker: run one notebook; returns (seconds, None) or (seconds, error text) instead of raising, since a
+def _execute(path: str, out_path: str, parameters: dict, timeout: int,
+             reuse: bool = False) -> tuple[float, str | None, float | None]:
+    """Worker: run one notebook (or, with ``reuse``, copy back an identical cached run); returns (seconds, None,
+    seconds of the run that was reused or None) or (seconds, error text, None) instead of raising, since a
     notebook's error does not always survive the trip back to the parent process."""
     start = time.time()
     try:
+        if reuse:
+            return time.time() - start, None, execute_cached(path, out_path, parameters, timeout)
         run_notebook(path, out_path, parameters, timeout)
     except Exception as e:
-        return time.time() - start, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-    return time.time() - start, None
+        text = str(e).strip()
+        return time.time() - start, f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}", None
+    return time.time() - start, None, None
+
+
+# Bump when what a notebook run's outputs depend on changes in a way the key below does not see.
+RUN_CACHE_VERSION = 1
+# The packages whose versions shape a notebook's numbers.
+RUN_PACKAGES = ("torch", "transformers", "peft", "nnsight", "datasets", "bitsandbytes", "gguf", "numpy", "papermill")
+
+
+def _tree_sha(folder: Path, pattern: str) -> str:
+    """One SHA-256 over the names and contents of the files under ``folder`` matching ``pattern``."""
+    import hashlib
+
+    from .cache import sha256
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob(pattern) if p.is_file() and "__pycache__" not in p.parts):
+        h.update(f"{f.relative_to(folder)}:{sha256(f)};".encode())
+    return h.hexdigest()
+
+
+def run_key(path: str | os.PathLike, parameters: dict) -> dict:
+    """Everything a notebook run's outputs depend on: the notebook's cells, the parameters (the report folder
+    included: the executed copy shows it), the kit's source and data files, the real model's file, the installed
+    packages' versions, Python's, and whether a GPU is used."""
+    import hashlib
+    import platform
+    from importlib import metadata
+
+    cells = [[c["cell_type"], "".join(c["source"])] for c in json.loads(Path(path).read_text())["cells"]]
+    versions = {}
+    for name in RUN_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    key = {"version": RUN_CACHE_VERSION, "notebook": Path(path).name,
+           "cells": hashlib.sha256(json.dumps(cells).encode()).hexdigest(),
+           "parameters": parameters, "kit": _tree_sha(ROOT / "unlearn_utils", "*.py"),
+           "data": _tree_sha(ROOT / "data", "*"), "packages": versions, "python": platform.python_version(),
+           "device": os.environ.get("UNLEARN_KIT_DEVICE"), "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    model = parameters.get("MODEL")
+    if model and model != "world":
+        from .models import REAL_MODELS
+
+        key["model_file"] = REAL_MODELS[model].gguf_sha256 if model in REAL_MODELS else str(model)
+    return key
+
+
+def execute_cached(path: str | os.PathLike, out_path: str | os.PathLike, parameters: dict,
+                   timeout: int = 1800) -> float | None:
+    """Run a notebook as :func:`run_notebook` does, unless an identical run (:func:`run_key`) succeeded before: then
+    copy back its executed copy, its figures (``REPORT_DIR/figures/<notebook>_*.png``) and its results. Returns
+    None when the notebook was executed now, else the seconds the reused run took. A failed run is not cached."""
+    from .cache import cached, write_files
+
+    path, out_path = Path(path), Path(out_path)
+    report = Path(parameters["REPORT_DIR"]) if parameters.get("REPORT_DIR") else None
+    stem, reused = path.stem, [None]
+
+    def build() -> dict[str, bytes]:
+        start = time.time()
+        seconds = run_notebook(path, out_path, parameters, timeout)
+        files = {"executed.ipynb": out_path.read_bytes(), "seconds.json": json.dumps(seconds).encode()}
+        if report is not None:
+            result = report / "results" / f"{stem}.json"
+            if result.is_file():
+                files["results.json"] = result.read_bytes()
+            for fig in sorted((report / "figures").glob(f"{stem}_*.png")):
+                if fig.stat().st_mtime >= start - 1:  # written by this run, not left by an earlier one
+                    files[f"figure-{fig.name}"] = fig.read_bytes()
+        return files
+
+    def load(folder: Path) -> dict[str, bytes]:
+        files = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "manifest.json"}
+        reused[0] = float(json.loads(files["seconds.json"]))
+        targets = {"executed.ipynb": out_path}
+        if report is not None:
+            targets["results.json"] = report / "results" / f"{stem}.json"
+            targets.update({n: report / "figures" / n[len("figure-"):] for n in files if n.startswith("figure-")})
+        for name, target in targets.items():
+            if name in files:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+                tmp.write_bytes(files[name])
+                os.replace(tmp, target)
+        return files
+
+    cached("notebook_runs", run_key(path, parameters), build, lambda files, folder: write_files(folder, files), load)
+    return reused[0]
 
 
 def _build_world_model(smoke: bool, exclude_split: str | None) -> float:
@@ -166,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=1800, help="per-cell time limit in seconds")
     ap.add_argument("--rebuild", action="store_true",
                     help="do not reuse cached world / unlearned models: build them again in a fresh cache folder")
+    ap.add_argument("--rerun", action="store_true",
+                    help="execute every notebook even where an identical earlier run is cached (models stay cached)")
     ap.add_argument("--jobs", type=int, default=default_jobs(),
                     help="notebooks run at once, each with cores/jobs threads (default: 2 with 2+ cores, else 1)")
     ap.add_argument("--threads", type=int, default=None,
@@ -202,14 +303,20 @@ def main(argv: list[str] | None = None) -> int:
     if jobs == 1 and args.threads:  # the kernels inherit it (unlearn_utils.models.choose_threads reads it)
         os.environ["UNLEARN_KIT_THREADS"] = str(args.threads)
     index = {nb.name: i for i, nb in enumerate(nbs, 1)}
-    times, failed, t0 = {}, [], time.time()
+    times, failed, reused, t0 = {}, [], [], time.time()
     params = {"SMOKE": args.smoke, "REPORT_DIR": str(out), **model_params}
+    reuse = not (args.rerun or args.rebuild)
 
-    def report(name: str, secs: float, error: str | None) -> None:
+    def report(name: str, secs: float, error: str | None, earlier: float | None) -> None:
         i = index[name]
         if error is not None:  # keep going: the other notebooks' reports are still worth writing
             failed.append(name)
             print(f"[{i}/{len(nbs)}] {name} FAILED ({error}); its executed copy in {out} shows where", flush=True)
+        elif earlier is not None:  # its time is the run it reuses: what the notebook costs
+            times[Path(name).stem] = round(earlier, 1)
+            reused.append(Path(name).stem)
+            print(f"[{i}/{len(nbs)}] {name} reused an identical earlier run ({earlier:.0f} s then, {secs:.1f} s "
+                  "now; --rerun executes it again)", flush=True)
         else:
             times[Path(name).stem] = round(secs, 1)
             print(f"[{i}/{len(nbs)}] {name} done in {secs:.0f} s", flush=True)
@@ -217,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if jobs == 1:
         for nb in nbs:
             print(f"[{index[nb.name]}/{len(nbs)}] {nb.name} ...", flush=True)
-            report(nb.name, *_execute(str(nb), str(out / nb.name), params, args.timeout))
+            report(nb.name, *_execute(str(nb), str(out / nb.name), params, args.timeout, reuse))
     else:
         import multiprocessing
 
@@ -233,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def start(name: str):
                 print(f"[{index[name]}/{len(nbs)}] {name} ...", flush=True)
-                return pool.submit(_execute, str(paths[name]), str(out / name), params, args.timeout)
+                return pool.submit(_execute, str(paths[name]), str(out / name), params, args.timeout, reuse)
 
             order = sorted(paths, key=lambda n: n[:2] in LAST)  # stable: teaching order otherwise
             for name, future in run_in_order(order, start, jobs):
@@ -242,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "timings.json").write_text(json.dumps(times, indent=2))
     run = {"wall_seconds": round(time.time() - t0, 1), "jobs": jobs,
            "threads_per_notebook": threads if jobs > 1 else None}
+    if reused:
+        run["reused"] = [nb.stem for nb in nbs if nb.stem in reused]
     if model_params:  # the summary names the model (a world run's run.json stays as it was)
         run.update(model=args.model, data=model_params["DATA"])
     (out / "run.json").write_text(json.dumps(run, indent=2))
