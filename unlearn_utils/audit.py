@@ -620,7 +620,7 @@ def _probe_vectors(ctx: ProbeContext):
 def _probe_variant(ctx: ProbeContext, name: str, label: str, ds):
     models, tok, cfg, rows, verdicts = ctx.models, ctx.tokenizer, ctx.config, ctx.rows, ctx.verdicts
     if ds is None or len(ds) == 0:
-        verdicts.append({"probe": name, "setting": label, "verdict": f"not run: the data has no {label} questions",
+        verdicts.append({"probe": name, "setting": label, "verdict": f"not run: the data has no questions with {label}",
                          "share_back": float("nan"), "still_there": None})
         return
     accs = {n: accuracy(m, tok, ds) for n, m in models.items()}
