@@ -85,9 +85,13 @@ def test_two_processes_give_one_process_numbers_and_share_its_cache(files, knowi
     for run in ("grad_diff", "npo_kl", "rmu", "grun"):
         assert (two[run]["forget"], two[run]["retain"]) == (one[run]["forget"], one[run]["retain"]), run
         assert not one[run]["cached"] and not two[run]["cached"]
-        # the loss of the global batch at every step: the same sums, added in another order
-        assert two[run]["loss"] == pytest.approx(one[run]["loss"], rel=1e-4, abs=1e-5), run
-    assert two["relearn"]["forget"] == one["relearn"]["forget"]
+        # the loss of the global batch at every step: the same sums, added in another order (measured: equal to
+        # 1e-5 on an AVX2 CPU; on an AVX-512 one, 1.9e-4 at one step of grad_diff's ascent, where it grows fastest)
+        assert two[run]["loss"] == pytest.approx(one[run]["loss"], rel=1e-3, abs=1e-5), run
+    # relearning from the grad_diff model (whose weights differ by float noise, see below) ends where one process
+    # does; on the way one question of 48 may flip (measured on an AVX-512 CPU: 0.229 vs 0.250 after epoch 1)
+    assert two["relearn"]["forget"][-1] == one["relearn"]["forget"][-1]
+    assert max(abs(a - b) for a, b in zip(two["relearn"]["forget"], one["relearn"]["forget"])) <= 1 / 48 + 1e-9
     assert two["relearn_original"]["forget"] == one["relearn_original"]["forget"]
     assert w1.keys() == w2.keys()
     # weights: the difference between the two runs, against how far training moved them. (Adam turns float noise in

@@ -605,3 +605,14 @@ def test_depth_score_with_control_questions(pair):
     assert d.basis_mismatch == pytest.approx(P.basis_mismatch(P.layer_drops(model, other, tok, tf), control))
     with pytest.raises(ValueError, match="control questions need the retain model"):
         P.depth_score(model, other, tok, tf, knowledge=P.layer_drops(model, other, tok, tf), control=control_tf)
+
+
+def test_krs_is_undefined_where_the_logits_differ_only_by_float_rounding():
+    torch.manual_seed(0)
+    original = torch.randn(2, 3, 11)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    rounding = original * (1 + 1e-7 * torch.randn_like(original))  # another way to compute the same model
+    changed = original + 1e-3 * torch.randn_like(original)           # a small real change
+    assert P.knowledge_recovery_score(original, rounding, rounding, mask).isnan().all()
+    krs = P.knowledge_recovery_score(original, original, changed, mask)
+    assert torch.allclose(krs, torch.ones(2))  # patched back to the original: everything recovered

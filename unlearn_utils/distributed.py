@@ -15,6 +15,7 @@ what one process would use. Under ``accelerate launch`` (or ``torchrun``) with t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 
@@ -39,7 +40,16 @@ def accelerator():
         from accelerate import Accelerator
 
         _ACCELERATOR = Accelerator(cpu=not torch.cuda.is_available())
+        atexit.register(_close_process_group)
     return _ACCELERATOR
+
+
+def _close_process_group() -> None:
+    """At exit: destroy the process group, so that its communication threads end before the interpreter does (a
+    group left to the interpreter's teardown can abort the process after its work is done)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        with contextlib.suppress(Exception):
+            torch.distributed.destroy_process_group()
 
 
 def check_engine() -> None:

@@ -160,12 +160,18 @@ def knowledge_recovery_score(original_logits, patched_logits, unlearned_logits, 
     """KRS per row = 1 - MSE(original, patched) / MSE(original, unlearned) over the answer positions.
 
     1 = the patch restores the original's logits, 0 = no effect, < 0 = further away. NaN where the unlearned
-    model did not change the logits at all (nothing to recover).
+    model did not change the logits (nothing to recover): where they differ from the original's by less than
+    ``NO_CHANGE`` of the logits' size (root mean square), the float rounding of two ways to compute the same model.
     """
     base = logit_mse(original_logits, unlearned_logits, mask)
     patched = logit_mse(original_logits, patched_logits, mask)
+    size = logit_mse(original_logits, torch.zeros_like(original_logits), mask)
     krs = 1 - patched / base
-    return torch.where(base > 0, krs, torch.full_like(krs, float("nan")))
+    return torch.where(base > NO_CHANGE ** 2 * size, krs, torch.full_like(krs, float("nan")))
+
+
+# Relative size of a logit difference below which a model counts as unchanged (float32 rounding is ~1e-7).
+NO_CHANGE = 1e-5
 
 
 def answer_match(logits: torch.Tensor, tf: TeacherForced) -> torch.Tensor:
