@@ -152,8 +152,13 @@ def _pad(seqs, pad):
 # ----------------------------------------------------------------------------------------------
 def logit_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per row: mean over the masked positions and the whole vocabulary of (a - b)^2."""
-    m = mask.to(a.dtype)[..., None]
-    return (((a.float() - b.float()) ** 2) * m).sum((1, 2)) / (m.sum((1, 2)) * a.shape[-1]).clamp_min(1)
+    return _mean_square(a.float() - b.float(), mask)
+
+
+def _mean_square(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row: mean of x^2 over the masked positions and the last dimension."""
+    m = mask.to(x.dtype)[..., None]
+    return ((x.float() ** 2) * m).sum((1, 2)) / (m.sum((1, 2)) * x.shape[-1]).clamp_min(1)
 
 
 def knowledge_recovery_score(original_logits, patched_logits, unlearned_logits, mask) -> torch.Tensor:
@@ -165,7 +170,7 @@ def knowledge_recovery_score(original_logits, patched_logits, unlearned_logits, 
     """
     base = logit_mse(original_logits, unlearned_logits, mask)
     patched = logit_mse(original_logits, patched_logits, mask)
-    size = logit_mse(original_logits, torch.zeros_like(original_logits), mask)
+    size = _mean_square(original_logits, mask)
     krs = 1 - patched / base
     return torch.where(base > NO_CHANGE ** 2 * size, krs, torch.full_like(krs, float("nan")))
 

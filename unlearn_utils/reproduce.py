@@ -186,10 +186,7 @@ def execute_cached(path: str | os.PathLike, out_path: str | os.PathLike, paramet
             targets.update({n: report / "figures" / n[len("figure-"):] for n in files if n.startswith("figure-")})
         for name, target in targets.items():
             if name in files:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-                tmp.write_bytes(files[name])
-                os.replace(tmp, target)
+                _write_atomically(target, files[name])
         return files
 
     cached("notebook_runs", run_key(path, parameters), build, lambda files, folder: write_files(folder, files), load)
@@ -247,11 +244,16 @@ def write_results(name: str, results: dict, report_dir: str | os.PathLike | None
     """Called by notebooks: save their headline numbers as JSON (atomically) for the summary."""
     if not report_dir:
         return
-    folder = Path(report_dir) / "results"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, default=float))
-    os.replace(tmp, folder / f"{name}.json")
+    _write_atomically(Path(report_dir) / "results" / f"{name}.json",
+                      json.dumps(results, indent=2, default=float).encode())
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a hidden sibling of ``path``, then rename it into place (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
