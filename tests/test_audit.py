@@ -397,3 +397,33 @@ def test_the_depth_probe_refuses_a_retain_model_whose_layers_differ_everywhere(t
     mismatch = t[t.measure.str.startswith("basis mismatch")].retain_model.iloc[0]
     assert mismatch >= BASIS_MISMATCH_AT, mismatch
     assert "not readable" in v.verdict and pd.isna(v.share_back) and v.still_there is None
+
+
+def test_audits_against_one_original_quantize_it_once(tiny, monkeypatch):
+    """Several audits against the same original (notebook 06, the lab) quantize and score the original once; a model
+    whose weights changed, or other questions, are scored anew, and every number equals a fresh computation."""
+    import unlearn_utils.audit as audit_module
+
+    world, model, tok = tiny
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.model.layers[0].mlp.down_proj.weight.mul_(0.5)
+    settings = dict(split="forget05", probes=("quantization",), bits=(4,), progress=False)
+    audit_module._QUANTIZED_ACCURACY.clear()
+    first = audit(model, other, tok, world, **settings)
+    quantized_models = []
+    real_quantized = audit_module.quantized
+    monkeypatch.setattr(audit_module, "quantized", lambda m, *a: quantized_models.append(m) or real_quantized(m, *a))
+    again = audit(model, other, tok, world, **settings)
+    assert quantized_models == []  # both models' results were kept
+    assert again.table.equals(first.table)
+    with torch.no_grad():
+        other.model.layers[1].mlp.down_proj.weight.mul_(0.5)  # changed in place: its fingerprint differs
+    changed = audit(model, other, tok, world, **settings)
+    assert quantized_models == [other]
+    audit_module._QUANTIZED_ACCURACY.clear()
+    fresh = audit(model, other, tok, world, **settings)
+    assert changed.table.equals(fresh.table)
+    quantized_models.clear()
+    audit(model, other, tok, world, split="forget10", probes=("quantization",), bits=(4,), progress=False)
+    assert len(quantized_models) == 2  # other questions: both scored again

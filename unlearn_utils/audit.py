@@ -48,9 +48,11 @@ agrees with the verdict (19.96 % back that stays forgotten prints 19.96 %, not 2
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -372,16 +374,41 @@ def register_probe(probe: Probe) -> Probe:
     return probe
 
 
+# (forget, retain) accuracy of a model under a quantization, by weights, quantization and questions: audits of several
+# models against one original (notebook 06, the lab) quantize and score the original (and the retain model) once.
+_QUANTIZED_ACCURACY: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+
+def _quantized_accuracy(model, setting: str, quantize: Callable, tokenizer, data) -> tuple[float, float]:
+    """``(forget, retain)`` accuracy of ``quantize(model)``, computed once per weights, setting and question sets (a
+    GRUN model, whose module the fingerprint would miss, is always computed)."""
+    def compute():
+        q = quantize(model)
+        found = (accuracy(q, tokenizer, data.forget), accuracy(q, tokenizer, data.retain))
+        del q
+        return found
+
+    if _is_gated(model):
+        return compute()
+    from .data import rows_of, weights_fingerprint
+
+    questions = json.dumps([rows_of(data.forget), rows_of(data.retain)], sort_keys=True, default=str)
+    key = hashlib.sha256("|".join([weights_fingerprint(model), next(model.parameters()).device.type, setting,
+                                   getattr(tokenizer, "name_or_path", ""), questions]).encode()).hexdigest()
+    if key not in _QUANTIZED_ACCURACY:
+        _QUANTIZED_ACCURACY[key] = compute()
+        while len(_QUANTIZED_ACCURACY) > 64:
+            _QUANTIZED_ACCURACY.popitem(last=False)
+    return _QUANTIZED_ACCURACY[key]
+
+
 def _probe_quantization(ctx: ProbeContext):
     models, tok, data, cfg, rows, verdicts = ctx.models, ctx.tokenizer, ctx.data, ctx.config, ctx.rows, ctx.verdicts
     group = auto_group_size(models["unlearned"]) if cfg.group_size == "auto" else cfg.group_size
     label = "per channel" if group is None else f"group size {group}"
     for bits in cfg.bits:
-        accs = {}
-        for name, m in models.items():
-            q = quantized(m, bits, group)
-            accs[name] = (accuracy(q, tok, data.forget), accuracy(q, tok, data.retain))
-            del q
+        accs = {name: _quantized_accuracy(m, f"rtn {bits} {group}", lambda x, b=bits: quantized(x, b, group), tok, data)
+                for name, m in models.items()}
         for i, measure in enumerate(("forget accuracy", "retain accuracy")):
             rows.append({"probe": "quantization", "setting": f"{bits}-bit RTN", "measure": measure,
                          **{n: a[i] for n, a in accs.items()}})
@@ -392,11 +419,9 @@ def _probe_quantization(ctx: ProbeContext):
     if grid is not None:  # a checkpoint released quantized (GGUF): unlearned in float, then quantized again
         from .quantize import quantize_as
 
-        accs = {}
-        for name, m in models.items():
-            q = m.on(quantize_as(m.base, grid)) if _is_gated(m) else quantize_as(m, grid)
-            accs[name] = (accuracy(q, tok, data.forget), accuracy(q, tok, data.retain))
-            del q
+        accs = {name: _quantized_accuracy(m, f"grid {grid}", lambda x: x.on(quantize_as(x.base, grid)) if _is_gated(x)
+                                          else quantize_as(x, grid), tok, data)
+                for name, m in models.items()}
         for i, measure in enumerate(("forget accuracy", "retain accuracy")):
             rows.append({"probe": "quantization", "setting": f"{grid} (own grid)", "measure": measure,
                          **{n: a[i] for n, a in accs.items()}})
